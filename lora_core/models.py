@@ -1,0 +1,196 @@
+"""Loading and building base models: one entry point for every source a user has.
+
+``load_base`` accepts
+
+* ``"tiny-random"``: the tiny SD-architecture model with random weights (smoke profile),
+* ``"toy:base"``: the tiny model pretrained by this project and shipped in ``models/tiny-sd``,
+* a local diffusers folder (``model_index.json`` inside),
+* a single-file ``.safetensors`` checkpoint in the A1111/kohya (LDM) layout, with
+  ``config=`` naming a diffusers folder or hub id that describes its architecture,
+* a hub id such as ``"stable-diffusion-v1-5/stable-diffusion-v1-5"``.
+
+Pickle checkpoints (``.ckpt``, ``.bin``, ``.pt``, ``.pth``) are refused: unpickling can run
+arbitrary code.
+
+>>> base = load_base("tiny-random", seed=0)
+>>> base.unet.config.sample_size, base.vae_scale_factor, len(base.tokenizer) > 256
+(8, 4, True)
+>>> pipe = base.pipeline()
+>>> type(pipe).__name__
+'StableDiffusionPipeline'
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TOY_BASE_DIR = REPO_ROOT / "models" / "tiny-sd"
+PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
+
+# The tiny SD architecture: the same classes as SD v1.5, scaled down. 32 px images,
+# a VAE with downsampling factor 4 (latents 4x8x8), a UNet with cross-attention, a CLIP
+# text encoder. Sizes follow the measurements in ../shared/ENVIRONMENT.md.
+TINY_RESOLUTION = 32
+TINY_VAE = dict(
+    in_channels=3, out_channels=3, latent_channels=4, sample_size=TINY_RESOLUTION,
+    down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+    block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=32,
+)
+TINY_UNET = dict(
+    sample_size=TINY_RESOLUTION // 4, in_channels=4, out_channels=4, layers_per_block=2,
+    block_out_channels=(64, 128, 128), norm_num_groups=32, cross_attention_dim=128,
+    attention_head_dim=8,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+)
+TINY_TEXT_ENCODER = dict(
+    hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+    max_position_embeddings=77, projection_dim=128, hidden_act="quick_gelu",
+)
+# Stable Diffusion v1's noise schedule.
+SD_SCHEDULER = dict(
+    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+    steps_offset=1, clip_sample=False, prediction_type="epsilon",
+)
+# Words the random model's tokenizer is trained on (the toy world trains on real captions).
+_RANDOM_TOKENIZER_TEXT = ("a photo of an emoji face heart cat dog smiling grinning red blue green "
+                          "yellow person hand flag food animal plant object symbol in the style of")
+
+
+@dataclass
+class BaseModel:
+    """The standard Stable Diffusion components, plus where they came from."""
+
+    tokenizer: object
+    text_encoder: torch.nn.Module
+    vae: torch.nn.Module
+    unet: torch.nn.Module
+    noise_scheduler: object
+    source: str
+    random_weights: bool = False
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def resolution(self) -> int:
+        return self.unet.config.sample_size * self.vae_scale_factor
+
+    def pipeline(self, scheduler=None):
+        """A ``StableDiffusionPipeline`` sharing these modules (no copies), safety checker off."""
+        from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+        scheduler = scheduler or DDIMScheduler.from_config(self.noise_scheduler.config, set_alpha_to_one=False)
+        pipe = StableDiffusionPipeline(
+            vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.unet,
+            scheduler=scheduler, safety_checker=None, feature_extractor=None,
+            requires_safety_checker=False)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def save(self, folder: str | Path) -> Path:
+        """Save in the diffusers folder layout (safetensors), atomically."""
+        folder = Path(folder)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent if folder.parent.exists() else None))
+        self.pipeline(scheduler=self.noise_scheduler).save_pretrained(tmp, safe_serialization=True)
+        if folder.exists():
+            import shutil
+            shutil.rmtree(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, folder)
+        return folder
+
+
+def build_tiny_random(seed: int = 0, tokenizer_dir: str | Path | None = None) -> BaseModel:
+    """The tiny SD architecture with seeded random weights (labelled ``random_weights``)."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from lora_core.tokenizer import build_clip_tokenizer, load_clip_tokenizer
+
+    if tokenizer_dir is None:
+        tokenizer_dir = build_clip_tokenizer([_RANDOM_TOKENIZER_TEXT], tempfile.mkdtemp(prefix="tok-"),
+                                             vocab_size=600, reserved_words=("sks",))
+    tokenizer = load_clip_tokenizer(tokenizer_dir)
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **TINY_TEXT_ENCODER))
+    vae = AutoencoderKL(**TINY_VAE)
+    unet = UNet2DConditionModel(**TINY_UNET)
+    return BaseModel(tokenizer, text_encoder.eval(), vae.eval(), unet.eval(),
+                     DDPMScheduler(**SD_SCHEDULER), source="tiny-random", random_weights=True)
+
+
+def load_base(source: str, *, config: str | Path | None = None, seed: int = 0,
+              dtype: torch.dtype = torch.float32) -> BaseModel:
+    """Load a base model from any supported source (see the module docstring)."""
+    if source == "tiny-random":
+        return build_tiny_random(seed)
+    if source == "toy:base":
+        if not (TOY_BASE_DIR / "model_index.json").exists():
+            raise FileNotFoundError(f"the pretrained tiny base is missing at {TOY_BASE_DIR}; "
+                                    "run `python -m lora_core.toy build` or `make book`")
+        source = str(TOY_BASE_DIR)
+    path = Path(source)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise ValueError(
+            f"{source}: refusing to load a pickle checkpoint ({path.suffix}); unpickling can run "
+            "arbitrary code. Convert it once, in a sandbox you trust, to .safetensors (for example "
+            "`safetensors.torch.save_file(torch.load(p, weights_only=True)['state_dict'], out)`) "
+            "or download the .safetensors variant.")
+    if path.suffix.lower() == ".safetensors":
+        return _load_single_file(path, config, dtype)
+    if path.exists():
+        if not (path / "model_index.json").exists():
+            raise FileNotFoundError(f"{source}: not a diffusers folder (no model_index.json)")
+        return _load_pretrained(str(path), dtype, local=True)
+    if path.is_absolute() or source.startswith("."):
+        raise FileNotFoundError(f"{source}: no such file or folder")
+    return _load_pretrained(source, dtype, local=False)
+
+
+def _components_from_pipeline(pipe, source: str) -> BaseModel:
+    from diffusers import DDPMScheduler
+
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    return BaseModel(pipe.tokenizer, pipe.text_encoder.eval(), pipe.vae.eval(), pipe.unet.eval(),
+                     noise_scheduler, source=source)
+
+
+def _check_tokenizer(base: BaseModel) -> BaseModel:
+    vocab = base.text_encoder.get_input_embeddings().num_embeddings
+    if len(base.tokenizer) < 256 or len(base.tokenizer) > vocab:
+        raise RuntimeError(f"{base.source}: tokenizer has {len(base.tokenizer)} tokens but the text "
+                           f"encoder has {vocab} embeddings (a known transformers trap)")
+    return base
+
+
+def _load_pretrained(source: str, dtype: torch.dtype, local: bool) -> BaseModel:
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(
+        source, dtype=dtype, safety_checker=None, requires_safety_checker=False,
+        use_safetensors=True, local_files_only=local or os.environ.get("HF_HUB_OFFLINE") == "1")
+    return _check_tokenizer(_components_from_pipeline(pipe, source))
+
+
+def _load_single_file(path: Path, config: str | Path | None, dtype: torch.dtype) -> BaseModel:
+    from diffusers import StableDiffusionPipeline
+
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    if config is None:
+        raise ValueError(f"{path}: a single-file checkpoint needs config= (a diffusers folder or hub "
+                         "id with the same architecture), because it stores weights, not configs")
+    local = Path(str(config)).exists() or os.environ.get("HF_HUB_OFFLINE") == "1"
+    pipe = StableDiffusionPipeline.from_single_file(
+        str(path), config=str(config), dtype=dtype, safety_checker=None,
+        requires_safety_checker=False, local_files_only=local)
+    return _check_tokenizer(_components_from_pipeline(pipe, str(path)))

@@ -1,0 +1,74 @@
+"""The three scales of every experiment, defined in one place.
+
+``smoke`` runs in seconds for tests and CI (its numbers mean nothing), ``tiny`` is the
+default offline CPU profile on the project's own pretrained tiny model and emoji style
+sets, ``sd15`` is Stable Diffusion v1.5 at 512 px with the studies' settings.
+
+>>> get_profile("tiny").name
+'tiny'
+>>> get_profile("smoke", train_steps=3).train_steps
+3
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lora_core.config import Config, option
+
+
+@dataclass(frozen=True)
+class Profile(Config):
+    name: str = option("tiny", "profile name: smoke, tiny or sd15")
+    description: str = option("", "one line for tables and the book")
+    base_model: str = option("toy:base", "base model source: 'tiny-random', 'toy:base' (the shipped "
+                                         "pretrained tiny model), a hub id, a diffusers folder or a "
+                                         ".safetensors file")
+    resolution: int = option(32, "training and generation resolution in pixels (square)")
+    train_steps: int = option(600, "optimizer steps per adapter training run")
+    batch_size: int = option(16, "images per optimizer step")
+    learning_rate: float = option(1e-4, "default UNet learning rate")
+    lora_rank: int = option(16, "default LoRA rank r")
+    lora_alpha: float = option(16.0, "default LoRA alpha (scale = alpha / rank)")
+    inference_steps: int = option(30, "denoising steps at generation")
+    guidance_scale: float = option(7.5, "classifier-free guidance scale")
+    n_eval_images: int = option(100, "generated images per evaluated set")
+    n_seeds: int = option(3, "training seeds per configuration")
+    mixed_precision: str = option("no", "accelerate mixed precision: no, fp16 or bf16")
+    fid_backbone: str = option("inception-2015", "network of the FID proper")
+    feature_backbone: str = option("effnet-lite0", "cheaper ImageNet features for FD-/KID- metrics")
+    lpips_backbone: str = option("st-lpips-alex", "perceptual distance network")
+    alignment_backbone: str = option("standin-minilm-effnet", "prompt-alignment model")
+    device: str = option("cpu", "torch device")
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke",
+        description="seconds, for tests and CI: a random tiny model, numbers mean nothing",
+        base_model="tiny-random", resolution=32, train_steps=4, batch_size=4, lora_rank=4,
+        lora_alpha=4.0, inference_steps=2, guidance_scale=3.0, n_eval_images=8, n_seeds=2,
+        fid_backbone="none", feature_backbone="effnet-lite0", alignment_backbone="none",
+    ),
+    "tiny": Profile(
+        name="tiny",
+        description="offline CPU: the pretrained tiny SD-architecture model on emoji style sets, 32 px",
+        base_model="toy:base", resolution=32, train_steps=600, batch_size=16, learning_rate=1e-3,
+        lora_rank=16, lora_alpha=16.0, inference_steps=20, guidance_scale=4.0, n_eval_images=100,
+        n_seeds=3,
+    ),
+    "sd15": Profile(
+        name="sd15",
+        description="Stable Diffusion v1.5 at 512 px on one GPU with the studies' settings",
+        base_model="stable-diffusion-v1-5/stable-diffusion-v1-5", resolution=512, train_steps=1000,
+        batch_size=1, learning_rate=1e-4, lora_rank=16, lora_alpha=16.0, inference_steps=30,
+        guidance_scale=7.5, n_eval_images=100, n_seeds=3, mixed_precision="fp16", device="cuda",
+        lpips_backbone="lpips-alex", alignment_backbone="clip-vit-large-patch14",
+    ),
+}
+
+
+def get_profile(name: str, **overrides) -> Profile:
+    """The named profile with ``overrides`` applied (unknown names and keys raise ValueError)."""
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}. Valid profiles: {', '.join(PROFILES)}")
+    return PROFILES[name].replace(**overrides) if overrides else PROFILES[name]
