@@ -14,7 +14,7 @@ Real and generated images go through exactly the same two steps:
 >>> import torch
 >>> images = torch.full((2, 3, 32, 32), 255, dtype=torch.uint8)
 >>> x = resize_for_backbone(as_uint8_images(images), 299)
->>> tuple(x.shape), x.dtype, float(x.min()), float(x.max())
+>>> tuple(x.shape), x.dtype, round(float(x.min()), 4), float(x.max())
 ((2, 3, 299, 299), torch.float32, 1.0, 1.0)
 >>> as_uint8_images(torch.full((1, 3, 8, 8), -1.0), name="generated")
 Traceback (most recent call last):
