@@ -167,3 +167,23 @@ def freeze(base: "BaseModel") -> None:
 def trainable_parameters(groups: list[dict]) -> list[torch.nn.Parameter]:
     """All parameters of ``param_groups`` output, in order."""
     return [p for group in groups for p in group["params"]]
+
+
+def trainable_state(modules: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
+    """CPU copies of every parameter with ``requires_grad``, named ``<module key>.<param name>``:
+    a ready-made :meth:`Adapter.state_dict` for methods whose trainables are module parameters."""
+    return {f"{key}.{name}": p.detach().to("cpu", copy=True)
+            for key, module in modules.items() for name, p in module.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(modules: dict[str, torch.nn.Module], state: dict[str, torch.Tensor]) -> None:
+    """Copy ``state`` (from :func:`trainable_state`) back, bit for bit; names must match exactly."""
+    params = {f"{key}.{name}": p for key, module in modules.items() for name, p in module.named_parameters()
+              if p.requires_grad}
+    missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
+    if missing or unexpected:
+        raise ValueError(f"adapter state does not fit the model: missing {missing[:5]} "
+                         f"({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)})")
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(state[name])
