@@ -6,13 +6,17 @@ Two layouts are read:
   ``folder`` (1 repeat) or in ``N_name`` subfolders, where ``N`` is the number of repeats per
   epoch (``10_mystyle/`` = 10 repeats). Like kohya, the caption is the first line of the file,
   stripped, and a subfolder without the ``N_`` prefix is skipped (and listed in the report).
+  Hidden files (``.DS_Store``, macOS ``._a.png``) are skipped as kohya's ``glob`` does; a
+  ``0_name`` folder is an error, since its images would never be seen.
 * **imagefolder** (diffusers/datasets): a ``metadata.jsonl`` in ``folder`` with one
   ``{"file_name": ..., "text": ...}`` object per line; ``file_name`` is relative to ``folder``.
 
 Every image goes through :func:`lora_core.images.prepare_image` (transparency composited onto
-``background``, centre crop, Lanczos resize), after EXIF orientation is applied.
+``background``, centre crop, Lanczos resize), after EXIF orientation is applied. An image whose
+shorter side is below the resolution is refused: upscaling would teach the model blur.
 
-Image modes are handled by one rule: ``RGB``, ``L`` and ``1`` are converted to RGB; ``RGBA``,
+Image modes are handled by one rule: ``RGB``, ``L``, ``1`` and opaque palette (``P``) images are
+converted to RGB; ``RGBA``,
 ``LA``, ``PA`` and palette (``P``) images with a transparent index are composited onto the
 background (the transparent palette entry becomes the background colour); every other mode is
 refused. ``CMYK`` is refused because converting it without its colour profile silently changes
@@ -93,8 +97,11 @@ class DataConfig(Config):
             raise ValueError("DataConfig: caption_template uses {trigger} but trigger_word is empty")
 
     def apply_template(self, caption: str) -> str:
-        """``caption`` after the template: ``DataConfig(caption_template="{trigger} {caption}",
-        trigger_word="sks").apply_template("a cat") == "sks a cat"``."""
+        """``caption`` after the template.
+
+        >>> DataConfig(folder="x", caption_template="{trigger} {caption}", trigger_word="sks").apply_template("a cat")
+        'sks a cat'
+        """
         return self.caption_template.format(caption=caption, trigger=self.trigger_word)
 
 
@@ -170,8 +177,12 @@ def _scan(cfg: DataConfig) -> _Scan:
         _scan_kohya_folder(folder, 1, cfg, scan)
         for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
             match = _REPEAT_FOLDER.match(sub.name)
-            if match:
+            if match and int(match.group(1)) == 0:
+                scan.problems.append((sub, "0 repeats: its images would never be seen; use 1_ or remove it"))
+            elif match:
                 _scan_kohya_folder(sub, int(match.group(1)), cfg, scan)
+            elif sub.name.startswith("."):
+                scan.ignored.append((sub, "hidden folder"))
             else:
                 scan.ignored.append((sub, "subfolder without a kohya 'N_' repeat prefix"))
     if not scan.items and not scan.problems:
@@ -183,8 +194,15 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
 
 
+def _is_hidden(path: Path) -> bool:
+    """Dotfiles, e.g. macOS ``._a.png`` resource forks: kohya's ``glob("*.png")`` skips them too."""
+    return path.name.startswith(".")
+
+
 def _scan_kohya_folder(folder: Path, repeats: int, cfg: DataConfig, scan: _Scan) -> None:
     files = sorted(p for p in folder.iterdir() if p.is_file())
+    scan.ignored.extend((p, "hidden file") for p in files if _is_hidden(p))
+    files = [p for p in files if not _is_hidden(p)]
     images = [p for p in files if _is_image(p)]
     by_stem: dict[str, Path] = {}
     for image in images:
@@ -224,7 +242,10 @@ def _scan_imagefolder(folder: Path, cfg: DataConfig, scan: _Scan) -> None:
         if not isinstance(record, dict) or "file_name" not in record or cfg.caption_column not in record:
             scan.problems.append((where, f"needs keys 'file_name' and '{cfg.caption_column}'"))
             continue
-        image = folder / record["file_name"]
+        image = folder / str(record["file_name"])
+        if not image.resolve().is_relative_to(folder.resolve()):
+            scan.problems.append((where, f"file_name {record['file_name']!r} is outside {folder}"))
+            continue
         if image in listed:
             scan.problems.append((image, f"listed twice in {METADATA_FILE} (lines {listed[image]} and {number})"))
             continue
@@ -240,7 +261,9 @@ def _scan_imagefolder(folder: Path, cfg: DataConfig, scan: _Scan) -> None:
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and p != metadata):
         if path in listed:
             continue
-        if _is_image(path):
+        if any(part.startswith(".") for part in path.relative_to(folder).parts):
+            scan.ignored.append((path, "hidden file"))
+        elif _is_image(path):
             scan.problems.append((path, f"image not listed in {METADATA_FILE}"))
         else:
             scan.ignored.append((path, "not an image file"))
@@ -302,6 +325,11 @@ def load_image_caption_set(cfg: DataConfig) -> ImageCaptionSet:
         captions.append(cfg.apply_template(caption))
     return ImageCaptionSet(to_tensor(images), captions, [item.image for item in scan.items],
                            [item.repeats for item in scan.items])
+
+
+def load_train_validation(cfg: DataConfig) -> tuple[ImageCaptionSet, ImageCaptionSet]:
+    """:func:`load_image_caption_set` split by ``cfg.validation_fraction`` and ``cfg.split_seed``."""
+    return split_train_validation(load_image_caption_set(cfg), cfg.validation_fraction, cfg.split_seed)
 
 
 def split_unit_interval(key: str, seed: int) -> float:

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from lora_core.data import (DataConfig, DatasetError, ImageCaptionSet, dataset_report,
-                            load_image_caption_set, split_train_validation)
+                            load_image_caption_set, load_train_validation, split_train_validation)
 from lora_core.images import to_uint8
 
 
@@ -70,6 +70,19 @@ def test_greyscale_and_jpeg_load_as_rgb(tmp_path):
     assert np.abs(pixels[1].astype(int) - (200, 40, 40)).max() <= 3   # JPEG is lossy
 
 
+def test_exif_orientation_is_applied_before_the_crop(tmp_path):
+    stored = np.zeros((32, 48, 3), dtype=np.uint8)   # 48 wide: left half red, right half blue
+    stored[:, :24] = (255, 0, 0)
+    stored[:, 24:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6   # Orientation: the camera was turned, display rotated 90 degrees clockwise
+    Image.fromarray(stored).save(tmp_path / "phone.png", exif=exif)
+    (tmp_path / "phone.txt").write_text("a phone photo")
+    upright = np.rot90(stored, k=-1)   # 48 tall: red on top
+    pixels, _ = load_uint8(tmp_path)
+    assert np.array_equal(pixels[0], upright[8:40])
+
+
 def test_real_photo_matches_centre_crop_and_pil_lanczos(tmp_path):
     from skimage import data as skimage_data
 
@@ -122,6 +135,19 @@ def test_kohya_repeat_folders(tmp_path):
     assert torch.equal(subset.pixel_values, data.pixel_values[[3, 0]])
 
 
+def test_hidden_files_and_zero_repeat_folders(tmp_path):
+    save_pair(tmp_path, "a.png", rgb(), "a")
+    (tmp_path / "._a.png").write_bytes(b"\0\5\26\7 macOS resource fork")   # not an image
+    save_pair(tmp_path / ".cache", "b.png", rgb())
+    _, data = load_uint8(tmp_path)
+    assert [p.name for p in data.paths] == ["a.png"]
+    assert sorted((p.name, r) for p, r in dataset_report(DataConfig(folder=str(tmp_path))).ignored) == [
+        ("._a.png", "hidden file"), (".cache", "hidden folder")]
+    save_pair(tmp_path / "0_disabled", "c.png", rgb())
+    with pytest.raises(DatasetError, match=r"0_disabled: 0 repeats"):
+        load_image_caption_set(DataConfig(folder=str(tmp_path)))
+
+
 def test_imagefolder_metadata_jsonl(tmp_path):
     save_pair(tmp_path / "train", "x.png", rgb(colour=(1, 2, 3)), caption="ignored txt")
     save_pair(tmp_path, "y.png", rgb(colour=(4, 5, 6)), caption=None)
@@ -141,6 +167,7 @@ def test_imagefolder_metadata_jsonl(tmp_path):
     ('{"file_name": "y.png", "text": "why"}\nnot json', r"metadata\.jsonl:2: invalid JSON"),
     ('{"file_name": "y.png", "caption": "why"}', r"metadata\.jsonl:1: needs keys 'file_name' and 'text'"),
     ('{"file_name": "z.png", "text": "zed"}', r"y\.png: image not listed in metadata\.jsonl"),
+    ('{"file_name": "../y.png", "text": "up"}', r"metadata\.jsonl:1: file_name '\.\./y\.png' is outside"),
 ])
 def test_imagefolder_errors_name_the_file(tmp_path, metadata, match):
     save_pair(tmp_path, "y.png", rgb(), caption=None)
@@ -257,7 +284,7 @@ def test_report_counts_everything_and_lists_all_problems(tmp_path):
     assert [(p.name, r) for p, r in report.problems] == [("empty.png", "zero-byte file"),
                                                           ("nocap.png", "missing caption file nocap.txt")]
     assert sorted((p.name, r) for p, r in report.ignored) == [
-        (".DS_Store", "not an image file"), ("orphan.txt", "caption without an image"),
+        (".DS_Store", "hidden file"), ("orphan.txt", "caption without an image"),
         ("settings.json", "not an image file"), ("tok", "subfolder without a kohya 'N_' repeat prefix")]
     summary = report.summary()
     assert {k: summary[k] for k in ("images", "images_with_repeats", "problems", "ignored", "sizes")} == {
@@ -296,6 +323,16 @@ def test_split_is_deterministic_disjoint_and_stable_under_added_files():
 
     _, other_seed_validation = split_train_validation(synthetic_set(stems), 0.2, seed=8)
     assert set(other_seed_validation.paths) != set(validation.paths)
+
+
+def test_load_train_validation_uses_the_config_split(tmp_path):
+    for i in range(8):
+        save_pair(tmp_path, f"item{i}.png", rgb(colour=(i, i, i)), f"item {i}")
+    cfg = DataConfig(folder=str(tmp_path), validation_fraction=0.4, split_seed=3)
+    train, validation = load_train_validation(cfg)
+    expected_train, expected_validation = split_train_validation(load_image_caption_set(cfg), 0.4, 3)
+    assert train.paths == expected_train.paths and validation.paths == expected_validation.paths
+    assert len(train) > 0 and len(validation) > 0
 
 
 def test_split_edge_cases():
