@@ -69,8 +69,8 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class DataConfig(Config):
-    folder: str = field(metadata={"help": "image folder: kohya <stem>.png + <stem>.txt (optional N_name repeat "
-                             "subfolders) or a diffusers imagefolder with metadata.jsonl"})
+    folder: str = field(metadata={"help": "image folder: kohya <stem>.png + <stem>.txt (optional N_name "
+                                          "repeat subfolders) or a diffusers imagefolder with metadata.jsonl"})
     resolution: int = option(32, "square training resolution in pixels; smaller images are refused")
     caption_template: str = option("{caption}", "caption after templating; fields {caption} and "
                                                 "{trigger}, e.g. '{caption}, in the style of {trigger}'")
@@ -145,7 +145,7 @@ class ImageCaptionSet:
         """A set from in-memory tensors (tests, synthetic data); paths default to ``item_<i>``."""
         n = pixel_values.shape[0]
         paths = [Path(p) for p in paths] if paths is not None else [Path(f"item_{i}") for i in range(n)]
-        return cls(pixel_values.float(), list(captions), paths, list(repeats) if repeats else [1] * n)
+        return cls(pixel_values.float(), list(captions), paths, list(repeats) if repeats is not None else [1] * n)
 
 
 @dataclass(frozen=True)
