@@ -1,0 +1,241 @@
+"""The book runner: execute every notebook with papermill, then build the HTML book.
+
+Each jupytext notebook ``notebooks/<name>.py`` (percent format) listed in ``book/_toc.yml``
+as ``book/notebooks/<name>`` is converted to ``.ipynb`` with a kernelspec, checked against
+its ``parameters`` cell, executed in the chosen profile and written, atomically, to
+``book/notebooks/<name>.ipynb``; then jupyter-book 1.x builds ``_build/html``.
+
+papermill itself only warns about a parameter that the notebook does not define; this runner
+refuses it and lists the valid ones. A failing notebook stops the build and names the
+notebook and the cell.
+
+Command line (``make book`` runs the first)::
+
+    python -m lora_core.book --profile tiny
+    python -m lora_core.book --profile smoke --only 00_setup -p n_samples 4 --no-build
+
+>>> parse_overrides([["n_samples", "4"], ["title", "hello"], ["lr", "1e-4"]])
+{'n_samples': 4, 'title': 'hello', 'lr': 0.0001}
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lora_core.io import atomic_path, atomic_write_json
+from lora_core.models import REPO_ROOT
+from lora_core.profiles import PROFILES
+
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+BOOK_DIR = REPO_ROOT / "book"
+EXECUTED_DIR = BOOK_DIR / "notebooks"
+TIMINGS_FILE = EXECUTED_DIR / "_timings.json"
+KERNEL_NAME = "python3"
+
+
+class NotebookError(RuntimeError):
+    """A notebook failed, or was asked for with parameters it does not define."""
+
+
+@dataclass(frozen=True)
+class NotebookRun:
+    name: str
+    output: Path
+    wall_seconds: float
+    parameters: dict[str, Any]
+
+
+def toc_notebooks(toc_path: Path = BOOK_DIR / "_toc.yml") -> list[str]:
+    """Names of the notebooks the table of contents expects, in book order."""
+    def entries(node: Any):
+        if isinstance(node, dict):
+            if isinstance(node.get("file"), str):
+                yield node["file"]
+            for value in node.values():
+                yield from entries(value)
+        elif isinstance(node, list):
+            for item in node:
+                yield from entries(item)
+
+    toc = yaml.safe_load(toc_path.read_text())
+    files = [toc.get("root", "")] + list(entries(toc))
+    prefix = "book/notebooks/"
+    return [f[len(prefix):] for f in files if f.startswith(prefix)]
+
+
+def parse_overrides(pairs: list[list[str]]) -> dict[str, Any]:
+    """``-p key value`` pairs; values are parsed as YAML (numbers, booleans, lists), as papermill does."""
+    return {key: yaml.safe_load(value) for key, value in pairs}
+
+
+def notebook_parameters(source: Path) -> dict[str, Any]:
+    """The parameters a notebook declares in its cell tagged ``parameters``, with their defaults."""
+    import papermill
+
+    ipynb = _to_ipynb(source, Path(tempfile.gettempdir()))
+    try:
+        params = papermill.inspect_notebook(str(ipynb))
+    finally:
+        ipynb.unlink(missing_ok=True)
+    if not params:
+        raise NotebookError(f"{source}: no cell tagged 'parameters' (papermill would inject values "
+                            "above the notebook's own assignments, which would then win)")
+    return {name: spec["default"] for name, spec in params.items()}
+
+
+def check_parameters(source: Path, parameters: dict[str, Any]) -> None:
+    """Refuse parameters the notebook does not define, naming the valid ones."""
+    valid = notebook_parameters(source)
+    unknown = sorted(set(parameters) - set(valid))
+    if unknown:
+        raise NotebookError(f"{source.name}: unknown parameter{'s' if len(unknown) > 1 else ''} "
+                            f"{', '.join(unknown)}. Valid parameters: {', '.join(valid)}")
+    profile = parameters.get("profile")
+    if profile is not None and profile not in PROFILES:
+        raise NotebookError(f"{source.name}: unknown profile {profile!r}. Valid profiles: {', '.join(PROFILES)}")
+
+
+def _to_ipynb(source: Path, folder: Path) -> Path:
+    """jupytext percent-format ``.py`` -> ``.ipynb`` with a python3 kernelspec (jupytext writes none)."""
+    import jupytext
+
+    notebook = jupytext.read(source)
+    notebook.metadata["kernelspec"] = {"name": KERNEL_NAME, "display_name": "Python 3", "language": "python"}
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f".{source.stem}.{os.getpid()}.input.ipynb"
+    jupytext.write(notebook, target, fmt="ipynb")
+    return target
+
+
+def execute_notebook(name: str, parameters: dict[str, Any], output_dir: Path = EXECUTED_DIR,
+                     notebook_dir: Path = NOTEBOOK_DIR) -> NotebookRun:
+    """Execute ``notebooks/<name>.py`` with ``parameters`` into ``output_dir/<name>.ipynb``."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    source = notebook_dir / f"{name}.py"
+    if not source.exists():
+        raise NotebookError(f"{source}: no such notebook (listed in book/_toc.yml)")
+    check_parameters(source, parameters)
+    output = output_dir / f"{name}.ipynb"
+    ipynb = _to_ipynb(source, output_dir)
+    start = time.perf_counter()
+    try:
+        with atomic_path(output) as tmp:
+            try:
+                papermill.execute_notebook(
+                    str(ipynb), str(tmp), parameters=parameters, kernel_name=KERNEL_NAME,
+                    cwd=str(REPO_ROOT), progress_bar=False, log_output=False)
+            except PapermillExecutionError as error:
+                raise NotebookError(
+                    f"notebook {source.name} failed in cell {error.cell_index} "
+                    f"(execution count {error.exec_count}): {error.ename}: {error.evalue}\n"
+                    f"--- cell source ---\n{error.source}") from None
+    finally:
+        ipynb.unlink(missing_ok=True)
+    return NotebookRun(name, output, time.perf_counter() - start, parameters)
+
+
+def record_timings(runs: list[NotebookRun], profile: str, timings_file: Path = TIMINGS_FILE) -> None:
+    """Merge per-notebook wall times into ``book/notebooks/_timings.json`` for the appendix."""
+    timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
+    for run in runs:
+        timings[run.name] = {"wall_seconds": round(run.wall_seconds, 1), "profile": profile,
+                             "parameters": run.parameters,
+                             "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    atomic_write_json(timings_file, timings)
+
+
+def build_html(root: Path = REPO_ROOT, strict: bool = True) -> Path:
+    """``jupyter-book build`` of ``root`` with its ``_config.yml`` and ``book/_toc.yml``.
+
+    Warnings are errors (``-W``), as QuantEcon's books build: a broken reference or a missing
+    page fails the build instead of shipping.
+    """
+    command = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(root),
+               "--config", str(root / "_config.yml"), "--toc", str(root / "book" / "_toc.yml")]
+    if strict:
+        command += ["-W", "--keep-going"]
+    result = subprocess.run(command, cwd=root, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise NotebookError(f"jupyter-book build failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return root / "_build" / "html" / "index.html"
+
+
+def stage_book(root: Path) -> None:
+    """Copy the book's sources (config, toc, prose pages) to ``root`` for a build elsewhere."""
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(REPO_ROOT / "_config.yml", root / "_config.yml")
+    shutil.copytree(BOOK_DIR, root / "book", dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("notebooks"))
+
+
+def run_book(profile: str, overrides: dict[str, Any], only: list[str] | None = None,
+             build: bool = True, root: Path = REPO_ROOT) -> list[NotebookRun]:
+    """Execute the book's notebooks (all, or ``only``) in ``profile``, then build the HTML.
+
+    Each notebook receives the overrides it declares; a name that no notebook declares is refused.
+    With ``root`` other than the repository, the book is staged and built there (the tests build
+    the smoke book in a temporary folder so that they never overwrite ``make book``'s output).
+    Notebooks always run with the repository as working directory, sharing its ``runs/``.
+    """
+    if profile not in PROFILES:
+        raise NotebookError(f"unknown profile {profile!r}. Valid profiles: {', '.join(PROFILES)}")
+    names = toc_notebooks()
+    if only:
+        missing = sorted(set(only) - set(names))
+        if missing:
+            raise NotebookError(f"not in book/_toc.yml: {', '.join(missing)}. Notebooks: {', '.join(names)}")
+        names = [n for n in names if n in only]
+    declared = {name: notebook_parameters(NOTEBOOK_DIR / f"{name}.py") for name in names}
+    unused = sorted(set(overrides) - set().union(*declared.values()))
+    if unused:
+        raise NotebookError(f"no notebook defines {', '.join(unused)}. Valid parameters: "
+                            + "; ".join(f"{n}: {', '.join(p)}" for n, p in declared.items()))
+    if root != REPO_ROOT:
+        stage_book(root)
+    executed_dir = root / "book" / "notebooks"
+    runs = []
+    for name in names:
+        print(f"[book] {name} ({profile}) ...", flush=True)
+        own = {key: value for key, value in overrides.items() if key in declared[name]}
+        run = execute_notebook(name, {"profile": profile, **own}, executed_dir)
+        runs.append(run)
+        record_timings([run], profile, executed_dir / TIMINGS_FILE.name)
+        print(f"[book] {name} done in {run.wall_seconds:.1f} s", flush=True)
+    if build:
+        index = build_html(root)
+        print(f"[book] HTML: {index}")
+    return runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lora_core.book", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", default="tiny", choices=list(PROFILES))
+    parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                        help="override a notebook parameter (refused if a notebook does not define it)")
+    parser.add_argument("--only", nargs="+", help="execute only these notebooks (names without .py)")
+    parser.add_argument("--no-build", action="store_true", help="execute notebooks, skip the HTML build")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        run_book(args.profile, parse_overrides(args.parameter), args.only, build=not args.no_build)
+    except NotebookError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

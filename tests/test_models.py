@@ -1,0 +1,89 @@
+"""Every base-model source loads the same weights: outputs are compared exactly."""
+import json
+import shutil
+
+import pytest
+import torch
+
+from lora_core.models import build_tiny_random, load_base
+
+
+def _outputs(base):
+    """UNet noise prediction, VAE decode and text embeddings on fixed inputs."""
+    gen = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, 4, 8, 8, generator=gen)
+    ids = base.tokenizer(["a red heart", "a cat face"], padding="max_length", truncation=True,
+                         max_length=base.tokenizer.model_max_length, return_tensors="pt").input_ids
+    with torch.no_grad():
+        text = base.text_encoder(ids)[0]
+        noise = base.unet(latents, torch.tensor([10, 500]), encoder_hidden_states=text).sample
+        decoded = base.vae.decode(latents).sample
+    return ids, text, noise, decoded
+
+
+def _assert_same_model(a, b):
+    for x, y in zip(_outputs(a), _outputs(b)):
+        assert torch.equal(x, y)
+
+
+def test_tiny_random_is_seeded_and_sd_shaped():
+    a, b, c = build_tiny_random(seed=0), build_tiny_random(seed=0), build_tiny_random(seed=1)
+    _assert_same_model(a, b)
+    assert not torch.equal(_outputs(a)[2], _outputs(c)[2])
+    assert a.random_weights and a.resolution == 32 and a.vae_scale_factor == 4
+    assert a.unet.config.cross_attention_dim == a.text_encoder.config.hidden_size
+    assert len(a.tokenizer) == a.text_encoder.get_input_embeddings().num_embeddings
+    assert a.tokenizer.model_max_length == 77
+
+
+def test_diffusers_folder_round_trip(tiny_base, tiny_base_dir):
+    loaded = load_base(str(tiny_base_dir))
+    assert loaded.source == str(tiny_base_dir) and not loaded.random_weights
+    assert len(loaded.tokenizer) == len(tiny_base.tokenizer)
+    _assert_same_model(tiny_base, loaded)
+
+
+def test_hub_id_loads_from_the_offline_cache(tiny_base, tiny_base_dir, tmp_path, monkeypatch):
+    """The hub path is real code: a snapshot in the cache layout loads with HF_HUB_OFFLINE=1."""
+    import huggingface_hub.constants as hub_constants
+
+    repo = tmp_path / "hub" / "models--lsl-test--tiny-sd"
+    revision = "0" * 40
+    shutil.copytree(tiny_base_dir, repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    loaded = load_base("lsl-test/tiny-sd")
+    _assert_same_model(tiny_base, loaded)
+
+
+@pytest.mark.parametrize("suffix", [".ckpt", ".bin", ".pt", ".pth"])
+def test_pickle_checkpoints_are_refused(tmp_path, suffix):
+    path = tmp_path / f"model{suffix}"
+    path.write_bytes(b"not even opened")
+    with pytest.raises(ValueError, match=rf"refusing to load a pickle checkpoint \({suffix}\).*safetensors"):
+        load_base(str(path))
+
+
+def test_bad_sources_name_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no model_index.json"):
+        load_base(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        load_base(str(tmp_path / "missing"))
+    single = tmp_path / "model.safetensors"
+    single.write_bytes(b"")
+    with pytest.raises(ValueError, match="needs config="):
+        load_base(str(single))
+
+
+def test_a_two_token_tokenizer_is_caught(tiny_base_dir, tmp_path):
+    """transformers 5 can silently give a 2-token tokenizer; loading must not pass it on."""
+    broken = shutil.copytree(tiny_base_dir, tmp_path / "broken")
+    tokenizer_json = broken / "tokenizer" / "tokenizer.json"
+    spec = json.loads(tokenizer_json.read_text())
+    spec["model"]["vocab"] = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    spec["model"]["merges"] = []
+    tokenizer_json.write_text(json.dumps(spec))
+    with pytest.raises(RuntimeError, match="tokenizer has 2 tokens but the text encoder has"):
+        load_base(str(broken))
