@@ -68,36 +68,57 @@ def _as_samples(values: Any) -> tuple[np.ndarray, ...]:
     return arrays
 
 
-def bootstrap_ci(values: Any, statistic: Callable[..., float] = np.mean, n_resamples: int = 1000,
-                 generator: torch.Generator | None = None, confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``statistic`` over images.
+def bootstrap_replicates(values: Any, statistic: Callable[..., float] = np.mean, n_resamples: int = 1000,
+                         generator: torch.Generator | None = None) -> np.ndarray:
+    """``statistic`` on ``n_resamples`` resamples (with replacement) of the images in ``values``.
 
     ``values`` is one array (rows are images) or a tuple of arrays that are resampled
     independently (two-set metrics such as FD resample real and generated images separately);
     ``statistic`` receives as many arrays as were passed. Deterministic for a given generator.
     """
     if n_resamples < 1:
-        raise ValueError(f"bootstrap_ci: n_resamples must be >= 1, got {n_resamples}")
-    if not 0 < confidence < 1:
-        raise ValueError(f"bootstrap_ci: confidence must be in (0, 1), got {confidence}")
+        raise ValueError(f"bootstrap: n_resamples must be >= 1, got {n_resamples}")
     samples = _as_samples(values)
     generator = default_generator(generator)
     replicates = np.empty(n_resamples, dtype=np.float64)
     for i in range(n_resamples):
         resampled = [s[torch.randint(0, len(s), (len(s),), generator=generator).numpy()] for s in samples]
         replicates[i] = float(statistic(*resampled))
+    return replicates
+
+
+def percentile_interval(replicates: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     alpha = (1.0 - confidence) / 2
     low, high = np.quantile(replicates, [alpha, 1.0 - alpha])
     return float(low), float(high)
 
 
+def bootstrap_ci(values: Any, statistic: Callable[..., float] = np.mean, n_resamples: int = 1000,
+                 generator: torch.Generator | None = None, confidence: float = CONFIDENCE,
+                 recentre_on: float | None = None) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic`` over images (see :func:`bootstrap_replicates`).
+
+    ``recentre_on=estimate`` shifts the replicates so their mean is the estimate before taking
+    percentiles. Use it for statistics that a resample biases: a resample repeats images, which
+    raises a Fréchet distance and lowers a Vendi score, so the raw replicates can miss the
+    estimate altogether; the bootstrap then only measures the spread.
+    """
+    replicates = bootstrap_replicates(values, statistic, n_resamples, generator)
+    if recentre_on is not None:
+        replicates = replicates - replicates.mean() + recentre_on
+    return percentile_interval(replicates, confidence)
+
+
 def bootstrap_result(metric: str, backbone: str, values: Any, statistic: Callable[..., float] = np.mean,
                      n_resamples: int = 1000, generator: torch.Generator | None = None, note: str = "",
-                     confidence: float = CONFIDENCE) -> MetricResult:
+                     confidence: float = CONFIDENCE, recentre: bool = False) -> MetricResult:
     """:class:`MetricResult` with ``value = statistic(*values)`` and its bootstrap interval."""
     samples = _as_samples(values)
     value = float(statistic(*samples))
-    low, high = bootstrap_ci(samples, statistic, n_resamples, generator, confidence)
+    low, high = bootstrap_ci(samples, statistic, n_resamples, generator, confidence,
+                             recentre_on=value if recentre else None)
     return MetricResult(metric, backbone, min(len(s) for s in samples), value, low, high, note)
 
 
