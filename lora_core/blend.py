@@ -248,7 +248,7 @@ def interpolate_factors(factors_a: Mapping[str, LoraFactors], factors_b: Mapping
 
     Rule: ranks and target modules must match (else ValueError). Where both scales agree the scale is
     kept; where they differ each factor is first multiplied by ``sqrt(scale)`` and the mix has scale 1,
-    so that ``a`` in {0, 1} still reproduces each adapter.
+    so that ``a`` in {0, 1} still reproduces each adapter (up to the rounding of the square roots).
     """
     _check_same_modules([factors_a, factors_b], "interpolation", same_rank=True)
     mixed = {}
