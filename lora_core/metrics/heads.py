@@ -1,0 +1,128 @@
+"""Small trained heads over frozen feature networks: modules, training loop, files.
+
+The learned metrics (the offline alignment stand-in, the style classifier, the subject-group
+classifier) are small heads on top of frozen backbone features. Each ships as a safetensors file
+under ``models/metrics/`` with a JSON card beside it (data, split, accuracy, seed); the card is
+also stored in the safetensors metadata, so a file found alone still says what it is.
+
+>>> import torch
+>>> head = FeatureClassifier(in_dim=3, classes=("a", "b"))
+>>> head(torch.zeros(5, 3)).shape
+torch.Size([5, 2])
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from lora_core.io import atomic_path, atomic_write_json
+from lora_core.models import REPO_ROOT
+
+METRIC_MODELS_DIR = REPO_ROOT / "models" / "metrics"
+
+
+class Standardize(torch.nn.Module):
+    """Feature-wise (x - mean) / std with statistics fixed from the training features."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def fit(self, features: torch.Tensor) -> "Standardize":
+        self.mean.copy_(features.mean(0))
+        self.std.copy_(features.std(0).clamp_min(1e-6))
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class FeatureClassifier(torch.nn.Module):
+    """Logistic regression on standardised frozen features; ``classes`` name the outputs."""
+
+    def __init__(self, in_dim: int, classes: tuple[str, ...]):
+        super().__init__()
+        if len(classes) < 2 or len(set(classes)) != len(classes):
+            raise ValueError(f"classes must be >= 2 distinct names, got {classes!r}")
+        self.classes = tuple(classes)
+        self.standardize = Standardize(in_dim)
+        self.linear = torch.nn.Linear(in_dim, len(classes))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.standardize(features))
+
+    @torch.no_grad()
+    def predict_proba(self, features: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (N, n_classes); rows sum to 1."""
+        return torch.softmax(self(features.float()), dim=-1)
+
+
+def train_classifier(features: torch.Tensor, labels: torch.Tensor, classes: tuple[str, ...], *,
+                     seed: int = 0, epochs: int = 300, lr: float = 1e-2,
+                     weight_decay: float = 1e-2) -> FeatureClassifier:
+    """Full-batch AdamW on cross-entropy: no data order, so the result depends only on ``seed``."""
+    if features.ndim != 2 or len(features) != len(labels):
+        raise ValueError(f"features (N, D) and labels (N,) must match, got {tuple(features.shape)} "
+                         f"and {tuple(labels.shape)}")
+    generator = torch.Generator().manual_seed(seed)
+    head = FeatureClassifier(features.shape[1], classes)
+    with torch.no_grad():
+        head.linear.weight.copy_(torch.randn(head.linear.weight.shape, generator=generator) * 0.01)
+        head.linear.bias.zero_()
+    head.standardize.fit(features)
+    optimizer = torch.optim.AdamW(head.linear.parameters(), lr=lr, weight_decay=weight_decay)
+    for _ in range(epochs):
+        loss = torch.nn.functional.cross_entropy(head(features), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return head.eval()
+
+
+def accuracy(logits_or_probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy.
+
+    >>> accuracy(torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]]), torch.tensor([0, 1, 1]))
+    0.6666666666666666
+    """
+    return float((logits_or_probs.argmax(-1) == labels).double().mean())
+
+
+def save_head(module: torch.nn.Module, path: str | Path, card: dict[str, Any]) -> Path:
+    """Write ``module``'s tensors to ``path`` (safetensors, card in metadata) and ``<path>.json``."""
+    path = Path(path)
+    state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"card": json.dumps(card, sort_keys=True)})
+    atomic_write_json(path.with_suffix(".json"), card)
+    return path
+
+
+def load_head(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and card of a head file written by :func:`save_head` (safetensors only)."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"{path}: heads load only from .safetensors files")
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such head file; retrain with "
+                                "`python -m lora_core.metrics.train_heads`")
+    with safe_open(str(path), framework="pt") as f:
+        card = json.loads((f.metadata() or {}).get("card", "{}"))
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    return state, card
+
+
+def load_classifier(path: str | Path) -> tuple[FeatureClassifier, dict[str, Any]]:
+    """A :class:`FeatureClassifier` and its card; class names come from the card."""
+    state, card = load_head(path)
+    if "classes" not in card:
+        raise ValueError(f"{path}: card has no 'classes'; not a classifier head")
+    head = FeatureClassifier(state["linear.weight"].shape[1], tuple(card["classes"]))
+    head.load_state_dict(state)
+    return head.eval(), card

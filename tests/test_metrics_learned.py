@@ -1,0 +1,285 @@
+"""Learned metrics: alignment stand-in and CLIP score path, style measures, fidelity, Gram distance."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from lora_core.metrics import alignment, style
+from lora_core.metrics.heads import FeatureClassifier, load_classifier, save_head, train_classifier
+from lora_core.metrics.stats import MetricResult
+from lora_core.toy import DATA_DIR
+
+ALIGN_HEADS = alignment.STANDIN_PATH
+
+
+# ---------------------------------------------------------------- alignment
+
+def test_retrieval_accuracy_hand_computed():
+    # Queries q0..q3 over candidates labelled x, y, x, z. By hand:
+    # q0 (x): ranks c1(y), c0(x) -> top1 miss, top2 hit; q1 (y): c1 first -> hit;
+    # q2 (z): ranks c0, c2, c3 -> top1 and top2 miss, top3 hit; q3 (x): c2(x) first -> hit.
+    sim = np.array([[0.5, 0.9, 0.1, 0.0],
+                    [0.1, 0.8, 0.3, 0.2],
+                    [0.9, 0.0, 0.5, 0.4],
+                    [0.0, 0.1, 0.7, 0.3]])
+    queries, candidates = ["x", "y", "z", "x"], ["x", "y", "x", "z"]
+    assert alignment.retrieval_accuracy(sim, queries, candidates, k=1) == 0.5
+    assert alignment.retrieval_accuracy(sim, queries, candidates, k=2) == 0.75
+    assert alignment.retrieval_accuracy(sim, queries, candidates, k=3) == 1.0
+    with pytest.raises(ValueError, match="similarity has shape"):
+        alignment.retrieval_accuracy(sim, queries[:3], candidates, k=1)
+    with pytest.raises(ValueError, match="k must be"):
+        alignment.retrieval_accuracy(sim, queries, candidates, k=5)
+
+
+def test_info_nce_matches_the_formula():
+    gen = torch.Generator().manual_seed(0)
+    t = torch.nn.functional.normalize(torch.randn(4, 3, generator=gen), dim=-1)
+    i = torch.nn.functional.normalize(torch.randn(4, 3, generator=gen), dim=-1)
+    log_scale = torch.tensor(np.log(10.0))
+    logits = 10.0 * t @ i.T
+    by_hand = 0.0
+    for row in range(4):
+        by_hand -= (logits[row, row] - torch.logsumexp(logits[row], 0)) / 8
+        by_hand -= (logits[row, row] - torch.logsumexp(logits[:, row], 0)) / 8
+    assert torch.allclose(alignment.info_nce_loss(t, i, log_scale), by_hand, atol=1e-6)
+
+
+def test_mean_pool_ignores_padding():
+    tokens = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
+    assert alignment.mean_pool(tokens, torch.tensor([[1, 1, 0]])).tolist() == [[2.0, 3.0]]
+
+
+def _catalog_keys(n: int) -> list[str]:
+    keys = sorted(p.stem for p in (DATA_DIR / "styles" / "twemoji" / "heldout").glob("*.png"))
+    return keys[:: max(1, len(keys) // n)][:n]
+
+
+@pytest.mark.skipif(not ALIGN_HEADS.exists() or not (DATA_DIR / "emoji" / "catalog.csv").exists(),
+                    reason="needs the trained stand-in heads and the built toy world")
+def test_standin_matching_caption_beats_mismatched_on_heldout_emoji():
+    catalog = pd.read_csv(DATA_DIR / "emoji" / "catalog.csv", dtype=str, keep_default_na=False).set_index("key")
+    keys = _catalog_keys(4)
+    names = [catalog.at[k, "name"] for k in keys]
+    images = style.load_true_images(keys, "twemoji", 32)
+    scorer = alignment.get_alignment_scorer(alignment.STANDIN_KEY)
+    matching = scorer.pair_scores(images, names)
+    mismatched = scorer.pair_scores(images, names[1:] + names[:1])
+    assert (matching > mismatched).float().mean() >= 0.75
+    assert float(matching.mean()) > float(mismatched.mean())
+    result = scorer.score(images, names, n_resamples=50)
+    assert isinstance(result, MetricResult) and result.metric == alignment.STANDIN_NAME
+    assert "CLIP" not in result.metric and result.ci_low <= result.value <= result.ci_high
+    with pytest.raises(ValueError, match="images and prompts must pair up"):
+        scorer.pair_scores(images, names[:3])
+
+
+def test_clip_scorer_code_path_with_tiny_random_clip(tmp_path):
+    from transformers import CLIPConfig, CLIPModel
+
+    from lora_core.tokenizer import build_clip_tokenizer, load_clip_tokenizer
+
+    build_clip_tokenizer(["a red heart", "a cat face smiling"], tmp_path, vocab_size=300)
+    tokenizer = load_clip_tokenizer(tmp_path)
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=32, patch_size=8),
+        projection_dim=16)
+    CLIPModel(config).save_pretrained(tmp_path)
+    scorer = alignment.get_alignment_scorer(str(tmp_path))
+    gen = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8, generator=gen)
+    prompts = ["a red heart", "a cat face", "smiling cat"]
+    scores = scorer.pair_scores(images, prompts)
+    # Reference: the model's own forward (logits_per_image = scale * cos), torchmetrics' formula.
+    model = CLIPModel.from_pretrained(tmp_path).eval()
+    batch = tokenizer(prompts, padding=True, return_tensors="pt")
+    pixels = (images.float() / 255 - torch.tensor(alignment.CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(
+        alignment.CLIP_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=pixels)
+    cos = out.logits_per_image.diagonal() / model.logit_scale.exp()
+    assert torch.allclose(scores, 100 * cos.clamp_min(0), atol=1e-4)
+    assert scorer.score(images, prompts, n_resamples=20).metric.startswith("CLIP score")
+
+
+def test_alignment_bad_inputs():
+    with pytest.raises(ValueError, match="unknown alignment scorer 'clip-b'"):
+        alignment.get_alignment_scorer("clip-b")
+    with pytest.raises(TypeError, match="prompts must be a sequence of strings"):
+        alignment.AlignmentScorer().pair_scores(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), "a cat")
+    with pytest.raises(ValueError, match="image and text embeddings must pair up"):
+        alignment.clip_score_pairs(torch.ones(2, 4), torch.ones(3, 4))
+
+
+# ---------------------------------------------------------------- classifiers
+
+def _blobs(seed: int, n: int = 60):
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 3
+    centres = torch.tensor([[3.0, 0, 0, 0], [0, 3.0, 0, 0], [0, 0, 3.0, 0]])
+    return centres[labels] + torch.randn(n, 4, generator=gen), labels
+
+
+def test_classifier_training_is_deterministic_and_probabilities_sum_to_one():
+    features, labels = _blobs(0)
+    first = train_classifier(features, labels, ("a", "b", "c"), seed=3, epochs=50)
+    second = train_classifier(features, labels, ("a", "b", "c"), seed=3, epochs=50)
+    for (name, p), (_, q) in zip(first.state_dict().items(), second.state_dict().items()):
+        assert torch.equal(p, q), name
+    probs = first.predict_proba(_blobs(1)[0])
+    assert torch.allclose(probs.sum(-1), torch.ones(len(probs)), atol=1e-6)
+    assert float((probs.argmax(-1) == _blobs(1)[1]).float().mean()) > 0.9
+    with pytest.raises(ValueError, match="features \\(N, D\\) and labels \\(N,\\) must match"):
+        train_classifier(features, labels[:5], ("a", "b", "c"))
+
+
+def test_style_classifier_file_round_trip_and_p_style(tmp_path):
+    features, labels = _blobs(0)
+    vendors = ("noto", "twemoji", "openmoji")
+    head = train_classifier(torch.nn.functional.pad(features, (0, 188)), labels, vendors, epochs=20)
+    path = save_head(head, tmp_path / "style.safetensors",
+                     {"classes": list(vendors), "backbone": "pixels-8", "resolution": 8, "heldout_accuracy": 0.9})
+    loaded, card = load_classifier(path)
+    assert card["classes"] == list(vendors) and torch.equal(loaded.linear.weight, head.linear.weight)
+    classifier = style.StyleClassifier(path)
+    images = torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    probs = classifier.predict_proba(images)
+    assert probs.shape == (5, 3) and torch.allclose(probs.sum(-1), torch.ones(5), atol=1e-6)
+    result = classifier.p_style(images, "twemoji", torch.Generator().manual_seed(0))
+    assert result.metric == "P(style=twemoji)" and result.backbone == "pixels-8"
+    assert result.value == pytest.approx(float(probs[:, 1].double().mean()))
+    with pytest.raises(ValueError, match="style: unknown style or vendor 'pixar'"):
+        classifier.p_style(images, "pixar")
+    with pytest.raises(ValueError, match="style: 'fluent3d' is not a class"):
+        classifier.p_style(images, "fluent3d")
+    with pytest.raises(ValueError, match="trained at 8 px, got 16 px"):
+        classifier.predict_proba(torch.zeros(1, 3, 16, 16, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="heads load only from .safetensors"):
+        load_classifier(tmp_path / "style.pt")
+
+
+# ---------------------------------------------------------------- paired distances
+
+def _toy_data(tmp_path, keys=("1f600", "1f431")) -> tuple:
+    gen = np.random.default_rng(0)
+    for vendor in ("twemoji", "noto"):
+        folder = tmp_path / "emoji" / "images" / vendor
+        folder.mkdir(parents=True)
+        for key in keys:
+            Image.fromarray(gen.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / f"{key}.png")
+    return list(keys)
+
+
+def test_paired_distances_match_numpy(tmp_path):
+    keys = _toy_data(tmp_path)
+    generated = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    results = style.paired_style_distances(generated, keys, "twemoji", "noto", backbone="pixels-8",
+                                           data_dir=tmp_path, generator=torch.Generator().manual_seed(0))
+    from lora_core.metrics.backbones import get_backbone
+
+    for role, vendor in (("target", "twemoji"), ("base", "noto")):
+        truth = np.stack([np.asarray(Image.open(tmp_path / "emoji" / "images" / vendor / f"{k}.png"))
+                          for k in keys]).transpose(0, 3, 1, 2).astype(np.float64)
+        mse = ((generated.numpy().astype(np.float64) / 255 - truth / 255) ** 2).reshape(2, -1).mean(1)
+        assert results[f"pixel-mse-{role}"].value == pytest.approx(mse.mean(), rel=1e-12)
+        net = get_backbone("pixels-8")
+        fg = net.features(generated).numpy()
+        ft = net.features(torch.from_numpy(truth.astype(np.uint8))).numpy()
+        expected = np.sqrt(((fg - ft) ** 2).sum(1)).mean()
+        assert results[f"feature-{role}"].value == pytest.approx(expected, rel=1e-12)
+        assert results[f"feature-{role}"].n == 2
+    with pytest.raises(ValueError, match="generated and subject_keys must pair up"):
+        style.paired_style_distances(generated, keys[:1], "twemoji", backbone="pixels-8", data_dir=tmp_path)
+    with pytest.raises(ValueError, match="style: unknown style or vendor 'pixar'"):
+        style.paired_style_distances(generated, keys, "pixar", backbone="pixels-8", data_dir=tmp_path)
+    with pytest.raises(ValueError, match="subject_keys: no 'twemoji' image for \\['ffff'\\]"):
+        style.load_true_images(["ffff"], "twemoji", 16, tmp_path)
+
+
+# ---------------------------------------------------------------- fidelity and Gram
+
+def test_fidelity_cosine_and_centroid_match_hand_formulas():
+    gen = np.random.default_rng(0)
+    g, t = gen.normal(size=(5, 7)), gen.normal(size=(4, 7))
+    cos = np.mean([[a @ b / np.linalg.norm(a) / np.linalg.norm(b) for b in t] for a in g])
+    assert style.fidelity_cosine(g, t) == pytest.approx(cos, rel=1e-12)
+    gu = g / np.linalg.norm(g, axis=1, keepdims=True)
+    tu = t / np.linalg.norm(t, axis=1, keepdims=True)
+    centroid = sum((gu.mean(0)[d] - tu.mean(0)[d]) ** 2 for d in range(7))
+    assert style.squared_centroid_distance(g, t) == pytest.approx(centroid, rel=1e-12)
+    # With unit features: SCD = |mu_g|^2 + |mu_t|^2 - 2 * mean cosine.
+    identity = gu.mean(0) @ gu.mean(0) + tu.mean(0) @ tu.mean(0) - 2 * cos
+    assert style.squared_centroid_distance(g, t) == pytest.approx(identity, rel=1e-10)
+    with pytest.raises(ValueError, match="feature sizes differ"):
+        style.fidelity_cosine(g, t[:, :3])
+    with pytest.raises(ValueError, match="generated_features: expected features"):
+        style.squared_centroid_distance(g[0], t)
+
+
+def test_fidelity_results_use_backbone_and_bootstrap():
+    images = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    results = style.fidelity(images[:3], images[3:], backbone="pixels-8", n_resamples=50)
+    from lora_core.metrics.backbones import get_backbone
+
+    f = get_backbone("pixels-8").features(images).numpy()
+    assert results["cosine"].value == pytest.approx(style.fidelity_cosine(f[:3], f[3:]))
+    assert results["centroid"].backbone == "pixels-8" and results["centroid"].n == 3
+
+
+def test_gram_distance_matches_loops():
+    gen = torch.Generator().manual_seed(0)
+    maps_a = [torch.randn(2, 3, 4, 5, generator=gen), torch.randn(2, 2, 3, 3, generator=gen)]
+    maps_b = [torch.randn(2, 3, 4, 5, generator=gen), torch.randn(2, 2, 3, 3, generator=gen)]
+    expected = np.zeros(2)
+    for a, b in zip(maps_a, maps_b):
+        n, c, h, w = a.shape
+        for i in range(n):
+            ga = np.array([[float((a[i, p] * a[i, q]).sum()) / (c * h * w) for q in range(c)] for p in range(c)])
+            gb = np.array([[float((b[i, p] * b[i, q]).sum()) / (c * h * w) for q in range(c)] for p in range(c)])
+            expected[i] += ((ga - gb) ** 2).mean()
+    assert np.allclose(style.gram_distance_pairs(maps_a, maps_b), expected, rtol=1e-6)
+    assert np.allclose(style.gram_distance_pairs(maps_a, maps_a), 0.0)
+    with pytest.raises(ValueError, match="maps_a and maps_b need the same layers"):
+        style.gram_distance_pairs(maps_a, maps_b[:1])
+
+
+def test_preservation_gram_distance_on_effnet_maps():
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    same = style.preservation_gram_distance(images, images.clone(), blocks=(0,), generator=torch.Generator())
+    assert same.value == 0.0 and "effnet-lite0" in same.backbone
+    changed = style.preservation_gram_distance(images, 255 - images, blocks=(0,))
+    assert changed.value > 0
+    with pytest.raises(ValueError, match="base_images and adapted_images must pair up"):
+        style.preservation_gram_distance(images, images[:1], blocks=(0,))
+
+
+# ---------------------------------------------------------------- cross-style control
+
+def test_cross_style_control_on_constructed_matrices():
+    styles = ["twemoji", "fluent3d", "openmoji"]
+    probs = np.array([[0.7, 0.1, 0.2],
+                      [0.2, 0.6, 0.2],
+                      [0.5, 0.1, 0.4]])   # the openmoji adapter looks more like twemoji
+    table = style.cross_style_control(probs, styles, styles)
+    assert table.passes.tolist() == [True, True, False]
+    assert table.best_style.tolist() == ["twemoji", "fluent3d", "twemoji"]
+    assert table.margin.tolist() == pytest.approx([0.5, 0.4, -0.1])
+    distances = pd.DataFrame(1 - probs, index=styles, columns=styles)
+    assert style.cross_style_control(distances, higher_is_better=False).passes.tolist() == [True, True, False]
+    with pytest.raises(ValueError, match="scores has shape \\(3, 3\\), expected"):
+        style.cross_style_control(probs, styles[:2], styles)
+    with pytest.raises(ValueError, match="adapter_styles: \\['noto'\\] are not among the target styles"):
+        style.cross_style_control(probs, ["twemoji", "fluent3d", "noto"], styles)
+
+
+def test_feature_classifier_rejects_bad_classes():
+    with pytest.raises(ValueError, match="classes must be >= 2 distinct"):
+        FeatureClassifier(3, ("a", "a"))
