@@ -85,7 +85,8 @@ def frechet_distance_from_gram(gram_xx: np.ndarray, gram_yy: np.ndarray, gram_xy
     mean_sq = gram_xx.mean() + gram_yy.mean() - 2.0 * gram_xy.mean()
     trace_x = np.trace(_double_centre(gram_xx)) / (m - 1)
     trace_y = np.trace(_double_centre(gram_yy)) / (n - 1)
-    nuclear = np.linalg.svd(_double_centre(gram_xy), compute_uv=False).sum()
+    # torch's SVD: numpy's multi-threaded OpenBLAS stalls on busy cores (see stats.single_threaded)
+    nuclear = float(torch.linalg.svdvals(torch.from_numpy(_double_centre(gram_xy))).sum())
     return float(mean_sq + trace_x + trace_y - 2.0 * nuclear / np.sqrt((m - 1) * (n - 1)))
 
 

@@ -33,7 +33,7 @@ def vendi_score(features: Any) -> float:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     if np.any(norms == 0):
         raise ValueError("vendi_score: a feature vector is all zeros; cosine similarity is undefined")
-    eigenvalues = np.linalg.svd(x / norms / np.sqrt(len(x)), compute_uv=False) ** 2
+    eigenvalues = torch.linalg.svdvals(torch.from_numpy(x / norms / np.sqrt(len(x)))).numpy() ** 2
     eigenvalues = eigenvalues[eigenvalues > 1e-12]
     return float(np.exp(-(eigenvalues * np.log(eigenvalues)).sum()))
 
