@@ -85,16 +85,22 @@ class FeatureBackbone(nn.Module):
         x = self.normalise(resize_for_backbone(images_uint8, self.input_size))
         return self.forward_normalised(x)[0].float()
 
+    @property
+    def device(self) -> torch.device:
+        """Where the network lives (``backbone.to("cuda")`` moves it; results come back on CPU)."""
+        tensor = next(iter(self.state_dict().values()), None)
+        return tensor.device if tensor is not None else torch.device("cpu")
+
     @torch.inference_mode()
     def _run(self, images: Any, name: str, batch_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         images_uint8 = as_uint8_images(images, name)
         features, logits = [], []
         for start in range(0, len(images_uint8), batch_size):
-            batch = self.normalise(resize_for_backbone(images_uint8[start:start + batch_size], self.input_size))
-            f, lg = self.forward_normalised(batch)
-            features.append(f.double())
+            batch = images_uint8[start:start + batch_size].to(self.device)
+            f, lg = self.forward_normalised(self.normalise(resize_for_backbone(batch, self.input_size)))
+            features.append(f.double().cpu())
             if lg is not None:
-                logits.append(lg.double())
+                logits.append(lg.double().cpu())
         return torch.cat(features), (torch.cat(logits) if logits else None)
 
     def features(self, images: Any, name: str = "images", batch_size: int = BATCH_SIZE,

@@ -159,11 +159,12 @@ class PerceptualDistance:
         a, b = as_uint8_images(images_a, name_a), as_uint8_images(images_b, name_b)
         check_same_shape(a, b, name_a, name_b)
         size = self.input_size(a.shape[-1])
+        device = next(iter(self.network.state_dict().values())).device   # network.to("cuda") moves it
         out = []
         for start in range(0, len(a), batch_size):
-            xa = resize_for_backbone(a[start:start + batch_size], size).mul(2).sub(1)
-            xb = resize_for_backbone(b[start:start + batch_size], size).mul(2).sub(1)
-            out.append(self.network(xa, xb).reshape(-1).double())
+            xa = resize_for_backbone(a[start:start + batch_size].to(device), size).mul(2).sub(1)
+            xb = resize_for_backbone(b[start:start + batch_size].to(device), size).mul(2).sub(1)
+            out.append(self.network(xa, xb).reshape(-1).double().cpu())
         return torch.cat(out)
 
 
