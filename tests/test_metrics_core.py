@@ -15,9 +15,9 @@ from PIL import Image
 
 from lora_core.metrics.backbones import get_backbone
 from lora_core.metrics.cache import FeatureCache, content_key
-from lora_core.metrics.distributions import (FrechetDistance, InceptionScore, KernelDistance, feature_statistics,
-                                             frechet_distance, frechet_distance_from_features, inception_score,
-                                             kernel_distance, mmd2_unbiased)
+from lora_core.metrics.distributions import (FrechetDistance, InceptionScore, KernelDistance, distribution_report,
+                                             feature_statistics, frechet_distance, frechet_distance_from_features,
+                                             inception_score, kernel_distance, mmd2_unbiased)
 from lora_core.metrics.diversity import lpips_diversity, random_pairs, vendi_result, vendi_score
 from lora_core.metrics.lpips import ShiftTolerantLPIPS, get_perceptual, paired_distance
 from lora_core.metrics.preprocess import as_uint8_images
@@ -340,3 +340,15 @@ def test_feature_cache_hits_in_memory_and_on_disk(tmp_path):
     assert backbone.features(images, cache=fresh).equal(first) and fresh.hits == 1 and fresh.misses == 0
     assert content_key(images, "pixels-8", "features") != content_key(images, "effnet-lite0", "features")
     assert backbone.features(random_images(5, seed=9), cache=cache).shape == (5, 192) and cache.misses == 2
+
+
+def test_distribution_report_extracts_features_once_per_backbone():
+    cache = FeatureCache()
+    real, generated = random_images(12, seed=1), random_images(10, seed=2)
+    results = distribution_report(real, generated, backbones=("pixels-8",), cache=cache)
+    assert [r.metric.split(" ")[0] for r in results] == ["FD-pixels", "KID-pixels"]
+    assert (cache.misses, cache.hits) == (2, 2)
+    fd = FrechetDistance("pixels-8")
+    fd.update(real, real=True)
+    fd.update(generated, real=False)
+    assert results[0] == fd.compute()

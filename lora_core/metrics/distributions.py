@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from lora_core.metrics.backbones import FeatureBackbone, get_backbone
+from lora_core.metrics.cache import FeatureCache
 from lora_core.metrics.preprocess import as_uint8_images
 from lora_core.metrics.stats import MetricResult, bootstrap_ci, default_generator
 
@@ -328,3 +329,34 @@ class InceptionScore(_FeatureMetric):
     def compute(self) -> MetricResult:
         return is_result(self._collected(False), self.backbone, self._source_size(), self.splits,
                          self.n_resamples, self._generator())
+
+
+def distribution_report(real: Any, generated: Any, backbones: tuple[str, ...] = ("inception", "effnet-lite0"),
+                        cache: Any = None, seed: int = 0, kid_subset_size: int = 1000,
+                        is_splits: int = 10) -> list[MetricResult]:
+    """FD and KID on each backbone, plus IS for every backbone with logits (IS-EffNet offline).
+
+    Features are extracted once per backbone (a private in-memory cache when ``cache`` is
+    None); every interval uses a generator seeded with ``seed``.
+
+    >>> import torch
+    >>> g = torch.Generator().manual_seed(0)
+    >>> real = torch.randint(0, 256, (12, 3, 16, 16), generator=g, dtype=torch.uint8)
+    >>> [r.metric for r in distribution_report(real, real.flip(0), backbones=("pixels-8",))]
+    ['FD-pixels (raw pixels, 16->8 px)', 'KID-pixels (raw pixels, 16->8 px)']
+    """
+    real_uint8, generated_uint8 = as_uint8_images(real, "real"), as_uint8_images(generated, "generated")
+    cache = cache if cache is not None else FeatureCache()
+    results = []
+    for name in backbones:
+        backbone = get_backbone(name)
+        metrics: list[_FeatureMetric] = [FrechetDistance(backbone, cache, seed=seed),
+                                         KernelDistance(backbone, cache, seed=seed, subset_size=kid_subset_size)]
+        for metric in metrics:
+            metric.update(real_uint8, real=True)
+            metric.update(generated_uint8, real=False)
+        if backbone.has_logits:
+            metrics.append(InceptionScore(backbone, cache, seed=seed, splits=min(is_splits, len(generated_uint8))))
+            metrics[-1].update(generated_uint8)
+        results += [metric.compute() for metric in metrics]
+    return results
