@@ -1,0 +1,117 @@
+"""Run directories and records: one folder per (method, config hash), reused when finished.
+
+A run writes ``<root>/<method>-<confighash>/``::
+
+    config.json          the TrainConfig (its hash names the folder)
+    metrics.jsonl        one row per optimizer step: step, epoch, loss, lr, lr/<group>, s_per_it,
+                         and val_loss on validation steps
+    summary.json         written last: wall time, steps/s, peak memory, trainable params, file
+                         sizes, library versions, device, seed, final losses, method facts
+    state/training_state.pt   latest full training state (exact resume); removed when finished
+    checkpoints/step-<N>/     adapter-only files every N steps
+    exports/                  the finished adapter's files (diffusers, kohya layouts)
+
+A folder with ``summary.json`` is a finished run; ``load_run`` reads it back.
+
+>>> import tempfile
+>>> record = RunRecord(Path(tempfile.mkdtemp()), {"steps": 3}, {})
+>>> record.finished
+False
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lora_core.io import atomic_write_json, atomic_write_text
+
+DEFAULT_RUNS_ROOT = Path(os.environ.get("LSL_RUNS_ROOT", "runs"))
+STATE_FILE = Path("state") / "training_state.pt"
+
+
+@dataclass
+class RunRecord:
+    """A run's folder, its summary and its exported files (``{layout: path}``)."""
+
+    run_dir: Path
+    summary: dict[str, Any]
+    exports: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        return (self.run_dir / "summary.json").exists()
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return json.loads((self.run_dir / "config.json").read_text())
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """Rows of ``metrics.jsonl`` (``pandas.DataFrame(record.metrics())`` for tables)."""
+        return read_metrics(self.run_dir)
+
+
+def run_dir_for(method: str, config_hash: str, root: str | Path | None = None) -> Path:
+    return Path(root if root is not None else DEFAULT_RUNS_ROOT) / f"{method}-{config_hash}"
+
+
+def load_run(run_dir: str | Path) -> RunRecord:
+    """The record of a finished run (FileNotFoundError naming the folder otherwise)."""
+    run_dir = Path(run_dir)
+    summary_path = run_dir / "summary.json"
+    if not summary_path.exists():
+        raise FileNotFoundError(f"{run_dir}: not a finished run (no summary.json)")
+    summary = json.loads(summary_path.read_text())
+    exports = {layout: run_dir / rel for layout, rel in summary.get("exports", {}).items()}
+    return RunRecord(run_dir, summary, exports)
+
+
+def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """Rewrite ``metrics.jsonl`` with ``rows`` (after a resume: exactly the checkpoint's log)."""
+    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+
+
+def append_metrics(run_dir: Path, row: dict[str, Any]) -> None:
+    with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:
+    return atomic_write_json(run_dir / "summary.json", summary)
+
+
+def peak_memory(device: torch.device) -> dict[str, Any]:
+    """CUDA peak allocated bytes on a GPU, else this process's peak resident set size."""
+    if device.type == "cuda":
+        return {"peak_memory_bytes": int(torch.cuda.max_memory_allocated(device)), "peak_memory_kind": "cuda_allocated"}
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # ru_maxrss is in kilobytes on Linux, bytes on macOS
+    return {"peak_memory_bytes": int(rss if sys.platform == "darwin" else rss * 1024),
+            "peak_memory_kind": "process_rss"}
+
+
+def library_versions(device: torch.device) -> dict[str, str]:
+    """Library versions and device facts (lora_core.environment when present)."""
+    try:
+        from lora_core.environment import environment_info
+    except ImportError:
+        import importlib.metadata
+        return {name: importlib.metadata.version(name) for name in ("torch", "diffusers", "peft", "accelerate")}
+    return environment_info(device)
+
+
+def file_sizes(paths: dict[str, Path]) -> dict[str, int]:
+    return {name: Path(path).stat().st_size for name, path in paths.items()}
