@@ -44,7 +44,7 @@ VENDORS: dict[str, Vendor] = {v.name: v for v in (
            "https://github.com/googlefonts/noto-emoji"),
     Vendor("twemoji", "emoji-datasource-twitter", "flat (Twemoji)", "CC-BY-4.0",
            "Twemoji, Copyright 2020 Twitter, Inc and other contributors, CC-BY 4.0",
-           "https://github.com/twitter/twemoji"),
+           "https://github.com/jdecked/twemoji"),
     Vendor("fluent3d", "@lobehub/fluent-emoji-3d", "soft 3D (Microsoft Fluent Emoji 3D)", "MIT",
            "Fluent Emoji, Copyright (c) Microsoft Corporation, MIT License",
            "https://github.com/microsoft/fluentui-emoji"),

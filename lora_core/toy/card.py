@@ -1,0 +1,118 @@
+"""``MODEL_CARD.md`` and the loss-curve figure of the shipped tiny base, from the run's own records."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lora_core.io import atomic_path, atomic_write_text
+from lora_core.toy.pretrain import read_log
+
+LOSS_FIGURE = "loss_curves.png"
+
+
+def plot_losses(out_dir: Path, path: Path) -> None:
+    """Training loss (mean of each log window) and fixed-noise EMA loss of both phases."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # a script, not a notebook: no display
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for ax, phase, title in ((axes[0], "vae", "VAE: L1 + MSE (+ KL)"),
+                             (axes[1], "unet", "UNet + text encoder: min-SNR eps MSE")):
+        rows = read_log(out_dir / f"{phase}_loss.jsonl")
+        ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=0.8, label="train (window mean)")
+        evals = [r for r in rows if "eval_loss_ema" in r]
+        label = "EMA, held-out MSE [0,1] px" if phase == "vae" else "EMA, fixed noise, plain MSE"
+        ax.plot([r["step"] for r in evals], [r["eval_loss_ema"] for r in evals], "o-", ms=2, label=label)
+        ax.set(title=title, xlabel="step", yscale="log")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+
+
+def _last(rows: list[dict], key: str):
+    values = [r[key] for r in rows if key in r]
+    return values[-1] if values else float("nan")
+
+
+def write_model_card(model_dir: Path, out_dir: Path) -> Path:
+    """Write ``MODEL_CARD.md`` (+ loss figure) from ``export_info.json``, logs and ``checks.json``."""
+    info = json.loads((model_dir / "export_info.json").read_text())
+    checks_path = model_dir / "checks.json"
+    checks = json.loads(checks_path.read_text()) if checks_path.exists() else None
+    plot_losses(out_dir, model_dir / LOSS_FIGURE)
+    vae_rows, unet_rows = read_log(out_dir / "vae_loss.jsonl"), read_log(out_dir / "unet_loss.jsonl")
+    cfg, params = info["config"], info["parameters"]
+    if checks:
+        check_text = (
+            f"1. **VAE reconstruction** on {checks['check1_vae_heldout_images']} Noto images held out of VAE "
+            f"training: mean PSNR **{checks['check1_vae_psnr_db_mean']:.1f} dB** "
+            f"(MSE {checks['check1_vae_mse_mean']:.4f} on [0, 1] pixels).\n"
+            f"2. **The base draws its subjects**: {checks['check2_captions']} of its own captions, "
+            f"{checks['check2_sampler']}, one seed each. Pixel MSE to the real image "
+            f"**{checks['check2_generation_mse_mean']:.4f}**, VAE round trip of the same images "
+            f"{checks['check2_vae_round_trip_mse_mean']:.4f}: ratio **{checks['check2_ratio']:.2f}** "
+            f"(target <= {checks['check2_target_ratio']}). Against the real image of a *different* caption "
+            f"the same generations score {checks['check2_mismatched_caption_mse_mean']:.4f}.\n\n"
+            f"![real / VAE round trip / generated](samples.png)\n\n"
+            f"Rows: real image, VAE round trip, generation from the caption (measured at UNet step "
+            f"{checks['unet_steps']}).")
+    else:
+        check_text = "Not measured for this export yet: run `python -m lora_core.toy check`."
+    status = "finished" if info["unet_finished"] else "intermediate (training was still running)"
+    text = f"""# tiny-sd: a tiny Stable-Diffusion-architecture model pretrained on Noto emoji
+
+The base model of the `tiny` profile of lora-style-lab. Same classes as Stable Diffusion v1.5
+(`AutoencoderKL`, `CLIPTextModel` + `CLIPTokenizer`, `UNet2DConditionModel` with cross-attention,
+SD v1's scaled-linear DDPM schedule, epsilon prediction), scaled down to 32x32 px images and
+4x8x8 latents, so LoRA, textual inversion and DreamBooth run the code paths they run on SD v1.5.
+It draws emoji in Google's Noto style from captions; it is a teaching and test model, not an image
+generator anyone should use for anything else.
+
+| | |
+|---|---|
+| parameters | UNet {params['unet'] / 1e6:.2f} M, text encoder {params['text_encoder'] / 1e6:.2f} M, VAE {params['vae'] / 1e6:.2f} M |
+| weights | float16 safetensors, {info['weights_bytes'] / 1e6:.1f} MB (load in float32: `load_base("toy:base")`) |
+| tokenizer | CLIP BPE, {info['tokenizer_size']} tokens, learned on the captions; style trigger words reserved as single tokens |
+| VAE scaling factor | {info['scaling_factor']} (1 / std of latent samples over the training set) |
+| export | {info['exported']}, {status} |
+
+## Data
+All {info['n_images']} Noto Color Emoji images of `emoji-datasource-google` 16.0.0 (every emoji
+and skin-tone variant; Apache-2.0, Copyright Google Inc.), composited onto white and resized to
+32 px (Lanczos). Captions from `emoji-datasource` 16.0.0 (MIT): name, skin tone, subcategory,
+category, short names, e.g. `grinning face, face smiling, smileys and emotion, grinning`. Built by
+`python -m lora_core.toy build`; sources and licences in the book's data page (`book/data.md`).
+{round(cfg['vae_heldout_fraction'] * 100)} % of the emoji (with their skin tones) are held out of VAE training
+for check 1; the UNet sees every caption (style adapters are evaluated on unseen *styles*, not
+unseen subjects).
+
+## Training (`python -m lora_core.toy pretrain-all`, seed {cfg['seed']})
+1. **VAE**: {info['vae_steps']} steps of batch {cfg['vae_batch_size']} ({info['vae_train_minutes']} min), AdamW lr
+   {cfg['vae_lr']} (warmup {cfg['warmup_steps']} steps), L1 + MSE reconstruction + KL x {cfg['vae_kl_weight']}
+   (SD's weighting), EMA {cfg['ema_decay']}. Final training loss {_last(vae_rows, 'loss'):.4f};
+   held-out MSE (EMA) {_last(vae_rows, 'eval_loss_ema'):.4f}.
+2. **UNet + text encoder** from scratch on cached VAE posteriors (mean and std; a fresh latent sample
+   each step): {info['unet_steps']} steps of batch {cfg['unet_batch_size']} ({info['unet_train_minutes']} min),
+   AdamW lr {cfg['unet_lr']} (warmup {cfg['warmup_steps']}), weight decay {cfg['weight_decay']}, gradient clip
+   {cfg['grad_clip']}, {round(cfg['caption_dropout'] * 100)} % empty captions (classifier-free guidance),
+   min-SNR-{cfg['snr_gamma']} weighting, EMA {cfg['ema_decay']} (the shipped weights). Final training loss
+   {_last(unet_rows, 'loss'):.4f}; fixed-noise EMA loss {_last(unet_rows, 'eval_loss_ema'):.4f}.
+
+Hardware: {info['hardware']}; torch {info['torch']}. Every step's batch, noise, timesteps and
+caption dropout come from a generator seeded by (seed, phase, step), and checkpoints hold model,
+EMA, optimizer and scheduler, so an interrupted run resumes to the same weights.
+
+![loss curves]({LOSS_FIGURE})
+
+## Checks
+{check_text}
+
+## Licence
+Weights: Apache-2.0 (trained only on Noto Emoji, Apache-2.0, Copyright Google Inc.; captions from
+emoji-data by Cal Henderson, MIT). Code: this repository, Apache-2.0.
+"""
+    return atomic_write_text(model_dir / "MODEL_CARD.md", text)

@@ -1,0 +1,126 @@
+"""The two quality checks of the shipped tiny base, measured on the exported folder as users load it.
+
+1. VAE reconstruction on Noto emoji held out of VAE training: PSNR of the uint8 round trip.
+2. The base draws its subjects: for its own captions, generations (the ``tiny`` profile's
+   sampler, steps and guidance, one seed per caption) against the real images, as pixel MSE in
+   [0, 1] units, divided by the VAE round-trip MSE of the same images. Target: ratio <= ~2.5.
+   For scale, the same generations against the real images of *other* captions.
+
+>>> psnr(torch.tensor([0.01, 0.001]))
+tensor([20., 30.])
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from lora_core.io import atomic_write_json
+from lora_core.models import TOY_BASE_DIR
+from lora_core.toy.catalog import SKIN_TONES, hash_order
+
+CHECKS_FILE = "checks.json"
+GRID_FILE = "samples.png"
+TARGET_RATIO = 2.5
+
+
+def psnr(mse: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB of per-image MSEs measured on [0, 1] pixels."""
+    return 10 * torch.log10(1.0 / mse)
+
+
+def per_image_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean squared error per image of two uint8 batches, on [0, 1] pixels."""
+    return (a.double() / 255 - b.double() / 255).pow(2).flatten(1).mean(1)
+
+
+@torch.no_grad()
+def vae_round_trip(vae, images: torch.Tensor, batch: int = 128) -> torch.Tensor:
+    """uint8 reconstructions (posterior mode, decoded, quantised) of images in [-1, 1]."""
+    from lora_core.images import to_uint8
+
+    out = [to_uint8(vae.decode(vae.encode(images[i:i + batch]).latent_dist.mode()).sample)
+           for i in range(0, len(images), batch)]
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def generate(base, captions: list[str], steps: int, guidance: float, seed: int = 0, batch: int = 50) -> torch.Tensor:
+    """uint8 generations, one per caption, caption i seeded with ``seed + i``."""
+    from lora_core.images import to_uint8
+
+    pipe = base.pipeline()
+    out = []
+    for start in range(0, len(captions), batch):
+        prompts = captions[start:start + batch]
+        generators = [torch.Generator().manual_seed(seed + start + i) for i in range(len(prompts))]
+        images = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, generator=generators,
+                      output_type="pt").images
+        out.append(to_uint8(images * 2 - 1))
+    return torch.cat(out)
+
+
+def run_checks(model_dir: str | Path | None = None, n_generate: int = 200, out_dir: Path | None = None,
+               log=print) -> dict:
+    """Measure both checks on ``model_dir`` (default ``models/tiny-sd``); writes ``checks.json``."""
+    from lora_core.models import load_base
+    from lora_core.profiles import get_profile
+    from lora_core.toy.card import write_model_card
+    from lora_core.toy.export import EXPORT_INFO
+    from lora_core.toy.pretrain import PretrainConfig, load_base_images, vae_heldout_keys
+
+    torch.set_num_threads(2)
+    model_dir = Path(model_dir) if model_dir else TOY_BASE_DIR
+    info = json.loads((model_dir / EXPORT_INFO).read_text())
+    cfg = PretrainConfig.from_dict(info["config"])
+    base = load_base(str(model_dir))
+    keys, images, captions = load_base_images(cfg)
+    real = ((images + 1) * 127.5).round().to(torch.uint8)
+
+    heldout = sorted(vae_heldout_keys(keys, cfg.vae_heldout_fraction, cfg.seed))
+    idx = torch.tensor([keys.index(k) for k in heldout])
+    vae_mse_heldout = per_image_mse(vae_round_trip(base.vae, images[idx]), real[idx])
+
+    profile = get_profile("tiny")
+    base_keys = [k for k in keys if not any(c in SKIN_TONES for c in k.split("-"))]
+    chosen = sorted(hash_order(base_keys, "check-generation")[:n_generate])
+    gidx = torch.tensor([keys.index(k) for k in chosen])
+    log(f"generating {len(chosen)} images ({profile.inference_steps} steps, guidance {profile.guidance_scale})")
+    generated = generate(base, [captions[i] for i in gidx], profile.inference_steps, profile.guidance_scale)
+    gen_mse = per_image_mse(generated, real[gidx])
+    vae_mse_same = per_image_mse(vae_round_trip(base.vae, images[gidx]), real[gidx])
+    mismatched = per_image_mse(generated, real[gidx.roll(1)])
+    results = {
+        "unet_steps": info["unet_steps"], "vae_steps": info["vae_steps"],
+        "check1_vae_heldout_images": len(heldout),
+        "check1_vae_psnr_db_mean": psnr(vae_mse_heldout).mean().item(),
+        "check1_vae_psnr_db_of_mean_mse": psnr(vae_mse_heldout.mean()).item(),
+        "check1_vae_mse_mean": vae_mse_heldout.mean().item(),
+        "check2_captions": len(chosen),
+        "check2_sampler": f"DDIM, {profile.inference_steps} steps, guidance {profile.guidance_scale}",
+        "check2_generation_mse_mean": gen_mse.mean().item(),
+        "check2_vae_round_trip_mse_mean": vae_mse_same.mean().item(),
+        "check2_ratio": (gen_mse.mean() / vae_mse_same.mean()).item(),
+        "check2_target_ratio": TARGET_RATIO,
+        "check2_mismatched_caption_mse_mean": mismatched.mean().item(),
+    }
+    _save_grid(model_dir / GRID_FILE, real[gidx[:16]], vae_round_trip(base.vae, images[gidx[:16]]), generated[:16])
+    atomic_write_json(model_dir / CHECKS_FILE, results)
+    if out_dir is not None and (Path(out_dir) / "vae_loss.jsonl").exists():
+        write_model_card(model_dir, Path(out_dir))
+    log(json.dumps(results, indent=2))
+    return results
+
+
+def _save_grid(path: Path, *rows: torch.Tensor) -> None:
+    """Rows of uint8 images (real, VAE round trip, generated), 2x nearest upscaled."""
+    from PIL import Image
+
+    from lora_core.io import atomic_path
+
+    strip = torch.cat([torch.cat(list(row), dim=2) for row in rows], dim=1)   # (3, rows*H, n*W)
+    image = Image.fromarray(strip.permute(1, 2, 0).numpy())
+    image = image.resize((image.width * 2, image.height * 2), Image.Resampling.NEAREST)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
