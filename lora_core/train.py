@@ -21,7 +21,7 @@ trainables, optimizer, scheduler, noise generator and the torch/numpy/python RNG
 >>> TrainConfig(data={"folder": "x"}, learning_rate=0)
 Traceback (most recent call last):
 ...
-ValueError: TrainConfig: learning_rate must be positive, got 0.0
+ValueError: TrainConfig: learning_rate must be positive, got 0
 """
 from __future__ import annotations
 
@@ -263,16 +263,12 @@ def load_state(path: Path, config: TrainConfig) -> dict[str, Any]:
 
 
 def provenance(config: TrainConfig, adapter: Adapter, base, step: int) -> dict[str, str]:
-    """String metadata for every weights file (formats.provenance_metadata when available)."""
-    fields = {"method": config.method, "config_hash": config.hash(), "base_model": base.source,
-              "seed": config.seed, "step": step, "config": config.to_json(),
-              **{k: v for k, v in adapter.describe().items() if k != "method"}}
-    try:
-        from lora_core.formats import provenance_metadata
-    except ImportError:
-        from lora_core import __version__
-        return {f"lsl_{k}": str(v) for k, v in {**fields, "version": __version__}.items()}
-    return provenance_metadata(**fields)
+    """String metadata for every weights file: config hash, method, rank/alpha/scale, base, seed, step."""
+    from lora_core.formats import provenance_metadata
+
+    return provenance_metadata(config_hash=config.hash(), method=config.method, base_model=base.source,
+                               seed=config.seed, step=step, config=config.to_json(),
+                               **{k: v for k, v in adapter.describe().items() if k != "method"})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -474,3 +470,58 @@ def _set_attention(unet, attention: str) -> None:
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
     unet.set_attn_processor(AttnProcessor2_0() if attention == "sdpa" else AttnProcessor())
+
+
+# ----------------------------------------------------------------------------------------------
+# command line
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["options.rank=8", "learning_rate=1e-3"]`` -> nested dict (values parsed as YAML).
+
+    >>> parse_overrides(["options.rank=8", "data.folder=imgs", "options.target_modules=[to_q,to_k]"])
+    {'options': {'rank': 8, 'target_modules': ['to_q', 'to_k']}, 'data': {'folder': 'imgs'}}
+    """
+    import yaml
+
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"override {pair!r} is not key=value")
+        key, raw = pair.split("=", 1)
+        *parents, leaf = key.split(".")
+        node = values
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = yaml.safe_load(raw)
+    return values
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        merged[key] = _merge(merged.get(key) or {}, value) if isinstance(value, dict) else value
+    return merged
+
+
+def main(argv: list[str] | None = None) -> runs.RunRecord:
+    import argparse
+
+    import yaml
+
+    parser = argparse.ArgumentParser(prog="python -m lora_core.train", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", help="YAML or JSON file with TrainConfig fields")
+    parser.add_argument("--force", action="store_true", help="retrain even if a finished run exists")
+    parser.add_argument("--runs-root", default=None, help=f"runs folder (default {runs.DEFAULT_RUNS_ROOT})")
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    parser.add_argument("overrides", nargs="*", help="key=value, dotted for nested: options.rank=8 data.folder=x")
+    args = parser.parse_args(argv)
+    values = yaml.safe_load(Path(args.config).read_text()) or {} if args.config else {}
+    config = TrainConfig.from_dict(_merge(values, parse_overrides(args.overrides)))
+    record = train(config, force=args.force, runs_root=args.runs_root, progress=not args.no_progress)
+    print(record.run_dir)
+    return record
+
+
+if __name__ == "__main__":
+    main()

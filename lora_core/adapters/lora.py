@@ -139,18 +139,16 @@ class LoraAdapter(Adapter):
                 "scale": self.options.scale}
 
     def export(self, base, folder: Path, metadata: dict[str, str]) -> dict[str, Path]:
-        folder = Path(folder)
-        with_te = self.options.train_text_encoder
-        try:
-            from lora_core.formats import save_lora_diffusers, save_lora_kohya
-        except ImportError:  # formats' LoRA writers not landed yet: the diffusers layout only
-            return {"diffusers": save_diffusers_layout(base, with_te, folder, metadata)}
-        files = {"diffusers": save_lora_diffusers(folder / DIFFUSERS_FILE, base.unet,
-                                                  base.text_encoder if with_te else None, ADAPTER_NAME, metadata)}
+        from lora_core.formats import save_lora_diffusers, save_lora_kohya
+
+        folder, with_te = Path(folder), self.options.train_text_encoder
         unet_state, te_state = peft_state_dicts(base, with_te)
-        alphas = {name: self.options.effective_alpha for name in lora_module_names({**unet_state, **te_state})}
-        files["kohya"] = save_lora_kohya(folder / KOHYA_FILE, unet_state, te_state, alphas, metadata)
-        return files
+        return {
+            "diffusers": save_lora_diffusers(folder / DIFFUSERS_FILE, base.unet,
+                                             base.text_encoder if with_te else None, ADAPTER_NAME, metadata),
+            "kohya": save_lora_kohya(folder / KOHYA_FILE, unet_state, te_state, self.options.effective_alpha,
+                                     metadata),
+        }
 
 
 def peft_state_dicts(base, with_text_encoder: bool) -> tuple[dict, dict]:
@@ -161,34 +159,3 @@ def peft_state_dicts(base, with_text_encoder: bool) -> tuple[dict, dict]:
     te_state = get_peft_model_state_dict(base.text_encoder, adapter_name=ADAPTER_NAME) if with_text_encoder else {}
     return unet_state, te_state
 
-
-def lora_module_names(state: dict) -> list[str]:
-    """Module names of a peft LoRA state dict (the keys before ``.lora_A``)."""
-    return sorted({key.split(".lora_A")[0] for key in state if ".lora_A" in key})
-
-
-def save_diffusers_layout(base, with_text_encoder: bool, folder: Path, metadata: dict[str, str]) -> Path:
-    """``pipe.save_lora_weights`` output (with peft's alpha metadata, so alpha != rank reloads
-    exactly) plus our provenance ``metadata``, written atomically."""
-    import tempfile
-
-    import safetensors.torch
-    from diffusers import StableDiffusionPipeline
-    from peft.utils import get_peft_model_state_dict
-
-    from lora_core.io import atomic_path
-
-    te = base.text_encoder if with_text_encoder else None
-    with tempfile.TemporaryDirectory() as scratch:
-        StableDiffusionPipeline.save_lora_weights(
-            scratch, unet_lora_layers=get_peft_model_state_dict(base.unet),
-            text_encoder_lora_layers=get_peft_model_state_dict(te) if te is not None else None,
-            unet_lora_adapter_metadata=base.unet.peft_config[ADAPTER_NAME].to_dict(),
-            text_encoder_lora_adapter_metadata=te.peft_config[ADAPTER_NAME].to_dict() if te is not None else None)
-        written = Path(scratch) / DIFFUSERS_FILE
-        with safetensors.safe_open(written, "pt") as f:
-            merged = {**(f.metadata() or {}), **metadata}
-        target = folder / DIFFUSERS_FILE
-        with atomic_path(target) as out:
-            safetensors.torch.save_file(safetensors.torch.load_file(written), out, metadata=merged)
-    return target
