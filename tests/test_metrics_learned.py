@@ -259,6 +259,24 @@ def test_preservation_gram_distance_on_effnet_maps():
     assert changed.value > 0
     with pytest.raises(ValueError, match="base_images and adapted_images must pair up"):
         style.preservation_gram_distance(images, images[:1], blocks=(0,))
+    with pytest.raises(ValueError, match="blocks must be indices"):
+        style.effnet_feature_maps(images, blocks=(99,))
+
+
+def test_truncated_effnet_maps_match_the_full_network():
+    from lora_core.metrics.backbones import get_backbone
+    from lora_core.metrics.preprocess import resize_for_backbone
+
+    images = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    backbone = get_backbone("effnet-lite0")
+    captured = []
+    hook = backbone.net._blocks[1].register_forward_hook(lambda _m, _i, out: captured.append(out))
+    try:
+        with torch.no_grad():
+            backbone.net.extract_features(backbone.normalise(resize_for_backbone(images, 224)))
+    finally:
+        hook.remove()
+    assert torch.allclose(style.effnet_feature_maps(images, blocks=(1,))[0], captured[0], atol=1e-5)
 
 
 # ---------------------------------------------------------------- cross-style control
@@ -283,3 +301,91 @@ def test_cross_style_control_on_constructed_matrices():
 def test_feature_classifier_rejects_bad_classes():
     with pytest.raises(ValueError, match="classes must be >= 2 distinct"):
         FeatureClassifier(3, ("a", "a"))
+
+
+# ---------------------------------------------------------------- training pipeline
+
+def _tiny_world(root, n_subjects: int = 16) -> None:
+    """A catalog with two drawn vendors, coloured squares as images, and a style set of 6 subjects."""
+    from lora_core.toy import VENDORS
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n_subjects):
+        key, category = f"1f{600 + i:03x}", ("Smileys & Emotion", "Food & Drink")[i % 2]
+        rows.append({"key": key, "unified": key.upper(), "name": f"thing {i}", "category": category,
+                     "subcategory": "sub", "skin_tone": "", "caption": f"thing {i}, {category.lower()}",
+                     **{v: int(v in ("noto", "twemoji")) for v in VENDORS}})
+        for vendor in ("noto", "twemoji"):
+            folder = root / "emoji" / "images" / vendor
+            folder.mkdir(parents=True, exist_ok=True)
+            pixels = np.full((16, 16, 3), rng.integers(0, 256, 3), dtype=np.uint8)
+            pixels[:8] = 255 if vendor == "noto" else 0
+            Image.fromarray(pixels).save(folder / f"{key}.png")
+        if i < 6:
+            (root / "styles" / "twemoji" / "train").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(root / "styles" / "twemoji" / "train" / f"{key}.png")
+    pd.DataFrame(rows).to_csv(root / "emoji" / "catalog.csv", index=False)
+
+
+def test_align_head_training_is_deterministic():
+    from lora_core.metrics import train_heads
+
+    gen = torch.Generator().manual_seed(0)
+    texts = {"caption": torch.randn(10, 6, generator=gen), "name": torch.randn(10, 6, generator=gen)}
+    images, subject = torch.randn(20, 5, generator=gen), torch.arange(20) % 10
+    cfg = train_heads.HeadsConfig(align_dim=4, align_steps=5, align_batch=4)
+    first = train_heads.train_align_heads(texts, images, subject, cfg)
+    second = train_heads.train_align_heads(texts, images, subject, cfg)
+    for (name, p), (_, q) in zip(first.state_dict().items(), second.state_dict().items()):
+        assert torch.equal(p, q), name
+    other = train_heads.train_align_heads(texts, images, subject, cfg.replace(seed=1))
+    assert not torch.equal(first.text_proj.weight, other.text_proj.weight)
+
+
+def test_train_heads_pipeline_writes_heads_and_cards(tmp_path):
+    from lora_core.metrics import train_heads
+    from lora_core.metrics.heads import load_head
+
+    _tiny_world(tmp_path / "data")
+    cfg = train_heads.HeadsConfig(data_dir=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"),
+                                  out_dir=str(tmp_path / "heads"), backbone="pixels-8", resolution=8,
+                                  eval_subjects=6, align_steps=5, align_batch=8, classifier_epochs=20)
+    cards = train_heads.train_all(cfg, reconstruct=lambda images: 255 - images, reconstruct_name="invert")
+    for name, card in cards.items():
+        state, stored = load_head(tmp_path / "heads" / f"{name}.safetensors")
+        assert stored == card and stored["config_hash"] == cfg.hash() and state
+    assert cards["align_standin"]["split"]["heldout_subjects"] == 6
+    assert cards["align_standin"]["heldout_retrieval"]["chance_top1"] == pytest.approx(1 / 6)
+    assert cards["style_classifier"]["reconstruct"] == "invert"
+    assert set(cards["style_classifier"]["heldout_per_vendor"]) == {"noto", "twemoji"}
+    assert cards["style_classifier"]["heldout_accuracy"] == 1.0   # half white vs half black: trivially separable
+    assert style.StyleClassifier(tmp_path / "heads" / "style_classifier.safetensors").classes[:2] == ("noto", "twemoji")
+    scorer = alignment.StandInAlignScorer(tmp_path / "heads" / "align_standin.safetensors")
+    assert scorer.card["backbone"] == "pixels-8"
+
+
+def test_vae_reconstruct_matches_encode_decode():
+    from lora_core.images import to_uint8
+    from lora_core.metrics.train_heads import vae_reconstruct
+    from lora_core.models import load_base
+
+    vae = load_base("tiny-random").vae
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    out = vae_reconstruct(vae, batch_size=2)(images)
+    with torch.no_grad():
+        expected = to_uint8(vae.decode(vae.encode(images.float() / 127.5 - 1).latent_dist.mode()).sample)
+    assert out.dtype == torch.uint8 and torch.equal(out, expected)
+
+
+def test_heads_config_and_cli_overrides_are_checked():
+    from lora_core.metrics import train_heads
+
+    assert train_heads._parse_override("align_steps=10") == ("align_steps", 10)
+    assert train_heads._parse_override("data_dir=/tmp/x") == ("data_dir", "/tmp/x")
+    with pytest.raises(ValueError, match="--set expects KEY=VALUE"):
+        train_heads._parse_override("align_steps")
+    with pytest.raises(ValueError, match="unknown key 'align_step'"):
+        train_heads.HeadsConfig.from_dict({"align_step": 3})
+    with pytest.raises(FileNotFoundError, match="catalog.csv: missing"):
+        train_heads.load_catalog("/nonexistent")

@@ -31,6 +31,7 @@ MetricResult(metric='AlignScore (MiniLM+EffNet stand-in)', backbone='all-MiniLM-
 """
 from __future__ import annotations
 
+import functools
 from functools import cached_property
 from pathlib import Path
 from typing import Sequence
@@ -97,6 +98,12 @@ class SentenceEncoder:
             hidden = self.model(**batch).last_hidden_state
             out.append(torch.nn.functional.normalize(mean_pool(hidden, batch["attention_mask"]), dim=-1))
         return torch.cat(out).float()
+
+
+@functools.lru_cache(maxsize=1)
+def sentence_encoder() -> SentenceEncoder:
+    """The shipped MiniLM encoder, loaded once per process."""
+    return SentenceEncoder()
 
 
 class AlignHeads(torch.nn.Module):
@@ -214,9 +221,9 @@ class StandInAlignScorer(AlignmentScorer):
                      f"{accuracy.get('text_to_image_top1', float('nan')):.2f}" if accuracy else
                      "stand-in trained here, not CLIP")
 
-    @cached_property
+    @property
     def text_encoder(self) -> SentenceEncoder:
-        return SentenceEncoder()
+        return sentence_encoder()
 
     @cached_property
     def image_backbone(self):

@@ -282,20 +282,26 @@ def gram_distance_pairs(maps_a: Sequence[torch.Tensor], maps_b: Sequence[torch.T
 
 @torch.no_grad()
 def effnet_feature_maps(images: Any, blocks: Sequence[int] = GRAM_BLOCKS, batch_size: int = 16) -> list[torch.Tensor]:
-    """EfficientNet-Lite0 block outputs for ``images`` (hooks on the public backbone's network)."""
+    """EfficientNet-Lite0 block outputs for ``images``, from the public backbone's network.
+
+    Runs the stem and the blocks up to the last one asked for, in the order of
+    ``EfficientNet.extract_features`` (drop-connect is inactive in eval mode), and stops there.
+    """
     from lora_core.metrics.backbones import get_backbone
 
-    net = get_backbone("effnet-lite0")
+    backbone = get_backbone("effnet-lite0")
+    net = backbone.net
     images = as_uint8_images(images, "images")
+    if not blocks or min(blocks) < 0 or max(blocks) >= len(net._blocks):
+        raise ValueError(f"blocks must be indices in [0, {len(net._blocks) - 1}], got {tuple(blocks)}")
     captured: dict[int, list[torch.Tensor]] = {b: [] for b in blocks}
-    hooks = [net.net._blocks[b].register_forward_hook(lambda _m, _i, out, b=b: captured[b].append(out.detach()))
-             for b in blocks]
-    try:
-        for start in range(0, len(images), batch_size):
-            net.forward_normalised(net.normalise(resize_for_backbone(images[start:start + batch_size], net.input_size)))
-    finally:
-        for hook in hooks:
-            hook.remove()
+    for start in range(0, len(images), batch_size):
+        x = backbone.normalise(resize_for_backbone(images[start:start + batch_size], backbone.input_size))
+        x = net._swish(net._bn0(net._conv_stem(x)))
+        for index, block in enumerate(net._blocks[:max(blocks) + 1]):
+            x = block(x)
+            if index in captured:
+                captured[index].append(x)
     return [torch.cat(captured[b]) for b in blocks]
 
 

@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from lora_core.config import Config, option
-from lora_core.metrics.alignment import AlignHeads, SentenceEncoder, info_nce_loss, retrieval_accuracy
+from lora_core.metrics.alignment import AlignHeads, info_nce_loss, retrieval_accuracy, sentence_encoder
 from lora_core.metrics.heads import METRIC_MODELS_DIR, accuracy, save_head, train_classifier
 
 Reconstruct = Callable[[torch.Tensor], torch.Tensor]   # uint8 (N, 3, R, R) -> uint8 (N, 3, R, R)
@@ -227,7 +227,7 @@ def train_all(cfg: HeadsConfig = HeadsConfig(), reconstruct: Reconstruct | None 
 
 
 def _train_align(cfg, catalog, train_keys, train_pairs, train_feats, eval_keys, eval_pairs, eval_feats, split):
-    encoder = SentenceEncoder()
+    encoder = sentence_encoder()
     texts = {form: encoder.encode(catalog.loc[train_keys, column].tolist())
              for form, column in (("caption", "caption"), ("name", "name"))}
     row_of = {k: i for i, k in enumerate(train_keys)}
