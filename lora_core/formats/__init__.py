@@ -1,4 +1,19 @@
-"""Weight-file formats: A1111/LDM single-file checkpoints and LoRA files (diffusers, kohya)."""
+"""Weight-file formats: A1111/LDM single-file checkpoints and LoRA files (diffusers, kohya, peft).
+
+* :func:`save_single_file` writes a base model as the one-file checkpoint model sites ship;
+  ``load_base(path, config=<diffusers folder>)`` reads it back.
+* :func:`save_lora_diffusers` and :func:`save_lora_kohya` write LoRA files that
+  ``StableDiffusionPipeline.load_lora_weights`` (and A1111, for kohya) load exactly;
+  :func:`provenance_metadata` says inside each file what it is.
+* :func:`load_lora_file` reads any of them (pickles refused), :func:`check_lora_keys` says
+  whether a LoRA fits a model before anything is applied.
+"""
+from lora_core.formats.lora_files import (LoraFile, check_lora_keys, detect_layout, kohya_state_dict,
+                                          load_lora_file, provenance_metadata, save_lora_diffusers,
+                                          save_lora_kohya)
+from lora_core.formats.lora_keys import KeyMatchReport, LoraKeyError, kohya_module_name
 from lora_core.formats.single_file import SingleFileKeyError, check_single_file, save_single_file
 
-__all__ = ["SingleFileKeyError", "check_single_file", "save_single_file"]
+__all__ = ["KeyMatchReport", "LoraFile", "LoraKeyError", "SingleFileKeyError", "check_lora_keys",
+           "check_single_file", "detect_layout", "kohya_module_name", "kohya_state_dict", "load_lora_file",
+           "provenance_metadata", "save_lora_diffusers", "save_lora_kohya", "save_single_file"]
