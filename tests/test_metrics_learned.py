@@ -314,7 +314,7 @@ def _tiny_world(root, n_subjects: int = 16) -> None:
     for i in range(n_subjects):
         key, category = f"1f{600 + i:03x}", ("Smileys & Emotion", "Food & Drink")[i % 2]
         rows.append({"key": key, "unified": key.upper(), "name": f"thing {i}", "category": category,
-                     "subcategory": "sub", "skin_tone": "", "caption": f"thing {i}, {category.lower()}",
+                     "subcategory": f"sub{i % 3}", "skin_tone": "", "caption": f"thing {i}, {category.lower()}",
                      **{v: int(v in ("noto", "twemoji")) for v in VENDORS}})
         for vendor in ("noto", "twemoji"):
             folder = root / "emoji" / "images" / vendor
@@ -355,6 +355,7 @@ def test_train_heads_pipeline_writes_heads_and_cards(tmp_path):
     for name, card in cards.items():
         state, stored = load_head(tmp_path / "heads" / f"{name}.safetensors")
         assert stored == card and stored["config_hash"] == cfg.hash() and state
+    assert sorted(cards) == ["align_standin", "style_classifier", "subject_category", "subject_subcategory"]
     assert cards["align_standin"]["split"]["heldout_subjects"] == 6
     assert cards["align_standin"]["heldout_retrieval"]["chance_top1"] == pytest.approx(1 / 6)
     assert cards["style_classifier"]["reconstruct"] == "invert"
@@ -363,6 +364,15 @@ def test_train_heads_pipeline_writes_heads_and_cards(tmp_path):
     assert style.StyleClassifier(tmp_path / "heads" / "style_classifier.safetensors").classes[:2] == ("noto", "twemoji")
     scorer = alignment.StandInAlignScorer(tmp_path / "heads" / "align_standin.safetensors")
     assert scorer.card["backbone"] == "pixels-8"
+    groups = style.SubjectGroupClassifier(tmp_path / "heads" / "subject_category.safetensors")
+    keys = sorted(groups.group_of)[:4]
+    images = style.load_true_images(keys, "noto", 8, tmp_path / "data")
+    result = groups.p_true_group(images, keys)
+    probs = groups.predict_proba(images)
+    expected = [float(probs[i, groups.classes.index(groups.group_of[k])]) for i, k in enumerate(keys)]
+    assert result.metric == "P(true category)" and result.value == pytest.approx(np.mean(expected))
+    with pytest.raises(ValueError, match="subject_keys: unknown subjects \\['zzz'\\]"):
+        groups.p_true_group(images[:1], ["zzz"])
 
 
 def test_vae_reconstruct_matches_encode_decode():

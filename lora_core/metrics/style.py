@@ -36,7 +36,7 @@ from lora_core.metrics.preprocess import as_uint8_images, check_same_shape, resi
 from lora_core.metrics.stats import MetricResult, bootstrap_result
 
 STYLE_CLASSIFIER_PATH = METRIC_MODELS_DIR / "style_classifier.safetensors"
-SUBJECT_GROUP_PATH = METRIC_MODELS_DIR / "subject_category.safetensors"
+SUBJECT_GROUP_PATHS = {level: METRIC_MODELS_DIR / f"subject_{level}.safetensors" for level in ("category", "subcategory")}
 BASE_VENDOR = "noto"
 # EfficientNet-Lite0 blocks that end its first four stages (112, 56, 28, 14 px at 224 px input):
 # early layers carry texture and colour statistics, the content of a Gram style loss.
@@ -164,7 +164,7 @@ class StyleClassifier(_FeatureHeadMetric):
 class SubjectGroupClassifier(_FeatureHeadMetric):
     """The emoji category of an image; ``p_true_group`` asks whether the subject stays recognisable."""
 
-    def __init__(self, path: str | Path = SUBJECT_GROUP_PATH, cache: Any = None):
+    def __init__(self, path: str | Path = SUBJECT_GROUP_PATHS["category"], cache: Any = None):
         super().__init__(path, cache)
         self.group_of = dict(self.card.get("group_of", {}))
 

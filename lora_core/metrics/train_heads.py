@@ -11,7 +11,8 @@ Heads (each a safetensors file plus a JSON card in ``models/metrics/``):
   InfoNCE; card: zero-shot retrieval on held-out subjects, text->image and image->text, top-1/5.
 - ``style_classifier``: vendor from EfficientNet features of VAE reconstructions (the tiny
   base's VAE) at 32 px; card: held-out accuracy and confusion matrix.
-- ``subject_category``: emoji category from real-image features; card: held-out accuracy.
+- ``subject_category`` and ``subject_subcategory``: the emoji's group from real-image features
+  (does the subject stay recognisable?); card: held-out accuracy beside the majority baseline.
 
 Backbone features are cached by content hash (``data/cache/features``), so a retrain after the
 first run costs only the head training (seconds). Everything is seeded; reruns are identical.
@@ -219,7 +220,9 @@ def train_all(cfg: HeadsConfig = HeadsConfig(), reconstruct: Reconstruct | None 
              "heldout_images": len(eval_pairs)}
     cards = {"align_standin": _train_align(cfg, catalog, train_keys, train_pairs, train_feats, eval_keys,
                                            eval_pairs, eval_feats, split)}
-    cards["subject_category"] = _train_category(cfg, catalog, train_pairs, train_feats, eval_pairs, eval_feats, split)
+    for level in ("category", "subcategory"):
+        cards[f"subject_{level}"] = _train_group(cfg, level, catalog, train_pairs, train_feats, eval_pairs,
+                                                 eval_feats, split)
     cards["style_classifier"] = _train_style(cfg, train_pairs, train_feats, eval_pairs, eval_feats,
                                              generator, reconstruct, reconstruct_name)
     print(f"done in {time.time() - start:.0f} s", flush=True)
@@ -243,19 +246,19 @@ def _train_align(cfg, catalog, train_keys, train_pairs, train_feats, eval_keys, 
     return card
 
 
-def _train_category(cfg, catalog, train_pairs, train_feats, eval_pairs, eval_feats, split):
-    classes = tuple(sorted(catalog.category.unique()))
-    labels = torch.tensor([classes.index(catalog.at[k, "category"]) for k, _ in train_pairs])
+def _train_group(cfg, level, catalog, train_pairs, train_feats, eval_pairs, eval_feats, split):
+    classes = tuple(sorted(catalog[level].unique()))
+    labels = torch.tensor([classes.index(catalog.at[k, level]) for k, _ in train_pairs])
     head = train_classifier(train_feats, labels, classes, seed=cfg.seed, epochs=cfg.classifier_epochs)
-    eval_labels = torch.tensor([classes.index(catalog.at[k, "category"]) for k, _ in eval_pairs])
+    eval_labels = torch.tensor([classes.index(catalog.at[k, level]) for k, _ in eval_pairs])
     held = accuracy(head(eval_feats).detach(), eval_labels)
-    counts = pd.Series([catalog.at[k, "category"] for k, _ in eval_pairs]).value_counts()
-    card = _card(cfg, kind="subject-group classifier", level="category", classes=list(classes),
+    counts = pd.Series([catalog.at[k, level] for k, _ in eval_pairs]).value_counts()
+    card = _card(cfg, kind="subject-group classifier", level=level, classes=list(classes),
                  data="real emoji of every vendor", split=split, heldout_accuracy=held,
                  train_accuracy=accuracy(head(train_feats).detach(), labels),
                  heldout_majority_baseline=float(counts.max() / counts.sum()),
-                 group_of=dict(zip(catalog.key, catalog.category)))
-    save_head(head, Path(cfg.out_dir) / "subject_category.safetensors", card)
+                 group_of=dict(zip(catalog.key, catalog[level])))
+    save_head(head, Path(cfg.out_dir) / f"subject_{level}.safetensors", card)
     return card
 
 
