@@ -40,13 +40,13 @@ STYLE_CAPTION_TEMPLATE = "{caption}, in the style of {trigger}"
 @dataclass(frozen=True)
 class StyleSet:
     vendor: str
-    trigger: str      # a made-up word, reserved as one token in the tiny model's tokenizer
+    trigger: str      # a made-up word of letters only (CLIP splits digits), one token in the tiny tokenizer
     distance: str     # how far the style is from the base vendor, by eye and by FID
 
 
 STYLE_SETS: dict[str, StyleSet] = {
     "twemoji": StyleSet("twemoji", "twmj", "near"),
-    "fluent3d": StyleSet("fluent3d", "flt3d", "far"),
+    "fluent3d": StyleSet("fluent3d", "flntd", "far"),
     "openmoji": StyleSet("openmoji", "opnmj", "far"),
     "openmoji_black": StyleSet("openmoji_black", "opnln", "far (line art)"),
 }
