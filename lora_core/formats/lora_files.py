@@ -214,5 +214,8 @@ def check_lora_keys(state_dict: dict[str, torch.Tensor], unet, text_encoder=None
         names_text_encoder = any(key.startswith(("text_encoder.", "lora_te")) for key in report.missing)
         hint = ("\n(no text_encoder was given to match the text-encoder modules against)"
                 if text_encoder is None and names_text_encoder else "")
+        if any(block in key for key in report.missing for block in ("input_blocks", "output_blocks", "middle_block")):
+            hint += ("\n(input_blocks/output_blocks names are the LDM layout: SDXL kohya files use it; diffusers "
+                     "maps it for an SD v1 UNet only with load_lora_weights(..., unet_config=pipe.unet.config))")
         raise LoraKeyError(f"{layout} LoRA does not fit this model: {report.summary()}{hint}")
     return report
