@@ -190,6 +190,9 @@ def _load_single_file(path: Path, config: str | Path | None, dtype: torch.dtype)
     if config is None:
         raise ValueError(f"{path}: a single-file checkpoint needs config= (a diffusers folder or hub "
                          "id with the same architecture), because it stores weights, not configs")
+    from lora_core.formats import check_single_file
+
+    check_single_file(path, config)  # a clear key/shape report instead of diffusers' meta-tensor error
     local = Path(str(config)).exists() or os.environ.get("HF_HUB_OFFLINE") == "1"
     pipe = StableDiffusionPipeline.from_single_file(
         str(path), config=str(config), dtype=dtype, safety_checker=None,

@@ -1,0 +1,16 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+# ---
+
+# %% [markdown]
+# # LoRA vs textual inversion vs DreamBooth (and LyCORIS)
+#
+# This chapter is being written.
+
+# %% tags=["parameters"]
+profile = "tiny"  # smoke, tiny or sd15
