@@ -104,7 +104,10 @@ unseen subjects).
 
 Hardware: {info['hardware']}; torch {info['torch']}. Every step's batch, noise, timesteps and
 caption dropout come from a generator seeded by (seed, phase, step), and checkpoints hold model,
-EMA, optimizer and scheduler, so an interrupted run resumes to the same weights.
+EMA, optimizer and scheduler, so an interrupted run resumes to the same weights. One caveat: the
+`tokenizers` BPE trainer breaks ties between equally frequent merges in a different order from
+run to run (same merges, different order), so the tokenizer is built once, kept beside the
+checkpoints and shipped with the weights; reproduce the weights from that tokenizer.
 
 ![loss curves]({LOSS_FIGURE})
 
