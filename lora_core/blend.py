@@ -282,6 +282,12 @@ def interpolation_gap(factors_a: Mapping[str, LoraFactors], factors_b: Mapping[s
     return pd.DataFrame(rows)
 
 
+def interpolation_gap_sweep(factors_a: Mapping[str, LoraFactors], factors_b: Mapping[str, LoraFactors],
+                            alphas: Sequence[float]) -> pd.DataFrame:
+    """:func:`interpolation_gap` for several ``a`` in one table (column ``a``), ready to plot."""
+    return pd.concat([interpolation_gap(factors_a, factors_b, a).assign(a=a) for a in alphas], ignore_index=True)
+
+
 def merge_factors(factor_sets: Sequence[Mapping[str, LoraFactors]], weights: Sequence[float],
                   combination_type: str, svd_rank: int | None = None) -> dict[str, LoraFactors]:
     """One adapter from several, by peft's ``add_weighted_adapter`` rules (result scale 1, alpha = r).

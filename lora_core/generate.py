@@ -197,15 +197,33 @@ def generate_cells(base, cells: Sequence[Cell], batch_size: int = 1) -> Grid:
             blend.set_adapter_weights(base, {names[n]: w for n, w in first.adapter_weights().items()})
             pipe = base.pipeline(scheduler=make_scheduler(first.sampler, base.noise_scheduler.config))
             batch = [cells[i] for i in indices]
+            prompt_embeds, negative_embeds = (
+                encode_prompts(pipe, [getattr(c, field) for c in batch], first.clip_skip)
+                for field in ("prompt", "negative_prompt"))
             output = pipe(
-                prompt=[c.prompt for c in batch], negative_prompt=[c.negative_prompt for c in batch],
+                prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds,
                 num_inference_steps=first.steps, guidance_scale=first.guidance_scale,
-                clip_skip=first.clip_skip - 1 or None,
                 height=first.height or base.resolution, width=first.width or base.resolution,
                 generator=[torch.Generator("cpu").manual_seed(c.seed) for c in batch], output_type="pil")
             for i, image in zip(indices, output.images):
                 images[i] = image
     return Grid(images, list(cells), base.source)
+
+
+def encode_prompts(pipe, prompts: Sequence[str], clip_skip: int = 1) -> torch.Tensor:
+    """CLIP embeddings with A1111's clip skip: ``final_layer_norm(hidden_states[-clip_skip])``.
+
+    ``clip_skip=1`` is the text encoder's own output. (diffusers' ``clip_skip=`` argument reaches
+    for ``text_encoder.text_model``, which transformers 5 no longer has.) Textual-inversion tokens
+    with several vectors are expanded as the pipeline does.
+    """
+    tokenizer, text_encoder = pipe.tokenizer, pipe.text_encoder
+    prompts = pipe.maybe_convert_prompt(list(prompts), tokenizer)
+    ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids.to(text_encoder.device)
+    hidden = text_encoder(ids, output_hidden_states=True).hidden_states[-clip_skip]
+    final_norm = getattr(text_encoder, "text_model", text_encoder).final_layer_norm
+    return final_norm(hidden).to(pipe.unet.dtype)
 
 
 def _batches(cells: Sequence[Cell], batch_size: int) -> list[list[int]]:
