@@ -169,12 +169,15 @@ def load_lora(base, path: str | Path, adapter_name: str) -> None:
     checkpoint from ``load_base(folder)`` or ``load_base(file.safetensors, config=...)``). A file
     whose modules do not fit raises ``LoraKeyError`` summarising matched and unmatched keys.
     """
-    from lora_core.formats import check_lora_keys, load_lora_file
+    from lora_core.formats import LoraKeyError, check_lora_keys, load_lora_file
 
     if adapter_name in adapter_names(base):
         raise ValueError(f"adapter {adapter_name!r} already exists; delete it or pick another name")
     lora_file = load_lora_file(path)
-    check_lora_keys(lora_file.state_dict, base.unet, base.text_encoder)
+    try:
+        check_lora_keys(lora_file.state_dict, base.unet, base.text_encoder)
+    except LoraKeyError as error:
+        raise LoraKeyError(f"{path}: {error}") from None
     state = adapter_state(base)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Already found a `peft_config`")
@@ -191,9 +194,9 @@ def unique_adapter_name(base, stem: str) -> str:
     return name
 
 
-def remove_adapters(base, names: Sequence[str], unwrap: bool = False) -> None:
-    """Delete adapters; with ``unwrap``, also turn the LoRA layers back into plain layers when
-    no adapter is left (so the model's ``state_dict`` keys are the base model's again)."""
+def remove_adapters(base, names: Sequence[str]) -> None:
+    """Delete adapters. A component left with no adapter gets its plain layers back, so its
+    ``state_dict`` keys are the base model's again (the parameters stay the same objects)."""
     from diffusers.utils.peft_utils import delete_adapter_layers
 
     for component in COMPONENTS:
@@ -204,7 +207,8 @@ def remove_adapters(base, names: Sequence[str], unwrap: bool = False) -> None:
                     warnings.simplefilter("ignore")
                     delete_adapter_layers(model, name)
                 getattr(model, "peft_config", {}).pop(name, None)
-        if unwrap and not any(layer.lora_A for layer in tuner_layers_of(model).values()):
+        layers = tuner_layers_of(model).values()
+        if layers and not any(layer.lora_A for layer in layers):
             _unwrap(model)
 
 

@@ -240,7 +240,6 @@ def _adapter_files(base, cells: Sequence[Cell]) -> Iterator[dict[str, str]]:
     """Load the adapter files the cells name (once each); yield name -> adapter name; unload after."""
     names = {name: name for cell in cells for name, _ in cell.adapters}
     files = [name for name in names if _is_file(name)]
-    had_adapters = bool(blend.adapter_names(base))
     loaded = []
     try:
         for path in files:
@@ -249,7 +248,7 @@ def _adapter_files(base, cells: Sequence[Cell]) -> Iterator[dict[str, str]]:
             loaded.append(names[path])
         yield names
     finally:
-        blend.remove_adapters(base, loaded, unwrap=not had_adapters)
+        blend.remove_adapters(base, loaded)
 
 
 @contextlib.contextmanager

@@ -183,6 +183,8 @@ def test_fuse_then_unfuse_restores_base_weights_bit_exactly(base):
 
 
 def test_fused_base_is_a_plain_model_that_saves_and_carries_the_blend(base, tmp_path):
+    from lora_core.formats import save_lora_diffusers, save_single_file
+
     weights = {"ink": 0.5}
     state = blend.adapter_state(base)
     set_adapter_weights(base, weights)
@@ -192,9 +194,17 @@ def test_fused_base_is_a_plain_model_that_saves_and_carries_the_blend(base, tmp_
     assert blend.tuner_layers(plain) == {}
     torch.testing.assert_close(unet_output(plain), active, rtol=1e-4, atol=1e-5)
     assert blend.adapter_state(base) == state
-    reloaded = load_base(str(plain.save(tmp_path / "fused")))
+    folder = plain.save(tmp_path / "fused")
     reference = plain.unet.state_dict()
-    assert all(torch.equal(v, reference[k]) for k, v in reloaded.unet.state_dict().items())
+    for reloaded in (load_base(str(folder)),
+                     load_base(str(save_single_file(plain, tmp_path / "fused.safetensors")), config=folder)):
+        assert all(torch.equal(v, reference[k]) for k, v in reloaded.unet.state_dict().items())
+    # the other LoRA, applied to that checkpoint from a diffusers-layout file (alpha 4 = rank 4 here)
+    lora_path = save_lora_diffusers(tmp_path / "moss.safetensors", base.unet, adapter_name="moss")
+    blend.load_lora(reloaded, lora_path, "moss")
+    moss = lora_factors(base, "moss")
+    for key, factors in lora_factors(reloaded, "moss").items():
+        torch.testing.assert_close(factors.delta(), moss[key].delta())
 
 
 def write_kohya_file(path, factors: dict[str, LoraFactors]):
@@ -221,6 +231,13 @@ def test_external_kohya_file_loads_and_merges_one_to_one(base, tmp_path):
     assert loaded.keys() == ink.keys()
     for key in ink:  # alpha 8, rank 4 survives the kohya layout
         torch.testing.assert_close(loaded[key].delta(), ink[key].delta())
+    from lora_core.formats import save_lora_diffusers
+
+    # the diffusers layout keeps alpha 8 != rank 4 too
+    blend.load_lora(base, save_lora_diffusers(tmp_path / "ink.safetensors", base.unet, adapter_name="ink"), "diff_ink")
+    for key, factors in lora_factors(base, "diff_ink").items():
+        assert factors.scale == 2.0
+        torch.testing.assert_close(factors.delta(), ink[key].delta())
     merged = blend.merge_adapters(base, {"kohya_ink": 1.0, "moss": 1.0}, "ink_moss", combination_type="cat")
     exact = blend.blend_deltas([ink, lora_factors(base, "moss")], [1.0, 1.0])
     for key in exact:
@@ -247,6 +264,6 @@ def test_sdxl_shaped_lora_is_refused_with_a_summary(base, tmp_path):
             "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.alpha": torch.tensor(4.0)}
     save_file(sdxl, str(tmp_path / "sdxl.safetensors"))
     names = blend.adapter_names(base)
-    with pytest.raises(LoraKeyError, match="0 of 1 LoRA modules match"):
+    with pytest.raises(LoraKeyError, match="sdxl.safetensors: kohya LoRA does not fit.*0 of 1 LoRA modules match"):
         blend.load_lora(base, tmp_path / "sdxl.safetensors", "sdxl")
     assert blend.adapter_names(base) == names
