@@ -201,3 +201,100 @@ def test_textual_inversion_options_validate():
         TI.replace(num_vectors=0)
     with pytest.raises(ValueError, match="placeholder_token must be one non-empty word"):
         TI.replace(placeholder_token="<my style>")
+
+
+# -- DreamBooth ----------------------------------------------------------------------------------
+
+def test_dreambooth_fine_tunes_unet_and_text_encoder_at_their_own_rates_and_never_the_vae(tmp_path):
+    base = load_base("tiny-random")
+    before = {name: snapshot(getattr(base, name)) for name in ("unet", "text_encoder", "vae")}
+    adapter = get_adapter("dreambooth")(train_config(
+        "dreambooth", DreamBoothOptions(train_text_encoder=True), 1e-3, text_encoder_learning_rate=2e-4))
+
+    losses = train_steps(base, adapter, ["a photo of sks emoji", "a photo of sks emoji"])
+
+    groups = adapter.param_groups(base)
+    assert [(g["name"], g["lr"]) for g in groups] == [("unet", 1e-3), ("text_encoder", 2e-4)]
+    assert len(trainable_parameters(groups)) == len(list(base.unet.parameters())) + len(
+        list(base.text_encoder.parameters()))
+    assert losses[-1] < losses[0]
+    assert changed_keys(before["vae"], base.vae) == set()
+    assert len(changed_keys(before["unet"], base.unet)) > 0.9 * len(before["unet"])
+    assert "embeddings.token_embedding.weight" in changed_keys(before["text_encoder"], base.text_encoder)
+
+    files = adapter.export(base, tmp_path, METADATA)
+    reloaded = load_base(str(files["diffusers"]))
+    assert torch.equal(unet_output(reloaded), unet_output(base))
+    with safe_open(str(files["diffusers"] / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as handle:
+        assert handle.metadata()["lsl_config_hash"] == "abc123"
+        assert handle.metadata()["format"] == "pt"
+
+
+def test_dreambooth_without_text_encoder_trains_only_the_unet():
+    base = load_base("tiny-random")
+    adapter = get_adapter("dreambooth")(train_config("dreambooth", DreamBoothOptions(), 1e-4, 5e-5))
+    adapter.attach(base)
+    assert [g["name"] for g in adapter.param_groups(base)] == ["unet"]
+    assert not adapter.trains_text_encoder
+    assert not any(p.requires_grad for module in (base.text_encoder, base.vae) for p in module.parameters())
+    state = adapter.state_dict(base)
+    assert len(state) == len(list(base.unet.parameters())) and all(k.startswith("unet.") for k in state)
+
+
+def test_prior_preservation_loss_is_instance_mse_plus_weighted_class_mse():
+    generator = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(4, 4, 8, 8, generator=generator), torch.randn(4, 4, 8, 8, generator=generator)
+    expected = ((pred[:2] - target[:2]) ** 2).mean() + 0.7 * ((pred[2:] - target[2:]) ** 2).mean()
+    assert torch.allclose(prior_preservation_loss(pred, target, 2, 0.7), expected)
+    with pytest.raises(ValueError, match="needs instance and class examples in the batch; got num_instance=4 of 4"):
+        prior_preservation_loss(pred, target, 4, 1.0)
+
+
+def test_class_images_are_seeded_cached_and_leave_the_model_as_it_was(tmp_path, monkeypatch):
+    import lora_core.adapters.dreambooth as dreambooth
+
+    base = load_base("tiny-random")
+    base.unet.train()
+    first = generate_class_images(base, "an emoji", 2, tmp_path / "a", seed=3, steps=1)
+    again = generate_class_images(base, "an emoji", 2, tmp_path / "b", seed=3, steps=1)
+    assert [p.read_bytes() for p in first] == [p.read_bytes() for p in again]
+    assert first[0].read_bytes() != first[1].read_bytes()   # one generator per image
+    assert base.unet.training and not base.vae.training
+    manifest = json.loads((tmp_path / "a" / "class_images.json").read_text())
+    assert manifest["settings"]["class_prompt"] == "an emoji" and len(manifest["files"]) == 2
+
+    calls = []
+    real_generate = dreambooth._generate_one
+    monkeypatch.setattr(dreambooth, "_generate_one", lambda *args: calls.append(args[2]) or real_generate(*args))
+    more = generate_class_images(base, "an emoji", 3, tmp_path / "a", seed=3, steps=1)
+    assert calls == [5] and more[:2] == first                # only image 3 (seed 3 + 2) is new
+    generate_class_images(base, "a cat emoji", 1, tmp_path / "a", seed=3, steps=1)
+    assert calls == [5, 3]                                   # other prompt: regenerated
+
+
+# -- LyCORIS ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_lycoris_trains_adapter_weights_only_and_export_reloads_exactly(algo, tmp_path):
+    base = load_base("tiny-random")
+    before = {name: snapshot(getattr(base, name)) for name in ("unet", "text_encoder", "vae")}
+    adapter = get_adapter("lycoris")(train_config("lycoris", LycorisOptions(algo=algo, rank=4, alpha=2.0), 1e-2))
+    adapter.attach(base)
+    initial = adapter.state_dict(base)
+    losses = train_steps(base, adapter, [PROMPT, PROMPT])
+
+    assert losses[-1] < losses[0]
+    assert all(changed_keys(before[name], getattr(base, name)) == set() for name in before)
+    trained = adapter.state_dict(base)
+    learned = [k for k in trained if trained[k].is_floating_point() and not k.endswith(".alpha")]
+    assert learned and any(not torch.equal(initial[k], trained[k]) for k in learned)
+
+    files = adapter.export(base, tmp_path, METADATA)
+    fresh = load_base("tiny-random")
+    load_lycoris(fresh, files["kohya"])
+    assert torch.equal(unet_output(fresh), unet_output(base))
+    with safe_open(str(files["kohya"]), framework="pt") as handle:
+        metadata = handle.metadata()
+        assert all(key.startswith("lora_unet_") for key in handle.keys())
+    assert metadata["ss_network_module"] == "lycoris.kohya" and metadata["lsl_config_hash"] == "abc123"
+    assert json.loads(metadata["ss_network_args"])["algo"] == algo
