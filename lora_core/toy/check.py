@@ -70,7 +70,7 @@ def run_checks(model_dir: str | Path | None = None, n_generate: int = 200, out_d
     from lora_core.toy.export import EXPORT_INFO
     from lora_core.toy.pretrain import PretrainConfig, load_base_images, vae_heldout_keys
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # a shared 2-core machine: two threads spin-wait (see PretrainConfig.threads)
     model_dir = Path(model_dir) if model_dir else TOY_BASE_DIR
     info = json.loads((model_dir / EXPORT_INFO).read_text())
     cfg = PretrainConfig.from_dict(info["config"])
