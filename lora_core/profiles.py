@@ -39,6 +39,11 @@ class Profile(Config):
     lpips_backbone: str = option("st-lpips-alex", "perceptual distance network")
     alignment_backbone: str = option("standin-minilm-effnet", "prompt-alignment model")
     device: str = option("cpu", "torch device")
+    n_bootstrap: int = option(1000, "bootstrap resamples behind every 95% interval over images")
+    generation_batch_size: int = option(16, "images generated at once in the experiments (same images "
+                                            "up to float rounding at any batch size)")
+    benchmark_styles: tuple[str, ...] = option(("twemoji", "openmoji", "fluent3d"),
+                                               "chapter 1's style sets, near to far from the base style")
 
 
 PROFILES: dict[str, Profile] = {
@@ -48,6 +53,7 @@ PROFILES: dict[str, Profile] = {
         base_model="tiny-random", resolution=32, train_steps=4, batch_size=4, lora_rank=4,
         lora_alpha=4.0, inference_steps=2, guidance_scale=3.0, n_eval_images=8, n_seeds=2,
         fid_backbone="none", feature_backbone="effnet-lite0", alignment_backbone="none",
+        n_bootstrap=100, generation_batch_size=8, benchmark_styles=("twemoji", "openmoji"),
     ),
     "tiny": Profile(
         name="tiny",

@@ -1,0 +1,320 @@
+"""Generated images + the toy world's true images -> one tidy table of results with intervals.
+
+:class:`Evaluator` scores one set of generated images (one adapter, one seed, one evaluation
+set) and returns one row per measure: the caller's labels (``style``, ``adapter``, ``seed``,
+``eval_set`` ...), ``measure`` (a stable short key, :data:`MEASURES`), and the
+:class:`~lora_core.metrics.stats.MetricResult` fields ``metric`` (the reported name, e.g.
+``"FD-EffNet (EfficientNet-Lite0, 32->224 px)"``), ``backbone``, ``n``, ``value``, ``ci_low``,
+``ci_high`` (95%, bootstrap over images), ``note``, plus ``better`` (``lower``/``higher``).
+Tables of several calls concatenate; :func:`aggregate_seeds` then averages over training seeds
+with a t-interval, and :func:`format_results` pivots to ``value [low, high]`` text.
+
+    evaluator = Evaluator(get_profile("tiny"))
+    rows = evaluator.evaluate(images, eval_set("twemoji", "heldout", 100), "twemoji",
+                              labels={"adapter": "lora", "seed": 0})
+
+Learned measures need their heads in ``models/metrics`` (``python -m lora_core.metrics.train_heads``);
+without them those measures are left out and :attr:`Evaluator.unavailable` says why.
+
+>>> import pandas as pd
+>>> rows = pd.DataFrame({"adapter": ["lora"] * 3, "seed": [0, 1, 2], "measure": ["m"] * 3,
+...                      "metric": ["M"] * 3, "backbone": ["b"] * 3, "n": [10] * 3, "value": [1.0, 2.0, 3.0],
+...                      "ci_low": [0.5, 1.5, 2.5], "ci_high": [1.5, 2.5, 3.5], "note": [""] * 3,
+...                      "better": ["lower"] * 3})
+>>> agg = aggregate_seeds(rows)
+>>> agg[["adapter", "n_seeds", "value"]].values.tolist(), round(agg.ci_high[0], 3)
+([['lora', 3, 2.0]], 4.484)
+"""
+from __future__ import annotations
+
+import warnings
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from lora_core.experiments.common import EvalSet
+from lora_core.metrics.stats import MetricResult, aggregate_over_seeds, bootstrap_result
+from lora_core.profiles import Profile
+
+RESULT_COLUMNS = ("metric", "backbone", "n", "value", "ci_low", "ci_high", "note")
+# measure key -> (which direction is better for a style LoRA, what it asks)
+MEASURES: dict[str, tuple[str, str]] = {
+    "p_target_style": ("higher", "style classifier: mean P(target style)"),
+    "target_style_rate": ("higher", "style classifier: share of images assigned to the target style"),
+    "feature_to_target": ("lower", "EffNet feature L2 to the same subject's true target-style image"),
+    "feature_to_base": ("higher", "EffNet feature L2 to the same subject's true base-style (noto) image"),
+    "pixel_mse_to_target": ("lower", "pixel MSE to the same subject's true target-style image"),
+    "pixel_mse_to_base": ("higher", "pixel MSE to the same subject's true base-style image"),
+    "st_lpips_to_target": ("lower", "ST-LPIPS to the same subject's true target-style image"),
+    "subject_group_p": ("higher", "subject classifier: mean P(true emoji category)"),
+    "subject_group_accuracy": ("higher", "subject classifier: share assigned to the true category"),
+    "fd_effnet": ("lower", "FD-EffNet to the reference images (biased at small n)"),
+    "kid_effnet": ("lower", "KID-EffNet to the reference images"),
+    "fid": ("lower", "FID (Inception 2015) to the reference images"),
+    "is_effnet": ("higher", "IS-EffNet of the generated images"),
+    "st_lpips_diversity": ("higher", "ST-LPIPS between random pairs of generated images (S1's 'LPIPS')"),
+    "alignment": ("higher", "AlignScore (stand-in, not CLIP) of image vs its subject caption"),
+}
+PAIRED = ("feature_to_target", "feature_to_base", "pixel_mse_to_target", "pixel_mse_to_base",
+          "st_lpips_to_target", "subject_group_p", "subject_group_accuracy")
+DEFAULT_MEASURES = tuple(m for m in MEASURES if m not in ("fid", "pixel_mse_to_target", "pixel_mse_to_base"))
+REPORTED_TABLES = Path(__file__).resolve().parents[2] / "book" / "reference" / "reported_tables.csv"
+FID_BACKBONES = {"inception-2015": "inception", "none": None}
+
+
+class Evaluator:
+    """Scores generated images for the profile's backbones; features are cached by content.
+
+    ``n_resamples`` bootstrap resamples per interval (``profile.n_bootstrap`` by default), every
+    interval seeded with ``seed``.
+    """
+
+    def __init__(self, profile: Profile, cache: Any = None, seed: int = 0, n_resamples: int | None = None,
+                 base_style: str = "noto"):
+        from lora_core.metrics.cache import FeatureCache
+
+        from lora_core.experiments.common import data_dir
+
+        self.profile = profile
+        self.cache = cache if cache is not None else FeatureCache(data_dir() / "cache" / "features")
+        self.seed = seed
+        self.n_resamples = n_resamples or profile.n_bootstrap
+        self.base_style = base_style
+        self.unavailable: dict[str, str] = {}
+
+    # -- learned heads, loaded once, None when their file is missing ----------------------------
+    def _head(self, kind: str):
+        from lora_core.metrics import style
+
+        path = style.STYLE_CLASSIFIER_PATH if kind == "style" else style.SUBJECT_GROUP_PATHS["category"]
+        if not path.is_file():
+            self.unavailable[kind] = f"{path} is missing (python -m lora_core.metrics.train_heads)"
+            return None
+        head_class = style.StyleClassifier if kind == "style" else style.SubjectGroupClassifier
+        return head_class(path, cache=self.cache)
+
+    @cached_property
+    def style_classifier(self):
+        return self._head("style")
+
+    @cached_property
+    def subject_classifier(self):
+        return self._head("subject")
+
+    @cached_property
+    def alignment_scorer(self):
+        from lora_core.metrics.alignment import STANDIN_PATH, get_alignment_scorer
+
+        name = self.profile.alignment_backbone
+        if name == "none":
+            self.unavailable["alignment"] = f"profile {self.profile.name} has no alignment model"
+            return None
+        if name == "standin-minilm-effnet" and not STANDIN_PATH.is_file():
+            self.unavailable["alignment"] = f"{STANDIN_PATH} is missing (python -m lora_core.metrics.train_heads)"
+            return None
+        kwargs = {"cache": self.cache} if name == "standin-minilm-effnet" else {}
+        return get_alignment_scorer(name, **kwargs)
+
+    def _generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed)
+
+    def true_images(self, subject_keys: Sequence[str], style: str, resolution: int) -> torch.Tensor:
+        """uint8 true images of the subjects in ``style`` (a style set or vendor name)."""
+        from lora_core.metrics.style import load_true_images
+
+        return load_true_images(list(subject_keys), style, resolution)
+
+    # -- the table ------------------------------------------------------------------------------
+    def evaluate(self, images: Any, eval_set: EvalSet, target_style: str, labels: dict[str, Any] | None = None,
+                 reference: Any = None, measures: Sequence[str] = DEFAULT_MEASURES) -> pd.DataFrame:
+        """One row per measure for ``images`` (generated from ``eval_set``'s prompts, in order).
+
+        ``reference`` (uint8 images) is what FD/KID/FID compare with; by default the true
+        target-style images of the set's subjects. Paired measures need a paired set and are
+        skipped for unseen prompts.
+        """
+        from lora_core.metrics.preprocess import as_uint8_images
+
+        unknown = [m for m in measures if m not in MEASURES]
+        if unknown:
+            raise ValueError(f"measures: unknown {unknown}. Valid: {', '.join(MEASURES)}")
+        images = as_uint8_images(images, "generated")
+        if len(images) != len(eval_set):
+            raise ValueError(f"images and eval_set must pair up: {len(images)} images, {len(eval_set)} prompts")
+        wanted = [m for m in measures if eval_set.paired or m not in PAIRED]
+        results: dict[str, MetricResult] = {}
+        if eval_set.paired:
+            results.update(self._paired(images, eval_set, target_style, wanted))
+        results.update(self._style(images, target_style, wanted))
+        if reference is None and eval_set.paired:
+            reference = self.true_images(eval_set.subject_keys, target_style, images.shape[-1])
+        if reference is not None:
+            results.update(self._distribution(as_uint8_images(reference, "reference"), images, wanted))
+        if "is_effnet" in wanted:
+            results["is_effnet"] = self._inception_score(images)
+        if "st_lpips_diversity" in wanted and len(images) >= 2:
+            from lora_core.metrics.diversity import lpips_diversity
+
+            results["st_lpips_diversity"] = lpips_diversity(images, self.profile.lpips_backbone,
+                                                            n_resamples=self.n_resamples, generator=self._generator())
+        if "alignment" in wanted and self.alignment_scorer is not None:
+            results["alignment"] = self.alignment_scorer.score(images, list(eval_set.captions), self._generator(),
+                                                               self.n_resamples)
+        return results_frame(results, {"eval_set": eval_set.name, "target_style": target_style, **(labels or {})})
+
+    def _paired(self, images, eval_set: EvalSet, target_style: str, wanted) -> dict[str, MetricResult]:
+        from lora_core.metrics.lpips import paired_distance
+        from lora_core.metrics.style import paired_style_distances
+
+        results = {}
+        keys = list(eval_set.subject_keys)
+        if {"feature_to_target", "feature_to_base", "pixel_mse_to_target", "pixel_mse_to_base"} & set(wanted):
+            distances = paired_style_distances(images, keys, target_style, self.base_style,
+                                               self.profile.feature_backbone, cache=self.cache,
+                                               generator=self._generator())
+            for role in ("target", "base"):
+                results[f"feature_to_{role}"] = distances[f"feature-{role}"]
+                results[f"pixel_mse_to_{role}"] = distances[f"pixel-mse-{role}"]
+        if "st_lpips_to_target" in wanted:
+            truth = self.true_images(keys, target_style, images.shape[-1])
+            results["st_lpips_to_target"] = paired_distance(images, truth, self.profile.lpips_backbone,
+                                                            self.n_resamples, self._generator())
+        if {"subject_group_p", "subject_group_accuracy"} & set(wanted) and self.subject_classifier is not None:
+            head = self.subject_classifier
+            small = _at_resolution(images, head.resolution)
+            results["subject_group_p"] = head.p_true_group(small, keys, self._generator())
+            probs = head.predict_proba(small)
+            truth = torch.tensor([head.classes.index(head.group_of[k]) for k in keys])
+            hits = (probs.argmax(-1) == truth).double().numpy()
+            results["subject_group_accuracy"] = bootstrap_result(
+                f"subject {head.card.get('level', 'category')} accuracy", head.backbone_name, hits,
+                n_resamples=self.n_resamples, generator=self._generator(), note=results["subject_group_p"].note)
+        return {k: v for k, v in results.items() if k in wanted}
+
+    def _style(self, images, target_style: str, wanted) -> dict[str, MetricResult]:
+        from lora_core.metrics.style import style_vendor
+
+        if not {"p_target_style", "target_style_rate"} & set(wanted) or self.style_classifier is None:
+            return {}
+        head = self.style_classifier
+        small = _at_resolution(images, head.resolution)
+        results = {"p_target_style": head.p_style(small, target_style, self._generator())}
+        assigned = head.predict_proba(small).argmax(-1)
+        hits = (assigned == head.classes.index(style_vendor(target_style))).double().numpy()
+        results["target_style_rate"] = bootstrap_result(
+            f"assigned to style={style_vendor(target_style)}", head.backbone_name, hits,
+            n_resamples=self.n_resamples, generator=self._generator(), note=results["p_target_style"].note)
+        return {k: v for k, v in results.items() if k in wanted}
+
+    def _distribution(self, reference, images, wanted) -> dict[str, MetricResult]:
+        from lora_core.metrics.backbones import get_backbone
+        from lora_core.metrics.distributions import fd_result, kid_result
+
+        results = {}
+        size = f"{images.shape[-1]}"
+        backbones = {"fd_effnet": self.profile.feature_backbone, "kid_effnet": self.profile.feature_backbone}
+        fid_name = FID_BACKBONES.get(self.profile.fid_backbone, self.profile.fid_backbone)
+        if fid_name is not None:
+            backbones["fid"] = fid_name
+        for measure, name in backbones.items():
+            if measure not in wanted:
+                continue
+            net = get_backbone(name)
+            real = net.features(reference, "reference", cache=self.cache).numpy()
+            fake = net.features(images, "generated", cache=self.cache).numpy()
+            if measure == "kid_effnet":
+                results[measure] = kid_result(real, fake, net, size, n_subsets=50, n_resamples=self.n_resamples,
+                                              generator=self._generator())
+            else:
+                results[measure] = fd_result(real, fake, net, size, self.n_resamples, self._generator())
+        return results
+
+    def _inception_score(self, images) -> MetricResult:
+        from lora_core.metrics.backbones import get_backbone
+        from lora_core.metrics.distributions import is_result
+
+        net = get_backbone(self.profile.feature_backbone)
+        logits = net.logits(images, "generated", cache=self.cache).numpy()
+        return is_result(logits, net, f"{images.shape[-1]}", splits=max(1, min(10, len(images) // 10)),
+                         n_resamples=self.n_resamples, generator=self._generator())
+
+
+def _at_resolution(images: torch.Tensor, resolution: int | None) -> torch.Tensor:
+    """Images resized (Lanczos, the training preprocessing) to a head's resolution when they differ."""
+    if resolution is None or images.shape[-1] == resolution:
+        return images
+    from PIL import Image
+
+    from lora_core.images import prepare_image
+    from lora_core.metrics.preprocess import as_uint8_images
+
+    return as_uint8_images([prepare_image(Image.fromarray(image.permute(1, 2, 0).numpy()), resolution)
+                            for image in images], "images")
+
+
+def results_frame(results: dict[str, MetricResult], labels: dict[str, Any]) -> pd.DataFrame:
+    """Tidy rows: ``labels`` + ``measure`` + the result's fields + ``better``."""
+    rows = [{**labels, "measure": measure, **result.to_dict(), "better": MEASURES.get(measure, ("", ""))[0]}
+            for measure, result in results.items()]
+    return pd.DataFrame(rows)
+
+
+def label_columns(table: pd.DataFrame, seed_column: str | None = "seed") -> list[str]:
+    """Every column that is not a result field (nor the seed column)."""
+    return [c for c in table.columns if c not in RESULT_COLUMNS and c != seed_column]
+
+
+def aggregate_seeds(table: pd.DataFrame, seed_column: str = "seed", method: str = "t") -> pd.DataFrame:
+    """Mean over seeds of every (labels, measure) group with a 95% interval over seeds
+    (``stats.aggregate_over_seeds``); a group with one run (the base model, which has no training
+    seed) keeps its interval over images and says so in ``note``. Adds ``n_seeds``."""
+    keys = label_columns(table, seed_column)
+    rows = []
+    for key, group in table.groupby(keys, sort=False, dropna=False):
+        results = [MetricResult(*(row[c] for c in RESULT_COLUMNS)) for _, row in group.iterrows()]
+        if len(results) == 1:
+            merged = MetricResult(**{**results[0].to_dict(),
+                                     "note": "; ".join(filter(None, ["one run: interval over images", results[0].note]))})
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                merged = aggregate_over_seeds(results, method=method)
+        rows.append({**dict(zip(keys, key if isinstance(key, tuple) else (key,))), **merged.to_dict(),
+                     "n_seeds": len(results)})
+    return pd.DataFrame(rows)
+
+
+def ci_text(value: float, low: float, high: float, digits: int = 3) -> str:
+    """``"0.512 [0.48, 0.55]"`` with ``digits`` significant digits.
+
+    >>> ci_text(0.51234, 0.48, 0.5533)
+    '0.512 [0.48, 0.553]'
+    """
+    return f"{value:.{digits}g} [{low:.{digits}g}, {high:.{digits}g}]"
+
+
+def format_results(table: pd.DataFrame, index: str | Sequence[str], columns: str | Sequence[str],
+                   digits: int = 3) -> pd.DataFrame:
+    """Pivot ``value [ci_low, ci_high]`` strings: one row per ``index``, one column per ``columns``."""
+    text = table.assign(result=[ci_text(v, lo, hi, digits) for v, lo, hi in
+                                zip(table["value"], table["ci_low"], table["ci_high"])])
+    return text.pivot_table(index=index, columns=columns, values="result", aggfunc="first", sort=False)
+
+
+def reported_table(study: str = "S1", experiment: str | None = None, path: str | Path = REPORTED_TABLES) -> pd.DataFrame:
+    """The studies' reported numbers (``book/reference/reported_tables.csv``): study, experiment,
+    setting, method, metric, value — labelled "reported by the study" (their data, hardware, CLIP/FID)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the studies' reported tables are missing")
+    table = pd.read_csv(path, dtype={"experiment": str})
+    if study not in set(table.study):
+        raise ValueError(f"study: {study!r} is not in {path} (has {', '.join(sorted(set(table.study)))})")
+    table = table[table.study == study]
+    if experiment is not None:
+        table = table[table.experiment == experiment]
+    return table.reset_index(drop=True)
