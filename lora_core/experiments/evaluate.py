@@ -22,7 +22,7 @@ without them those measures are left out and :attr:`Evaluator.unavailable` says 
 ...                      "ci_low": [0.5, 1.5, 2.5], "ci_high": [1.5, 2.5, 3.5], "note": [""] * 3,
 ...                      "better": ["lower"] * 3})
 >>> agg = aggregate_seeds(rows)
->>> agg[["adapter", "n_seeds", "value"]].values.tolist(), round(agg.ci_high[0], 3)
+>>> agg[["adapter", "n_seeds", "value"]].values.tolist(), round(float(agg.ci_high[0]), 3)
 ([['lora', 3, 2.0]], 4.484)
 """
 from __future__ import annotations
