@@ -1,0 +1,181 @@
+"""The reproducibility appendix, built from run records only.
+
+Everything here reads what earlier chapters left behind, and works when none of them ran: the
+run folders under ``runs/`` (``config.json``, ``summary.json``), the per-notebook wall times that
+the book runner writes to ``book/notebooks/_timings.json``, and the executed chapters (to tell
+which run each chapter used, by its config hash). Nothing is trained or generated.
+
+>>> rerun_commands("02_rank_lr", "tiny", {"n_seeds": 2})["book runner"]
+'python -m lora_core.book --profile tiny --only 02_rank_lr -p n_seeds 2'
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+
+from lora_core import runs
+from lora_core.environment import LIBRARIES, environment_info
+from lora_core.profiles import Profile
+
+RUN_COLUMNS = ("method", "config_hash", "run_dir", "finished", "seed", "steps", "rank", "alpha",
+               "learning_rate", "data", "wall_time_s", "trainable_params", "torch", "diffusers", "device")
+
+
+def run_matches_profile(config: Mapping[str, Any], profile: Profile) -> bool:
+    """A run belongs to a profile when it trained on that profile's base model at its resolution.
+
+    >>> from lora_core.profiles import get_profile
+    >>> run_matches_profile({"base_model": "tiny-random", "data": {"resolution": 32}}, get_profile("smoke"))
+    True
+    """
+    data = config.get("data") or {}
+    return config.get("base_model") == profile.base_model and data.get("resolution") == profile.resolution
+
+
+def _run_row(run_dir: Path, config: Mapping[str, Any]) -> dict[str, Any]:
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    options = config.get("options") or {}
+    versions = summary.get("versions", {})
+    return {
+        "method": config.get("method", run_dir.name.split("-")[0]),
+        "config_hash": run_dir.name.rsplit("-", 1)[-1], "run_dir": str(run_dir),
+        "finished": summary_path.exists(), "seed": config.get("seed"),
+        "steps": summary.get("steps", config.get("max_train_steps")),
+        "rank": options.get("rank"), "alpha": options.get("alpha"),
+        "learning_rate": config.get("learning_rate"), "data": (config.get("data") or {}).get("folder"),
+        "wall_time_s": summary.get("wall_time_s"), "trainable_params": summary.get("trainable_params"),
+        "torch": versions.get("torch"), "diffusers": versions.get("diffusers"), "device": summary.get("device"),
+    }
+
+
+def profile_runs(profile: Profile, runs_root: str | Path | None = None) -> pd.DataFrame:
+    """One row per run folder of ``profile`` under ``runs_root`` (finished or not), sorted by method
+    and folder name; an empty table with the same columns when there are none."""
+    root = Path(runs_root if runs_root is not None else runs.DEFAULT_RUNS_ROOT)
+    rows = []
+    for run_dir in sorted(root.glob("*-*")) if root.is_dir() else []:
+        config_path = run_dir / "config.json"
+        if not config_path.exists():
+            continue
+        config = json.loads(config_path.read_text())
+        if run_matches_profile(config, profile):
+            rows.append(_run_row(run_dir, config))
+    return pd.DataFrame(rows, columns=list(RUN_COLUMNS))
+
+
+def chapters_using(config_hashes: list[str], executed_dir: str | Path) -> dict[str, list[str]]:
+    """For each hash, the executed chapters (``<name>.ipynb`` in ``executed_dir``) whose text names it.
+
+    Chapters print their run table with the hashes, so a hash in a chapter's saved outputs means
+    the chapter used that run.
+    """
+    notebooks = {path.stem: path.read_text(encoding="utf-8")
+                 for path in sorted(Path(executed_dir).glob("*.ipynb"))} if Path(executed_dir).is_dir() else {}
+    return {h: [name for name, text in notebooks.items() if h in text] for h in config_hashes}
+
+
+def runs_used_table(profile: Profile, runs_root: str | Path | None, executed_dir: str | Path) -> pd.DataFrame:
+    """:func:`profile_runs` with a ``chapters`` column (comma-separated, '' when no chapter names it)."""
+    table = profile_runs(profile, runs_root)
+    used = chapters_using(list(table["config_hash"]), executed_dir)
+    return table.assign(chapters=[", ".join(used[h]) for h in table["config_hash"]])
+
+
+def version_table(run_table: pd.DataFrame, runs_root: str | Path | None = None,
+                  current: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """Library versions of this build beside the versions recorded by the finished runs.
+
+    ``recorded in runs`` lists every distinct version found in the runs' summaries; ``agrees`` is
+    False where a run was made with a different version (its numbers may then not reproduce).
+    """
+    current = dict(current if current is not None else environment_info())
+    recorded: dict[str, set[str]] = {name: set() for name in LIBRARIES}
+    for run_dir in run_table.loc[run_table["finished"], "run_dir"]:
+        versions = json.loads((Path(run_dir) / "summary.json").read_text()).get("versions", {})
+        for name in LIBRARIES:
+            if name in versions:
+                recorded[name].add(versions[name])
+    rows = [{"library": name, "this build": current.get(name, "not installed"),
+             "recorded in runs": ", ".join(sorted(recorded[name])) or "(no run)",
+             "agrees": recorded[name] <= {current.get(name)}} for name in LIBRARIES]
+    return pd.DataFrame(rows)
+
+
+def hardware_table(device: str = "cpu") -> pd.DataFrame:
+    """Python, platform, device, CPU count, torch threads and physical memory of this machine."""
+    info = environment_info(device)
+    keys = ("python", "platform", "device", "device_name", "cpu_count", "torch_threads")
+    rows = [(key, info[key]) for key in keys]
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        rows.append(("memory_gib", f"{memory / 2**30:.1f}"))
+    except (ValueError, OSError, AttributeError):  # not every platform exposes these sysconf names
+        rows.append(("memory_gib", "unknown"))
+    return pd.DataFrame(rows, columns=["item", "value"])
+
+
+def notebook_timings(timings_file: str | Path) -> pd.DataFrame:
+    """Per-notebook wall time, profile, parameters and finish time from the runner's timings file."""
+    path = Path(timings_file)
+    timings = json.loads(path.read_text()) if path.exists() else {}
+    rows = [{"notebook": name, "profile": entry.get("profile"), "wall_seconds": entry.get("wall_seconds"),
+             "parameters": json.dumps(entry.get("parameters", {}), sort_keys=True),
+             "finished_utc": entry.get("finished_utc")} for name, entry in timings.items()]
+    return pd.DataFrame(rows, columns=["notebook", "profile", "wall_seconds", "parameters", "finished_utc"])
+
+
+def _cli_value(value: Any) -> str:
+    return shlex.quote(json.dumps(value) if isinstance(value, (list, dict, bool)) or value is None else str(value))
+
+
+def rerun_commands(notebook: str, profile: str, parameters: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """Shell commands that re-run one chapter: through the book runner, and with plain papermill.
+
+    >>> rerun_commands("04_style_mixing", "smoke")["papermill"].split(" && ")[1]
+    'papermill -k python3 04_style_mixing.ipynb 04_style_mixing.out.ipynb -p profile smoke'
+    """
+    extra = {k: v for k, v in (parameters or {}).items() if k != "profile"}
+    flags = "".join(f" -p {key} {_cli_value(value)}" for key, value in extra.items())
+    converted = f"{notebook}.ipynb"
+    return {
+        "book runner": f"python -m lora_core.book --profile {profile} --only {notebook}{flags}",
+        "papermill": (f"jupytext --to ipynb --set-kernel python3 -o {converted} notebooks/{notebook}.py && "
+                      f"papermill -k python3 {converted} {notebook}.out.ipynb -p profile {profile}{flags}"),
+    }
+
+
+def rerun_table(notebooks: list[str], timings: pd.DataFrame, profile: str) -> pd.DataFrame:
+    """One row per notebook: the commands that reproduce it with the parameters it last ran with."""
+    recorded = {row.notebook: json.loads(row.parameters) for row in timings.itertuples()}
+    rows = []
+    for name in notebooks:
+        parameters = recorded.get(name, {})
+        commands = rerun_commands(name, parameters.get("profile", profile), parameters)
+        rows.append({"notebook": name, **commands})
+    return pd.DataFrame(rows, columns=["notebook", "book runner", "papermill"])
+
+
+def timings_figure(timings: pd.DataFrame, profile: str):
+    """Horizontal bars of each notebook's last wall time (bars of other profiles greyed), or a
+    figure that says no timings are recorded yet."""
+    import matplotlib.pyplot as plt
+
+    figure, ax = plt.subplots(figsize=(5.5, 0.4 * max(len(timings), 3) + 0.8))
+    if timings.empty:
+        ax.text(0.5, 0.5, "no notebook timings recorded yet\n(run python -m lora_core.book)",
+                ha="center", va="center", fontsize=9)
+        ax.axis("off")
+        return figure
+    colours = ["tab:blue" if p == profile else "lightgrey" for p in timings["profile"]]
+    ax.barh(timings["notebook"], timings["wall_seconds"], color=colours)
+    ax.invert_yaxis()
+    ax.set_xlabel("wall time (s)")
+    ax.set_title(f"notebook wall time, last execution (blue: {profile} profile)", fontsize=9)
+    figure.tight_layout()
+    return figure

@@ -1,0 +1,111 @@
+"""The reproducibility appendix reads run records: a real smoke run, fake foreign runs, timings."""
+import json
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lora_core.experiments import appendix
+from lora_core.profiles import get_profile
+from lora_core.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Two torch threads on two shared, busy cores run ~100x slower than one (measured)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def runs_root(tmp_path_factory, tiny_base):
+    """One finished 1-step smoke run, one unfinished smoke run, one run of another profile."""
+    root = tmp_path_factory.mktemp("runs")
+    images = tmp_path_factory.mktemp("data")
+    for i in range(2):
+        Image.fromarray(np.full((32, 32, 3), 60 * i, np.uint8)).save(images / f"img{i}.png")
+        (images / f"img{i}.txt").write_text(f"swatch {i}")
+    config = TrainConfig(data={"folder": str(images), "resolution": 32}, base_model="tiny-random",
+                         max_train_steps=1, batch_size=2, options={"rank": 4, "alpha": 8.0})
+    record = train(config, base=tiny_base, runs_root=root, progress=False)
+    unfinished = config.replace(seed=5)
+    (root / f"lora-{unfinished.hash()}").mkdir()
+    unfinished.save_json(root / f"lora-{unfinished.hash()}" / "config.json")
+    foreign = config.replace(base_model="toy:base")
+    (root / f"lora-{foreign.hash()}").mkdir()
+    foreign.save_json(root / f"lora-{foreign.hash()}" / "config.json")
+    (root / "notes-without-config").mkdir()
+    return root, record, unfinished.hash(), foreign.hash()
+
+
+def test_profile_runs_lists_this_profiles_runs_finished_or_not(runs_root):
+    root, record, unfinished_hash, foreign_hash = runs_root
+    table = appendix.profile_runs(get_profile("smoke"), root)
+    assert sorted(table["config_hash"]) == sorted([record.summary["config_hash"], unfinished_hash])
+    done = table.set_index("config_hash").loc[record.summary["config_hash"]]
+    assert bool(done["finished"]) and done["steps"] == 1 and done["rank"] == 4 and done["alpha"] == 8.0
+    assert done["trainable_params"] == record.summary["trainable_params"]
+    assert done["torch"] == record.summary["versions"]["torch"]
+    assert not table.set_index("config_hash").loc[unfinished_hash, "finished"]
+    assert list(appendix.profile_runs(get_profile("tiny"), root)["config_hash"]) == [foreign_hash]
+
+
+def test_empty_or_missing_runs_folder_gives_an_empty_table_with_columns(tmp_path):
+    for root in (tmp_path, tmp_path / "absent"):
+        table = appendix.profile_runs(get_profile("smoke"), root)
+        assert table.empty and list(table.columns) == list(appendix.RUN_COLUMNS)
+    assert appendix.version_table(table).loc[0, "recorded in runs"] == "(no run)"
+
+
+def test_chapters_using_finds_hashes_in_executed_notebooks(runs_root, tmp_path):
+    root, record, unfinished_hash, _ = runs_root
+    used_hash = record.summary["config_hash"]
+    (tmp_path / "02_rank_lr.ipynb").write_text(json.dumps({"cells": [{"outputs": [{"text": f"lora-{used_hash}"}]}]}))
+    (tmp_path / "04_style_mixing.ipynb").write_text(json.dumps({"cells": [{"source": used_hash}]}))
+    (tmp_path / "01_style_benchmark.ipynb").write_text("{}")
+    assert appendix.chapters_using([used_hash, unfinished_hash], tmp_path) == {
+        used_hash: ["02_rank_lr", "04_style_mixing"], unfinished_hash: []}
+    table = appendix.runs_used_table(get_profile("smoke"), root, tmp_path).set_index("config_hash")
+    assert table.loc[used_hash, "chapters"] == "02_rank_lr, 04_style_mixing"
+    assert table.loc[unfinished_hash, "chapters"] == ""
+
+
+def test_version_table_flags_runs_made_with_another_version(runs_root):
+    root, record, _, _ = runs_root
+    table = appendix.profile_runs(get_profile("smoke"), root)
+    recorded_torch = record.summary["versions"]["torch"]
+    same = appendix.version_table(table, current={"torch": recorded_torch}).set_index("library")
+    assert same.loc["torch", "agrees"] and same.loc["torch", "recorded in runs"] == recorded_torch
+    other = appendix.version_table(table, current={"torch": "0.0.1"}).set_index("library")
+    assert not other.loc["torch", "agrees"] and other.loc["torch", "this build"] == "0.0.1"
+
+
+def test_timings_and_rerun_commands_round_trip_the_parameters(tmp_path):
+    timings_file = tmp_path / "_timings.json"
+    timings_file.write_text(json.dumps({
+        "02_rank_lr": {"wall_seconds": 12.5, "profile": "smoke", "finished_utc": "2026-01-01T00:00:00Z",
+                       "parameters": {"profile": "smoke", "ranks": [8, 16], "note": "two words"}}}))
+    timings = appendix.notebook_timings(timings_file)
+    assert timings.loc[0, "wall_seconds"] == 12.5 and timings.loc[0, "profile"] == "smoke"
+    table = appendix.rerun_table(["02_rank_lr", "99_appendix"], timings, "tiny").set_index("notebook")
+    words = shlex.split(table.loc["02_rank_lr", "book runner"])
+    assert words == ["python", "-m", "lora_core.book", "--profile", "smoke", "--only", "02_rank_lr",
+                     "-p", "note", "two words", "-p", "ranks", "[8, 16]"]
+    from lora_core.book import parse_overrides
+    assert parse_overrides([words[8:10], words[11:13]]) == {"ranks": [8, 16], "note": "two words"}
+    assert table.loc["99_appendix", "book runner"] == "python -m lora_core.book --profile tiny --only 99_appendix"
+    assert appendix.notebook_timings(tmp_path / "absent.json").empty
+
+
+def test_timings_figure_draws_a_bar_per_notebook_or_says_none(tmp_path):
+    timings = appendix.notebook_timings(Path(tmp_path) / "absent.json")
+    assert "no notebook timings" in appendix.timings_figure(timings, "tiny").axes[0].texts[0].get_text()
+    (tmp_path / "t.json").write_text(json.dumps({n: {"wall_seconds": s, "profile": p, "parameters": {}}
+                                                 for n, s, p in [("a", 1.0, "tiny"), ("b", 3.0, "smoke")]}))
+    axes = appendix.timings_figure(appendix.notebook_timings(tmp_path / "t.json"), "tiny").axes[0]
+    assert [round(bar.get_width(), 1) for bar in axes.patches] == [1.0, 3.0]
