@@ -482,8 +482,6 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     >>> parse_overrides(["options.rank=8", "data.folder=imgs", "options.target_modules=[to_q,to_k]"])
     {'options': {'rank': 8, 'target_modules': ['to_q', 'to_k']}, 'data': {'folder': 'imgs'}}
     """
-    import yaml
-
     values: dict[str, Any] = {}
     for pair in pairs:
         if "=" not in pair:
@@ -493,8 +491,27 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         node = values
         for parent in parents:
             node = node.setdefault(parent, {})
-        node[leaf] = yaml.safe_load(raw)
+        node[leaf] = load_yaml(raw)
     return values
+
+
+def load_yaml(text: str) -> Any:
+    """YAML with ``1e-4`` read as a float (PyYAML's YAML 1.1 resolver reads it as a string).
+
+    >>> load_yaml("learning_rate: 1e-4")
+    {'learning_rate': 0.0001}
+    """
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
+        r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+        r"|[0-9][0-9_]*[eE][-+]?[0-9]+|\.inf|\.nan)$", re.IGNORECASE), list("-+0123456789."))
+    return yaml.load(text, Loader=Loader)
 
 
 def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -507,8 +524,6 @@ def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> runs.RunRecord:
     import argparse
 
-    import yaml
-
     parser = argparse.ArgumentParser(prog="python -m lora_core.train", description=__doc__.split("\n")[0])
     parser.add_argument("--config", help="YAML or JSON file with TrainConfig fields")
     parser.add_argument("--force", action="store_true", help="retrain even if a finished run exists")
@@ -516,7 +531,7 @@ def main(argv: list[str] | None = None) -> runs.RunRecord:
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     parser.add_argument("overrides", nargs="*", help="key=value, dotted for nested: options.rank=8 data.folder=x")
     args = parser.parse_args(argv)
-    values = yaml.safe_load(Path(args.config).read_text()) or {} if args.config else {}
+    values = (load_yaml(Path(args.config).read_text()) or {}) if args.config else {}
     config = TrainConfig.from_dict(_merge(values, parse_overrides(args.overrides)))
     record = train(config, force=args.force, runs_root=args.runs_root, progress=not args.no_progress)
     print(record.run_dir)

@@ -1,0 +1,196 @@
+"""The training loop on the tiny random model: loss falls, records, reuse, exact resume after
+SIGKILL, NaN stop, and every bad input refused before training starts."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from lora_core import train as train_module
+from lora_core.train import TrainConfig, TrainingDiverged, train
+from lora_core.runs import STATE_FILE, load_run
+
+REPO = Path(__file__).resolve().parent.parent
+COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30), "yellow": (230, 220, 20)}
+
+
+def _write_images(folder: Path, n: int) -> Path:
+    folder.mkdir(parents=True)
+    for i in range(n):
+        name = list(COLOURS)[i % 4]
+        pixels = np.full((32, 32, 3), 255, np.uint8)
+        pixels[4 + i % 8:20 + i % 8, 6:26] = COLOURS[name]
+        Image.fromarray(pixels).save(folder / f"img{i:02d}.png")
+        (folder / f"img{i:02d}.txt").write_text(f"a {name} emoji")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return _write_images(tmp_path_factory.mktemp("train") / "images", 8)
+
+
+def _config(data_dir, **changes):
+    values = dict(data={"folder": str(data_dir)}, validation_folder=str(data_dir), max_train_steps=6,
+                  batch_size=4, learning_rate=1e-2, checkpoint_every_steps=2, validation_every_steps=3,
+                  options={"rank": 4, "alpha": 8.0})
+    return TrainConfig.from_dict({**values, **changes})
+
+
+@pytest.fixture(scope="module")
+def finished(data_dir, tiny_base, tmp_path_factory):
+    """One uninterrupted 6-step LoRA run, shared by the record, reuse and resume tests."""
+    root = tmp_path_factory.mktemp("runs")
+    return _config(data_dir), root, train(_config(data_dir), base=tiny_base, runs_root=root, progress=False)
+
+
+def test_lora_loss_falls_on_a_fixed_dataset(data_dir, tiny_base, tmp_path):
+    config = _config(data_dir, max_train_steps=24, checkpoint_every_steps=0, validation_every_steps=12,
+                     learning_rate=3e-2)
+    record = train(config, base=tiny_base, runs_root=tmp_path, progress=False)
+    rows = record.metrics()
+    first, last = np.mean([r["loss"] for r in rows[:6]]), np.mean([r["loss"] for r in rows[-6:]])
+    val = [r["val_loss"] for r in rows if "val_loss" in r]
+    assert last < first
+    assert val[-1] < val[0]  # the deterministic validation loss on the training images falls too
+
+
+def test_records_hold_config_metrics_summary_and_provenance(finished):
+    config, root, record = finished
+    run_dir = root / f"lora-{config.hash()}"
+    assert record.run_dir == run_dir and record.finished
+    assert json.loads((run_dir / "config.json").read_text()) == json.loads(config.to_json())
+    rows = record.metrics()
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert all({"loss", "lr", "lr/unet", "s_per_it", "epoch"} <= set(r) for r in rows)
+    assert [r["step"] for r in rows if "val_loss" in r] == [3, 6]
+    summary = record.summary
+    for key in ("wall_time_s", "steps_per_s", "peak_memory_bytes", "trainable_params", "file_sizes", "versions",
+                "device", "seed", "final_loss", "final_val_loss"):
+        assert key in summary, key
+    lora_params = sum(t.numel() for t in load_file(record.exports["diffusers"]).values())
+    assert summary["trainable_params"] == lora_params
+    assert summary["adapter"]["rank"] == 4 and summary["adapter"]["alpha"] == 8.0 and summary["adapter"]["scale"] == 2.0
+    assert summary["file_sizes"]["kohya"] == record.exports["kohya"].stat().st_size
+    for path in (*record.exports.values(), *sorted((run_dir / "checkpoints").glob("*/*.safetensors"))):
+        with safe_open(path, "pt") as f:
+            metadata = f.metadata()
+        assert metadata["lsl_config_hash"] == config.hash() and metadata["lsl_rank"] == "4"
+        assert metadata["ss_network_alpha"] == "8.0" and metadata["lsl_scale"] == "2.0"
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
+    assert not (run_dir / STATE_FILE).exists()  # the full state goes once the run is finished
+    assert load_run(run_dir).summary == summary
+
+
+def test_a_finished_run_is_reused_unless_forced(finished, tiny_base):
+    config, root, record = finished
+    metrics_file = record.run_dir / "metrics.jsonl"
+    before = metrics_file.stat().st_mtime_ns
+    again = train(config, base=tiny_base, runs_root=root, progress=False)
+    assert again.summary == record.summary and metrics_file.stat().st_mtime_ns == before
+    forced = train(config, base=tiny_base, runs_root=root, force=True, progress=False)
+    assert metrics_file.stat().st_mtime_ns != before
+    assert [r["loss"] for r in forced.metrics()] == [r["loss"] for r in record.metrics()]  # same seed, same run
+
+
+def test_resume_after_sigkill_is_bit_identical(finished, data_dir, tmp_path):
+    config, _, uninterrupted = finished
+    config_file = tmp_path / "run.json"
+    config_file.write_text(config.to_json())
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "lora_core.train", "--config", str(config_file),
+                                "--runs-root", str(tmp_path / "runs"), "--no-progress"],
+                               cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    state_file = tmp_path / "runs" / f"lora-{config.hash()}" / STATE_FILE
+    deadline = time.monotonic() + 600
+    while not state_file.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert state_file.exists(), process.stderr.read().decode()[-2000:]
+    run_dir = state_file.parent.parent
+    assert not (run_dir / "summary.json").exists()  # killed mid-way
+    killed_at = torch.load(state_file, weights_only=True)["step"]
+    assert 2 <= killed_at < 6
+
+    resumed = train(config, runs_root=tmp_path / "runs", progress=False)
+    assert resumed.summary["resumed_from_step"] == killed_at
+    assert [r["loss"] for r in resumed.metrics()] == [r["loss"] for r in uninterrupted.metrics()]
+    assert [r.get("val_loss") for r in resumed.metrics()] == [r.get("val_loss") for r in uninterrupted.metrics()]
+    for layout in ("diffusers", "kohya"):
+        expected, got = load_file(uninterrupted.exports[layout]), load_file(resumed.exports[layout])
+        assert expected.keys() == got.keys()
+        assert all(torch.equal(expected[k], got[k]) for k in expected), layout
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_state(data_dir, tiny_base, tmp_path, monkeypatch):
+    real_loss, calls = train_module.diffusion_loss, []
+
+    def nan_on_third_step(*args, **kwargs):
+        calls.append(1)
+        loss = real_loss(*args, **kwargs)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    monkeypatch.setattr(train_module, "diffusion_loss", nan_on_third_step)
+    config = _config(data_dir, checkpoint_every_steps=1, validation_every_steps=0)
+    with pytest.raises(TrainingDiverged, match=r"loss is nan at step 3 .*last good state is .*training_state.pt"):
+        train(config, base=tiny_base, runs_root=tmp_path, progress=False)
+    state = torch.load(tmp_path / f"lora-{config.hash()}" / STATE_FILE, weights_only=True)
+    assert state["step"] == 2 and all(torch.isfinite(t).all() for t in state["adapter"].values())
+
+
+# -- bad input: one clear error, before any training ------------------------------------------------
+
+
+def test_unknown_keys_list_the_valid_ones(data_dir):
+    with pytest.raises(ValueError, match=r"TrainConfig: unknown key 'lerning_rate'. Valid keys: method, options"):
+        TrainConfig.from_dict({"data": {"folder": str(data_dir)}, "lerning_rate": 1e-3})
+    with pytest.raises(ValueError, match=r"LoraOptions: unknown key 'rnak'. Valid keys: rank, alpha"):
+        TrainConfig.from_dict({"data": {"folder": str(data_dir)}, "options": {"rnak": 8}})
+    with pytest.raises(ValueError, match="unknown training method 'loar'"):
+        TrainConfig.from_dict({"data": {"folder": str(data_dir)}, "method": "loar"})
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"options": {"rank": 0}}, "rank must be a positive integer, got 0"),
+    ({"options": {"rank": 4, "alpha": -1.0}}, "alpha must be positive"),
+    ({"learning_rate": -1e-4}, "learning_rate must be positive"),
+    ({"max_train_steps": 0}, "max_train_steps must be positive"),
+    ({"batch_size": 0}, "batch_size must be positive"),
+    ({"lr_scheduler": "cosine_restart"}, "lr_scheduler='cosine_restart' is not one of constant, linear"),
+])
+def test_bad_values_are_refused_when_the_config_is_built(data_dir, changes, message):
+    with pytest.raises(ValueError, match=message):
+        _config(data_dir, **changes)
+
+
+def test_targets_matching_nothing_list_close_names(data_dir, tiny_base, tmp_path):
+    config = _config(data_dir, options={"target_modules": ["to_q", "to_kk"]})
+    with pytest.raises(ValueError, match=r"'to_kk' matches nothing in the UNet. Close module names: to_k"):
+        train(config, base=tiny_base, runs_root=tmp_path, progress=False)
+    assert not (tmp_path / f"lora-{config.hash()}").exists()
+
+
+def test_a_dataset_smaller_than_one_batch_is_refused(data_dir, tiny_base, tmp_path):
+    small = _write_images(tmp_path / "small", 3)
+    config = _config(small, validation_folder="")
+    with pytest.raises(ValueError, match=r"has 3 training images .* one batch needs 4"):
+        train(config, base=tiny_base, runs_root=tmp_path, progress=False)
+
+
+def test_a_resume_state_from_another_config_is_refused(finished, data_dir, tiny_base, tmp_path):
+    config, _, _ = finished
+    other = _config(data_dir, seed=1)
+    state_file = tmp_path / "training_state.pt"
+    torch.save({"config_hash": other.hash(), "config": other.to_dict(), "step": 2}, state_file)
+    with pytest.raises(ValueError, match=r"written by config .*, not by this config .*; differing keys: seed"):
+        train(config, base=tiny_base, runs_root=tmp_path, resume_from=state_file, progress=False)
