@@ -1,0 +1,369 @@
+"""Chapter 4: mixing two style LoRAs, in output space and in weight space, for a in [0, 1].
+
+S1's Exp. IV mixed two style LoRAs as ``theta_mix = a theta_A + (1 - a) theta_B`` (weight-space
+interpolation of the LoRA factors). The usual alternative is to activate both adapters at once
+with weights ``a`` and ``1 - a`` (output-space blending, diffusers' ``set_adapters``, A1111's
+``<lora:A:a> <lora:B:1-a>``). Both are materialised here as one LoRA file per ``(mode, a)``:
+
+* ``blend``: ``merge_factors(..., "cat")``, a rank ``r_A + r_B`` LoRA whose delta is exactly
+  ``a s_A B_A A_A + (1-a) s_B B_B A_B`` (the blend, no cross terms);
+* ``interpolate``: ``interpolate_factors``, rank ``r``, with the cross terms that make it differ
+  from the blend by ``-a(1-a) s (B_A - B_B)(A_A - A_B)`` per module (``blend.interpolation_gap``).
+
+At ``a`` in {0, 1} both reduce to one of the trained LoRAs, so their own exported files are used.
+Files and generated images are cached by content, so re-running the chapter costs seconds.
+
+>>> mixing_settings(get_profile("smoke")).weights
+(1.0, 0.75, 0.5, 0.25, 0.0)
+>>> mix_label("interpolate", 0.25)
+'interpolate a=0.25'
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+import pandas as pd
+import torch
+
+from lora_core import blend
+from lora_core.config import Config, option
+from lora_core.experiments.common import EvalSet, data_dir, eval_set, style_lora_config
+from lora_core.profiles import Profile, get_profile  # noqa: F401  (get_profile: used by the doctest)
+from lora_core.train import TrainConfig
+
+MODES = ("blend", "interpolate")
+MODE_NAMES = {"blend": "output-space blend", "interpolate": "weight-space interpolation"}
+MIX_ADAPTER = "mix"
+PROMPT_TEMPLATE = "{caption}, in the style of {trigger_a} and {trigger_b}"
+
+
+@dataclass(frozen=True)
+class MixingSettings(Config):
+    styles: tuple[str, str] = option(("twemoji", "openmoji"), "the two style LoRAs mixed: A (a=1) and B (a=0)")
+    weights: tuple[float, ...] = option((1.0, 0.75, 0.5, 0.25, 0.0), "mixing weights a of style A (S1 Exp. IV)")
+    training_seeds: tuple[int, ...] = option((0,), "training seeds; seed s of A mixes with seed s of B "
+                                                   "(chapter 1's seeds, so the runs are shared)")
+    n_prompts: int = option(32, "held-out subjects generated at every (mode, a)")
+    strip_prompts: int = option(4, "subjects shown in the picture strips")
+    prompt_template: str = option(PROMPT_TEMPLATE, "prompt with both trigger words, as one mixes style LoRAs in A1111")
+
+    def __post_init__(self) -> None:
+        if len(self.styles) != 2 or self.styles[0] == self.styles[1]:
+            raise ValueError(f"MixingSettings: styles must be two different style sets, got {self.styles}")
+        bad = [a for a in self.weights if not 0.0 <= a <= 1.0]
+        if bad or not self.weights:
+            raise ValueError(f"MixingSettings: weights must be non-empty and in [0, 1], got {self.weights}")
+        if not self.training_seeds:
+            raise ValueError("MixingSettings: training_seeds is empty")
+        if self.n_prompts < 2 or not 1 <= self.strip_prompts <= self.n_prompts:
+            raise ValueError(f"MixingSettings: need n_prompts >= 2 and 1 <= strip_prompts <= n_prompts, "
+                             f"got {self.n_prompts} and {self.strip_prompts}")
+
+
+# Per-profile sizes: smoke in seconds; tiny within chapter 4's 3 minutes (the LoRAs come from
+# chapter 1's cache); sd15 at S1's scale of one image per prompt and weight.
+MIXING = {"smoke": MixingSettings(n_prompts=4, strip_prompts=2),
+          "tiny": MixingSettings(n_prompts=32, strip_prompts=4),
+          "sd15": MixingSettings(n_prompts=50, strip_prompts=4)}
+
+
+def mixing_settings(profile: Profile, **overrides) -> MixingSettings:
+    """The profile's mixing sizes with ``overrides`` (unknown keys raise, listing the valid ones)."""
+    return MIXING[profile.name].replace(**overrides) if overrides else MIXING[profile.name]
+
+
+def mix_label(mode: str, a: float) -> str:
+    return f"{mode} a={a:g}"
+
+
+def lora_configs(profile: Profile, settings: MixingSettings) -> dict[tuple[str, int], TrainConfig]:
+    """``{(style, seed): config}`` of both style LoRAs at every training seed, built by the book's
+    one config builder (so chapter 1's runs are reused)."""
+    return {(style, seed): style_lora_config(profile, style, seed)
+            for seed in settings.training_seeds for style in settings.styles}
+
+
+def mixing_eval_set(settings: MixingSettings) -> EvalSet:
+    """Held-out subjects (the same subjects in every style set) prompted with both trigger words.
+
+    Subject keys are kept, so every image pairs with the true image of its subject in either style.
+    """
+    from lora_core.toy import STYLE_SETS
+
+    style_a, style_b = settings.styles
+    held_out = eval_set(style_a, "heldout", settings.n_prompts)
+    prompts = tuple(settings.prompt_template.format(caption=c, trigger_a=STYLE_SETS[style_a].trigger,
+                                                    trigger_b=STYLE_SETS[style_b].trigger)
+                    for c in held_out.captions)
+    return EvalSet("held-out subjects, both triggers", f"{style_a}+{style_b}", prompts, held_out.captions,
+                   held_out.seeds, held_out.subject_keys)
+
+
+# ---- mixed adapters ---------------------------------------------------------------------------
+
+def mixed_factors(factors_a: Mapping[str, blend.LoraFactors], factors_b: Mapping[str, blend.LoraFactors],
+                  a: float, mode: str) -> dict[str, blend.LoraFactors]:
+    """The factors of the ``mode`` mix at weight ``a`` of adapter A (see the module docstring)."""
+    if mode == "blend":
+        return blend.merge_factors([factors_a, factors_b], [a, 1.0 - a], "cat")
+    if mode == "interpolate":
+        return blend.interpolate_factors(factors_a, factors_b, a)
+    raise ValueError(f"mode: {mode!r} is not one of {', '.join(MODES)}")
+
+
+@contextlib.contextmanager
+def quiet_diffusers() -> Iterator[None]:
+    """Silence diffusers' per-load notice that a UNet-only LoRA has no text-encoder keys (it is
+    printed once per loaded file, i.e. for every mix)."""
+    from diffusers.utils import logging as diffusers_logging
+
+    previous = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(previous)
+
+
+def file_digest(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def save_factors(base, factors: Mapping[str, blend.LoraFactors], path: str | Path, metadata: dict[str, str]) -> Path:
+    """Write ``factors`` as a diffusers-layout LoRA file (reloads exactly, alpha = scale x rank);
+    ``base`` is left as it was."""
+    from lora_core.formats import save_lora_diffusers
+
+    name = blend.unique_adapter_name(base, MIX_ADAPTER)
+    blend.add_adapter_from_factors(base, name, factors)
+    try:
+        has_text_encoder = any(key.startswith("text_encoder.") for key in factors)
+        return save_lora_diffusers(path, base.unet, base.text_encoder if has_text_encoder else None, name, metadata)
+    finally:
+        blend.remove_adapters(base, [name])
+
+
+def mix_files(base, lora_a: str | Path, lora_b: str | Path, weights: Sequence[float],
+              cache_dir: str | Path | None = None) -> dict[tuple[str, float], Path]:
+    """``{(mode, a): LoRA file}`` for every mode and weight; a in {0, 1} maps to the input files.
+
+    Interior mixes are written once to ``cache_dir`` (default ``data/cache/mixing``) under a name
+    made of both input files' sha256, the mode and ``a``.
+    """
+    folder = Path(cache_dir) if cache_dir is not None else data_dir() / "cache" / "mixing"
+    digests = f"{file_digest(lora_a)}:{file_digest(lora_b)}"
+    loaded = None
+    files = {}
+    for mode in MODES:
+        for a in weights:
+            if a in (0.0, 1.0):
+                files[(mode, a)] = Path(lora_a if a == 1.0 else lora_b)
+                continue
+            key = hashlib.sha256(f"{digests}:{mode}:{a!r}".encode()).hexdigest()[:24]
+            path = folder / f"{mode}-{key}.safetensors"
+            if not path.is_file():
+                loaded = loaded or load_factors(base, lora_a, lora_b)
+                save_factors(base, mixed_factors(*loaded, a, mode), path,
+                             {"lsl_mix_mode": mode, "lsl_mix_a": repr(a), "lsl_mix_inputs": digests})
+            files[(mode, a)] = path
+    return files
+
+
+def load_factors(base, lora_a: str | Path, lora_b: str | Path) -> tuple[dict, dict]:
+    """Both LoRA files' factors (``blend.lora_factors``), read through a temporary load into
+    ``base`` (removed afterwards)."""
+    names = [blend.unique_adapter_name(base, "mix_input_a")]
+    with quiet_diffusers():
+        blend.load_lora(base, lora_a, names[0])
+    names.append(blend.unique_adapter_name(base, "mix_input_b"))
+    try:
+        with quiet_diffusers():
+            blend.load_lora(base, lora_b, names[1])
+        return blend.lora_factors(base, names[0]), blend.lora_factors(base, names[1])
+    finally:
+        blend.remove_adapters(base, [n for n in names if n in blend.adapter_names(base)])
+
+
+# ---- the per-layer difference between the two mixes -------------------------------------------
+
+def module_block(module: str) -> str:
+    """A short group name for a LoRA module: where in the network, and which attention.
+
+    >>> module_block("unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k")
+    'down_blocks.1 attn2'
+    >>> module_block("unet.mid_block.attentions.0.transformer_blocks.0.attn1.to_out.0")
+    'mid_block attn1'
+    """
+    parts = module.split(".")
+    if parts[0] != "unet":
+        return parts[0].replace("_", " ")
+    where = "mid_block" if parts[1] == "mid_block" else ".".join(parts[1:3])
+    attention = next((p for p in parts if p.startswith("attn")), "")
+    return f"{where} {attention}".strip()
+
+
+def layer_gaps(factors_a: Mapping[str, blend.LoraFactors], factors_b: Mapping[str, blend.LoraFactors],
+               weights: Sequence[float]) -> pd.DataFrame:
+    """``blend.interpolation_gap_sweep`` (one row per module and ``a``) with a ``block`` column:
+    ``gap_norm = ||delta_interp - delta_blend||_F``, ``relative_gap`` divides it by ``||delta_blend||_F``."""
+    table = blend.interpolation_gap_sweep(factors_a, factors_b, list(weights))
+    return table.assign(block=[module_block(m) for m in table["module"]])
+
+
+def factor_divergence(factors_a: Mapping[str, blend.LoraFactors],
+                      factors_b: Mapping[str, blend.LoraFactors]) -> pd.DataFrame:
+    """Per module, how far apart the two LoRAs' factors are: ``||A_A - A_B|| / ||A_A||`` (``down``)
+    and ``||B_A - B_B|| / ||B_A||`` (``up``). The interpolation gap is their product's doing: two
+    LoRAs trained from the same seed start from the same random ``A`` (and ``B = 0``), so ``down``
+    holds only what training moved apart."""
+    def relative(x: torch.Tensor, y: torch.Tensor) -> float:
+        norm = float(torch.linalg.norm(x))
+        return float(torch.linalg.norm(x - y)) / norm if norm else float("nan")
+
+    rows = [{"module": key, "block": module_block(key), "down": relative(fa.down, factors_b[key].down),
+             "up": relative(fa.up, factors_b[key].up)} for key, fa in factors_a.items()]
+    return pd.DataFrame(rows)
+
+
+# ---- images and measures ------------------------------------------------------------------------
+
+def mixing_images(base, files: Mapping[tuple[str, float], Path], evalset: EvalSet,
+                  profile: Profile) -> dict[tuple[str, float], torch.Tensor]:
+    """uint8 images of ``evalset`` for every ``(mode, a)``; a file shared by two keys (the pure
+    LoRAs at a in {0, 1}) is generated once. Cached on disk by ``common.generate_eval_images``."""
+    from lora_core.experiments.common import generate_eval_images
+
+    by_file: dict[Path, torch.Tensor] = {}
+    with quiet_diffusers():
+        for path in dict.fromkeys(files.values()):
+            by_file[path] = generate_eval_images(base, list(evalset.prompts), list(evalset.seeds), profile,
+                                                 adapter=path)
+    return {key: by_file[path] for key, path in files.items()}
+
+
+STYLE_MEASURES = ("p_target_style", "target_style_rate", "feature_to_target")
+SET_MEASURES = ("alignment", "st_lpips_diversity")
+ENDPOINT_MEASURE = "st_lpips_to_pure"      # paired ST-LPIPS to the same prompt's image from one pure LoRA
+MODE_GAP_MEASURE = "st_lpips_interp_vs_blend"  # paired ST-LPIPS between the two mixes at the same a
+NO_TARGET = "-"
+
+
+def mixing_measures(evaluator, images: Mapping[tuple[str, float], torch.Tensor], evalset: EvalSet,
+                    settings: MixingSettings, labels: dict | None = None) -> pd.DataFrame:
+    """One tidy row per ``(mode, a, target_style, measure)`` (``evaluate.results_frame`` columns).
+
+    Style measures are computed towards each of the two styles (``target_style``); alignment and
+    diversity do not depend on a target (``target_style = "-"``). ``st_lpips_to_pure`` compares each
+    image with the same prompt and seed from the pure LoRA of ``target_style`` (needs a in {0, 1});
+    ``st_lpips_interp_vs_blend`` compares the two mixes at the same ``a``.
+    """
+    from lora_core.experiments.evaluate import results_frame
+    from lora_core.metrics.lpips import paired_distance
+
+    style_a, style_b = settings.styles
+    lpips_name, n_resamples = evaluator.profile.lpips_backbone, evaluator.n_resamples
+
+    def paired(generated, reference):
+        return paired_distance(generated, reference, lpips_name, n_resamples,
+                               torch.Generator().manual_seed(evaluator.seed))
+
+    pure = {style_a: images.get(("blend", 1.0)), style_b: images.get(("blend", 0.0))}
+    frames = []
+    for (mode, a), generated in images.items():
+        row_labels = {**(labels or {}), "mode": mode, "a": a}
+        for style in settings.styles:
+            frames.append(evaluator.evaluate(generated, evalset, style, row_labels, measures=STYLE_MEASURES))
+        common = evaluator.evaluate(generated, evalset, style_a, row_labels, measures=SET_MEASURES)
+        frames.append(common.assign(target_style=NO_TARGET))
+        extra = {}
+        for style, reference in pure.items():
+            if reference is not None:
+                extra[style] = {ENDPOINT_MEASURE: paired(generated, reference)}
+        if mode == "interpolate" and ("blend", a) in images:
+            extra[NO_TARGET] = {MODE_GAP_MEASURE: paired(generated, images[("blend", a)])}
+        for target, results in extra.items():
+            frames.append(results_frame(results, {"eval_set": evalset.name, "target_style": target, **row_labels}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def is_monotone(values: Sequence[float]) -> bool:
+    """True when ``values`` never rise or never fall (a gradual shift, in S1's words).
+
+    >>> is_monotone([0.9, 0.7, 0.7, 0.2]), is_monotone([0.1, 0.5, 0.3])
+    (True, False)
+    """
+    steps = [b - a for a, b in zip(values, values[1:])]
+    return all(s >= 0 for s in steps) or all(s <= 0 for s in steps)
+
+
+def mixing_summary(aggregated: pd.DataFrame, settings: MixingSettings) -> dict[str, object]:
+    """Numbers and words for the chapter's prose, from the seed-aggregated table.
+
+    ``shift_<mode>``: whether P(style A) changes monotonically with ``a``; ``mid_alignment_<mode>``:
+    "lower"/"higher" alignment at the middle weight than the mean of the two ends (S1 saw
+    artefacts at mid-range a); ``mode_gap_mid``: ST-LPIPS between the two mixes at the middle weight.
+    Keys whose measure is missing (no heads, no alignment model) are left out.
+    """
+    style_a = settings.styles[0]
+    weights = sorted(settings.weights)
+    middle = weights[len(weights) // 2]
+    summary: dict[str, object] = {"middle_a": middle}
+
+    def series(measure: str, mode: str, target: str) -> pd.Series:
+        rows = aggregated[(aggregated["measure"] == measure) & (aggregated["mode"] == mode)
+                          & (aggregated["target_style"] == target)]
+        return rows.set_index("a")["value"].sort_index()
+
+    for mode in MODES:
+        style_share = series("p_target_style", mode, style_a)
+        if len(style_share) == len(weights):
+            summary[f"shift_{mode}"] = "changes monotonically" if is_monotone(list(style_share)) else "does not change monotonically"
+        alignment = series("alignment", mode, NO_TARGET)
+        if len(alignment) == len(weights) and len(weights) >= 3:
+            ends = (alignment.iloc[0] + alignment.iloc[-1]) / 2
+            summary[f"mid_alignment_{mode}"] = "lower" if alignment.loc[middle] < ends else "higher"
+    gap = series(MODE_GAP_MEASURE, "interpolate", NO_TARGET)
+    if middle in gap.index:
+        summary["mode_gap_mid"] = float(gap.loc[middle])
+    return summary
+
+
+# ---- figures ----------------------------------------------------------------------------------
+
+def strip_figure(images: Mapping[tuple[str, float], torch.Tensor], evalset: EvalSet, settings: MixingSettings,
+                 title: str):
+    """Picture strips: one row per (subject, mode), one column per ``a``."""
+    from lora_core.plots import contact_sheet
+
+    pictures, rows = [], []
+    for i in range(settings.strip_prompts):
+        for mode in MODES:
+            for a in settings.weights:
+                pictures.append(images[(mode, a)][i].permute(1, 2, 0).numpy())
+                rows.append({"subject": evalset.captions[i], "mix": MODE_NAMES[mode], "a": a})
+    return contact_sheet(pictures, pd.DataFrame(rows), rows=["subject", "mix"], cols="a", title=title)
+
+
+def measures_figure(aggregated: pd.DataFrame, measures: Sequence[str], title: str):
+    """One panel per measure: value against ``a`` with its 95% interval, a line per (mode, target)."""
+    import matplotlib.pyplot as plt
+
+    present = [m for m in measures if m in set(aggregated["measure"])]
+    figure, axes = plt.subplots(1, max(len(present), 1), figsize=(3.2 * max(len(present), 1), 3), squeeze=False)
+    for ax, measure in zip(axes[0], present):
+        rows = aggregated[aggregated["measure"] == measure]
+        for (mode, target), line in rows.groupby(["mode", "target_style"], sort=False):
+            line = line.sort_values("a")
+            error = [(line["value"] - line["ci_low"]).clip(lower=0), (line["ci_high"] - line["value"]).clip(lower=0)]
+            label = MODE_NAMES[mode] if target == NO_TARGET else f"{MODE_NAMES[mode]}, to {target}"
+            ax.errorbar(line["a"], line["value"], yerr=error, marker="o", capsize=2, label=label)
+        ax.set_title(f"{measure}\n({rows['metric'].iloc[0]})", fontsize=8)
+        ax.set_xlabel("a (weight of style A)")
+        ax.legend(fontsize=6)
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    return figure
