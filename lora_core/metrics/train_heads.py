@@ -156,15 +156,20 @@ def train_align_heads(text_features: dict[str, torch.Tensor], image_features: to
     heads = AlignHeads(text_features["caption"].shape[1], image_features.shape[1], cfg.align_dim)
     heads.image_mean.copy_(image_features.mean(0))
     heads.image_std.copy_(image_features.std(0).clamp_min(1e-6))
-    images_of = [torch.nonzero(image_subject == s).flatten() for s in range(len(text_features["caption"]))]
-    forms = list(text_features)
+    n_subjects = len(text_features["caption"])
+    counts = torch.bincount(image_subject, minlength=n_subjects)
+    if int(counts.min()) == 0:
+        raise ValueError(f"image_subject: subjects {torch.nonzero(counts == 0).flatten()[:5].tolist()} have no image")
+    by_subject = torch.argsort(image_subject, stable=True)   # image rows grouped by subject
+    first_row = torch.cumsum(counts, 0) - counts
+    text_forms = torch.stack(list(text_features.values()))  # (forms, subjects, dim)
     optimizer = torch.optim.AdamW(heads.parameters(), lr=cfg.align_lr, weight_decay=cfg.align_weight_decay)
     for _ in range(cfg.align_steps):
-        subjects = torch.randperm(len(images_of), generator=generator)[:cfg.align_batch]
-        picks = torch.stack([images_of[s][torch.randint(len(images_of[s]), (1,), generator=generator)][0]
-                             for s in subjects.tolist()])
-        form = torch.randint(len(forms), (len(subjects),), generator=generator)
-        texts = torch.stack([text_features[forms[f]][s] for f, s in zip(form.tolist(), subjects.tolist())])
+        subjects = torch.randperm(n_subjects, generator=generator)[:cfg.align_batch]
+        offset = (torch.rand(len(subjects), generator=generator) * counts[subjects]).long()
+        picks = by_subject[first_row[subjects] + offset]
+        form = torch.randint(len(text_forms), (len(subjects),), generator=generator)
+        texts = text_forms[form, subjects]
         loss = info_nce_loss(heads.embed_text(texts), heads.embed_image(image_features[picks]), heads.log_scale)
         optimizer.zero_grad()
         loss.backward()
