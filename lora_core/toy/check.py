@@ -84,7 +84,7 @@ def run_checks(model_dir: str | Path | None = None, n_generate: int = 200, out_d
 
     profile = get_profile("tiny")
     base_keys = [k for k in keys if not any(c in SKIN_TONES for c in k.split("-"))]
-    chosen = sorted(hash_order(base_keys, "check-generation")[:n_generate])
+    chosen = hash_order(base_keys, "check-generation")[:n_generate]  # mixed categories, also in the grid
     gidx = torch.tensor([keys.index(k) for k in chosen])
     log(f"generating {len(chosen)} images ({profile.inference_steps} steps, guidance {profile.guidance_scale})")
     generated = generate(base, [captions[i] for i in gidx], profile.inference_steps, profile.guidance_scale)
