@@ -1,0 +1,242 @@
+"""Chapter 1: one style LoRA per style set, against the plain base, on three evaluation sets.
+
+As study S1's Exp. I, each training caption is regenerated with the LoRA and with the base and
+compared with the original; then the same on held-out subjects (true images exist in every
+style, so distances are paired) and on unseen prompts. The toy world's "check 3" asks, on the
+held-out subjects, whether the LoRA moves generations toward the target style by more than the
+seed-to-seed spread while subjects stay recognisable, and whether each style's LoRA is closest
+to its own style (cross-style control).
+
+    result = run_benchmark(get_profile("tiny"))
+    aggregate_seeds(result.results)          # one row per (style, adapter, eval set, measure)
+    check3_table(result.results)             # effect vs seed spread on held-out subjects
+
+>>> from lora_core.profiles import get_profile
+>>> configs = benchmark_configs(get_profile("smoke"))
+>>> sorted(configs)[:2], configs[("twemoji", 0)].seed
+([('openmoji', 0), ('openmoji', 1)], 0)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from lora_core.experiments.common import EvalSet, eval_sets, generate_eval_images, style_lora_config, training_seeds
+from lora_core.experiments.evaluate import DEFAULT_MEASURES, Evaluator, aggregate_seeds
+from lora_core.profiles import Profile
+from lora_core.train import TrainConfig
+
+BASE, LORA = "base", "lora"
+# check 3 on held-out subjects: measure -> the direction a style LoRA should move it
+CHECK3_MEASURES = {"feature_to_target": "lower", "st_lpips_to_target": "lower", "p_target_style": "higher",
+                   "target_style_rate": "higher"}
+CHECK3_CONTEXT = ("feature_to_base", "subject_group_accuracy")
+
+
+@dataclass
+class BenchmarkResult:
+    """Everything chapter 1 shows: configs, run records, images, the tidy results table."""
+
+    profile: Profile
+    configs: dict[tuple[str, int], TrainConfig]
+    records: dict[tuple[str, int], Any]
+    eval_sets: dict[str, dict[str, EvalSet]]
+    images: dict[tuple[str, str, int | None, str], torch.Tensor] = field(default_factory=dict)
+    results: pd.DataFrame = field(default_factory=pd.DataFrame)
+    cross_style: pd.DataFrame = field(default_factory=pd.DataFrame)
+    unavailable: dict[str, str] = field(default_factory=dict)
+
+    def summaries(self) -> pd.DataFrame:
+        """One row per run: style, seed, hash, steps, wall time, s/step, final loss, file size."""
+        rows = []
+        for (style, seed), record in self.records.items():
+            s = record.summary
+            rows.append({"style": style, "seed": seed, "config_hash": s["config_hash"], "steps": s["steps"],
+                         "wall_time_s": s["wall_time_s"], "s_per_step": s["wall_time_s"] / max(1, s["steps"]),
+                         "final_loss": s["final_loss"], "trainable_params": s["trainable_params"],
+                         "lora_file_bytes": s["file_sizes"].get("diffusers")})
+        return pd.DataFrame(rows)
+
+    def loss_curves(self) -> pd.DataFrame:
+        """Training loss per step of every run (tidy: style, seed, step, loss)."""
+        frames = [pd.DataFrame(record.metrics())[["step", "loss"]].assign(style=style, seed=seed)
+                  for (style, seed), record in self.records.items()]
+        return pd.concat(frames, ignore_index=True)
+
+
+def benchmark_configs(profile: Profile) -> dict[tuple[str, int], TrainConfig]:
+    """(style, seed) -> the style LoRA config (``common.style_lora_config``, shared with ch. 2 and 4)."""
+    return {(style, seed): style_lora_config(profile, style, seed)
+            for style in profile.benchmark_styles for seed in training_seeds(profile)}
+
+
+def train_all(profile: Profile, base=None, runs_root: str | Path | None = None,
+              progress: bool = False) -> dict[tuple[str, int], Any]:
+    """Train (or reuse, by config hash) every benchmark LoRA; returns the run records."""
+    from lora_core.train import train
+
+    return {key: train(config, base=base, runs_root=runs_root, progress=progress)
+            for key, config in benchmark_configs(profile).items()}
+
+
+def run_benchmark(profile: Profile, base=None, runs_root: str | Path | None = None,
+                  evaluator: Evaluator | None = None, measures=DEFAULT_MEASURES,
+                  splits=("train", "heldout", "unseen")) -> BenchmarkResult:
+    """Train/reuse the LoRAs, generate every evaluation set with the base and each LoRA, score all.
+
+    Unseen prompts have no true images: their FD/KID compare with the target style's true images
+    of the held-out subjects.
+    """
+    from lora_core.models import load_base
+
+    base = base if base is not None else load_base(profile.base_model)
+    evaluator = evaluator or Evaluator(profile)
+    records = train_all(profile, base, runs_root)
+    result = BenchmarkResult(profile, benchmark_configs(profile), records,
+                             {style: {k: v for k, v in eval_sets(style, profile).items() if k in splits}
+                              for style in profile.benchmark_styles})
+    tables = []
+    for style, sets in result.eval_sets.items():
+        held_out_truth = evaluator.true_images(sets["heldout"].subject_keys, style, profile.resolution) \
+            if "heldout" in sets else None
+        for split, es in sets.items():
+            reference = held_out_truth if not es.paired else None
+            runs = [(BASE, None, None)] + [(LORA, seed, records[(style, seed)].exports["diffusers"])
+                                           for seed in training_seeds(profile)]
+            for adapter, seed, lora_file in runs:
+                images = generate_eval_images(base, es.prompts, es.seeds, profile, lora_file)
+                result.images[(style, adapter, seed, split)] = images
+                tables.append(evaluator.evaluate(images, es, style, {"style": style, "adapter": adapter,
+                                                                     "seed": seed}, reference, measures))
+    result.results = pd.concat(tables, ignore_index=True)
+    if "heldout" in splits and len(profile.benchmark_styles) > 1:
+        result.cross_style = cross_style_scores(result, evaluator)
+    result.unavailable = dict(evaluator.unavailable)
+    return result
+
+
+def cross_style_scores(result: BenchmarkResult, evaluator: Evaluator,
+                       measures=("feature_to_target", "p_target_style")) -> pd.DataFrame:
+    """Every style's LoRA (held-out images) scored against every style's true images, mean over seeds:
+    tidy rows (adapter_style, target_style, measure, value, ci_low, ci_high)."""
+    tables = []
+    for adapter_style in result.eval_sets:
+        es = result.eval_sets[adapter_style]["heldout"]
+        for target in result.eval_sets:
+            for seed in training_seeds(result.profile):
+                images = result.images[(adapter_style, LORA, seed, "heldout")]
+                tables.append(evaluator.evaluate(images, es, target, {"adapter_style": adapter_style, "seed": seed},
+                                                 measures=measures))
+    table = aggregate_seeds(pd.concat(tables, ignore_index=True))
+    return table.drop(columns=["eval_set"])
+
+
+def cross_style_control_table(cross_style: pd.DataFrame, measure: str) -> pd.DataFrame:
+    """``metrics.style.cross_style_control`` on the adapter x target matrix of one measure."""
+    from lora_core.experiments.evaluate import MEASURES
+    from lora_core.metrics.style import cross_style_control
+
+    rows = cross_style[cross_style.measure == measure]
+    if rows.empty:
+        raise ValueError(f"measure: no cross-style rows for {measure!r} (have {sorted(set(cross_style.measure))})")
+    matrix = rows.pivot(index="adapter_style", columns="target_style", values="value")
+    return cross_style_control(matrix, higher_is_better=MEASURES[measure][0] == "higher").assign(measure=measure)
+
+
+def check3_table(results: pd.DataFrame, split_name: str = "held-out captions") -> pd.DataFrame:
+    """Per style and measure on held-out subjects: base value, LoRA mean over seeds, the effect
+    (LoRA - base), the seed-to-seed range of the LoRA values, and whether the effect goes the
+    expected way by more than that range (``passes``; context measures have no direction)."""
+    rows = []
+    held = results[results.eval_set == split_name]
+    for (style, measure), group in held.groupby(["style", "measure"], sort=False):
+        if measure not in CHECK3_MEASURES and measure not in CHECK3_CONTEXT:
+            continue
+        base = group[group.adapter == BASE]
+        lora = group[group.adapter == LORA]
+        if base.empty or lora.empty:
+            continue
+        base_value, lora_values = float(base.value.iloc[0]), lora.value.to_numpy(dtype=float)
+        effect = float(lora_values.mean() - base_value)
+        spread = float(lora_values.max() - lora_values.min())
+        direction = CHECK3_MEASURES.get(measure, "")
+        right_way = effect < 0 if direction == "lower" else effect > 0
+        rows.append({"style": style, "measure": measure, "metric": group.metric.iloc[0], "expected": direction or "context",
+                     "base": base_value, "base_ci": f"[{base.ci_low.iloc[0]:.3g}, {base.ci_high.iloc[0]:.3g}]",
+                     "lora_mean": float(lora_values.mean()), "effect": effect, "seed_range": spread,
+                     "n_seeds": len(lora_values),
+                     "passes": bool(right_way and abs(effect) > spread) if direction else None})
+    return pd.DataFrame(rows)
+
+
+def subject_recognisability(results: pd.DataFrame, split_name: str = "held-out captions") -> pd.DataFrame:
+    """Subject classifier accuracy of base vs LoRA generations per style (mean over seeds), beside the
+    classifier's majority-class baseline: the subject stays recognisable when the LoRA's accuracy is
+    within or above the base's 95% interval."""
+    rows = []
+    held = results[(results.eval_set == split_name) & (results.measure == "subject_group_accuracy")]
+    for style, group in held.groupby("style", sort=False):
+        base, lora = group[group.adapter == BASE], group[group.adapter == LORA]
+        lora_mean = float(lora.value.mean())
+        rows.append({"style": style, "base_accuracy": float(base.value.iloc[0]),
+                     "base_ci_low": float(base.ci_low.iloc[0]), "lora_accuracy": lora_mean,
+                     "lora_seed_range": float(lora.value.max() - lora.value.min()),
+                     "recognisable": bool(lora_mean >= float(base.ci_low.iloc[0]))})
+    return pd.DataFrame(rows)
+
+
+def s1_directions(aggregated: pd.DataFrame, split_name: str = "training captions") -> pd.DataFrame:
+    """S1 Exp. I's reading (FID falls, CLIP/IS/LPIPS fall slightly) beside ours on the training
+    captions: for each S1 metric and our counterpart, S1's direction base -> LoRA per style set
+    and ours per style."""
+    from lora_core.experiments.evaluate import reported_table
+
+    counterpart = {"FID": "fd_effnet", "CLIP": "alignment", "IS": "is_effnet", "LPIPS": "st_lpips_diversity"}
+    reported = reported_table("S1", "I").pivot_table(index=["metric", "setting"], columns="method", values="value")
+    ours = aggregated[aggregated.eval_set == split_name]
+    rows = []
+    for s1_metric, measure in counterpart.items():
+        s1 = reported.loc[s1_metric]
+        s1_dirs = ["fell" if r["lora"] < r["baseline"] else "rose" for _, r in s1.iterrows()]
+        mine = ours[ours.measure == measure].pivot_table(index="style", columns="adapter", values="value")
+        our_dirs = {style: ("fell" if r[LORA] < r[BASE] else "rose") for style, r in mine.iterrows()
+                    if BASE in r and LORA in r}
+        rows.append({"S1 metric": s1_metric, "our measure": measure,
+                     "S1 base -> LoRA": ", ".join(f"{setting}: {d}" for setting, d in zip(s1.index, s1_dirs)),
+                     "ours base -> LoRA": ", ".join(f"{k}: {v}" for k, v in our_dirs.items()) or "not measured",
+                     "agrees": bool(our_dirs) and all(v == s1_dirs[0] for v in our_dirs.values())
+                     if len(set(s1_dirs)) == 1 else None})
+    return pd.DataFrame(rows)
+
+
+def sample_sheet(result: BenchmarkResult, split: str = "heldout", n: int = 6, seed: int = 0):
+    """Contact sheet, one row per subject: the true base-style image, then per style the true
+    target-style image | base | LoRA (training seed ``seed``); unseen prompts have no true images."""
+    from lora_core.metrics.style import load_true_images
+    from lora_core.plots import contact_sheet
+
+    images, rows = [], []
+    first = next(iter(result.eval_sets.values()))[split]
+    n = min(n, len(first))
+    for i in range(n):
+        subject = first.captions[i][:28]
+        if first.paired:
+            truth = load_true_images([first.subject_keys[i]], "noto", result.profile.resolution)[0]
+            images.append(truth), rows.append({"subject": subject, "column": "true noto"})
+        for style, sets in result.eval_sets.items():
+            es = sets[split]
+            if es.paired:
+                truth = load_true_images([es.subject_keys[i]], style, result.profile.resolution)[0]
+                images.append(truth), rows.append({"subject": subject, "column": f"true {style}"})
+            for adapter, run_seed in ((BASE, None), (LORA, seed)):
+                images.append(result.images[(style, adapter, run_seed, split)][i])
+                rows.append({"subject": subject, "column": f"{style}: {adapter}"})
+    pictures = [np.asarray(image.permute(1, 2, 0)) for image in images]
+    title = f"{first.name}: true images, base and LoRA (seed {seed}); {result.profile.name} profile, " \
+            f"{result.profile.resolution} px"
+    return contact_sheet(pictures, pd.DataFrame(rows), rows="subject", cols="column", cell_inches=0.9, title=title)

@@ -1,0 +1,83 @@
+"""Chapter 1's logic on constructed result tables (hand-computed effects, spreads and verdicts)."""
+import pandas as pd
+import pytest
+
+from lora_core.experiments import benchmark
+from lora_core.experiments.common import style_lora_config
+from lora_core.profiles import get_profile
+
+HELD = "held-out captions"
+
+
+def _row(style, adapter, seed, measure, value, eval_set=HELD, low=None, high=None):
+    return {"eval_set": eval_set, "target_style": style, "style": style, "adapter": adapter, "seed": seed,
+            "measure": measure, "metric": measure.upper(), "backbone": "b", "n": 10, "value": value,
+            "ci_low": value - 0.05 if low is None else low, "ci_high": value + 0.05 if high is None else high,
+            "note": "", "better": ""}
+
+
+def _results():
+    rows = [_row("twemoji", "base", None, "feature_to_target", 10.0),
+            *(_row("twemoji", "lora", s, "feature_to_target", v) for s, v in enumerate([8.0, 8.5, 9.0])),
+            _row("twemoji", "base", None, "target_style_rate", 0.2),
+            *(_row("twemoji", "lora", s, "target_style_rate", v) for s, v in enumerate([0.2, 0.6, 0.3])),
+            _row("twemoji", "base", None, "feature_to_base", 9.0),
+            *(_row("twemoji", "lora", s, "feature_to_base", v) for s, v in enumerate([9.5, 9.6, 9.7])),
+            _row("twemoji", "base", None, "subject_group_accuracy", 0.5, low=0.4, high=0.6),
+            *(_row("twemoji", "lora", s, "subject_group_accuracy", v) for s, v in enumerate([0.45, 0.5, 0.55])),
+            _row("twemoji", "base", None, "feature_to_target", 1.0, eval_set="training captions")]
+    return pd.DataFrame(rows)
+
+
+def test_benchmark_configs_are_the_shared_style_loras():
+    smoke = get_profile("smoke")
+    configs = benchmark.benchmark_configs(smoke)
+    assert sorted(configs) == [(s, seed) for s in sorted(smoke.benchmark_styles) for seed in range(smoke.n_seeds)]
+    assert configs[("openmoji", 1)].hash() == style_lora_config(smoke, "openmoji", 1).hash()
+
+
+def test_check3_effect_against_the_seed_range():
+    table = benchmark.check3_table(_results()).set_index("measure")
+    distance = table.loc["feature_to_target"]
+    assert distance.effect == pytest.approx(8.5 - 10.0) and distance.seed_range == pytest.approx(1.0)
+    assert distance.passes and distance.expected == "lower" and distance.n_seeds == 3
+    rate = table.loc["target_style_rate"]     # +0.167 on average, but seeds span 0.4: not enough
+    assert rate.effect == pytest.approx(1 / 3 * 1.1 - 0.2) and rate.seed_range == pytest.approx(0.4)
+    assert not rate.passes
+    assert table.loc["feature_to_base", "expected"] == "context" and table.loc["feature_to_base", "passes"] is None
+    assert len(table) == 4   # training-caption rows are not part of check 3
+
+
+def test_subject_recognisability_compares_with_the_base_interval():
+    table = benchmark.subject_recognisability(_results())
+    row = table.iloc[0]
+    assert (row.base_accuracy, row.base_ci_low, row.lora_accuracy) == pytest.approx((0.5, 0.4, 0.5))
+    assert row.recognisable and row.lora_seed_range == pytest.approx(0.1)
+    worse = _results()
+    worse.loc[(worse.measure == "subject_group_accuracy") & (worse.adapter == "lora"), "value"] = 0.1
+    assert not benchmark.subject_recognisability(worse).iloc[0].recognisable
+
+
+def test_cross_style_control_on_distances_and_probabilities():
+    cross = pd.DataFrame([
+        {"adapter_style": a, "target_style": t, "measure": "feature_to_target", "value": v}
+        for (a, t), v in {("twemoji", "twemoji"): 5.0, ("twemoji", "openmoji"): 7.0,
+                          ("openmoji", "twemoji"): 6.0, ("openmoji", "openmoji"): 6.5}.items()])
+    table = benchmark.cross_style_control_table(cross, "feature_to_target").set_index("adapter")
+    assert table.loc["twemoji", "passes"] and table.loc["twemoji", "margin"] == pytest.approx(2.0)
+    assert not table.loc["openmoji", "passes"] and table.loc["openmoji", "best_style"] == "twemoji"
+    with pytest.raises(ValueError, match="no cross-style rows for 'p_target_style'"):
+        benchmark.cross_style_control_table(cross, "p_target_style")
+
+
+def test_s1_directions_read_the_reported_table():
+    aggregated = pd.DataFrame([
+        {"eval_set": "training captions", "style": "twemoji", "adapter": a, "measure": "fd_effnet", "value": v}
+        for a, v in (("base", 300.0), ("lora", 250.0))] + [
+        {"eval_set": "training captions", "style": "twemoji", "adapter": a, "measure": "alignment", "value": v}
+        for a, v in (("base", 20.0), ("lora", 25.0))])
+    table = benchmark.s1_directions(aggregated).set_index("S1 metric")
+    assert table.loc["FID", "S1 base -> LoRA"] == "american_comic: fell, ghibli: fell, shinkai: fell"
+    assert table.loc["FID", "ours base -> LoRA"] == "twemoji: fell" and table.loc["FID", "agrees"]
+    assert table.loc["CLIP", "ours base -> LoRA"] == "twemoji: rose" and not table.loc["CLIP", "agrees"]
+    assert table.loc["IS", "ours base -> LoRA"] == "not measured" and not table.loc["IS", "agrees"]
