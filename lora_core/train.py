@@ -316,9 +316,10 @@ def train(config: TrainConfig, base=None, force: bool = False, runs_root: str | 
         raise ValueError(f"base.source={base.source!r} but config.base_model={config.base_model!r}")
     adapter = get_adapter(config.method)(config)
 
-    torch.manual_seed(config.seed), np.random.seed(config.seed), random.seed(config.seed)
     from lora_core.models import load_base
     base = copy.deepcopy(base) if base is not None else load_base(config.base_model, seed=config.seed)
+    # seeded after loading: load_base may draw from the global RNG (random weights), a given base not
+    torch.manual_seed(config.seed), np.random.seed(config.seed), random.seed(config.seed)
     adapter.check(base)
     adapter.attach(base)
     device, weight_dtype = accelerator.device, MIXED_PRECISION[config.mixed_precision]
