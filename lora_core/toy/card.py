@@ -10,7 +10,12 @@ from lora_core.toy.pretrain import read_log
 LOSS_FIGURE = "loss_curves.png"
 
 
-def plot_losses(out_dir: Path, path: Path) -> None:
+def exported_rows(out_dir: Path, phase: str, last_step: int) -> list[dict]:
+    """Log rows of ``phase`` up to the exported checkpoint's step (training may have gone on)."""
+    return [r for r in read_log(out_dir / f"{phase}_loss.jsonl") if r["step"] <= last_step]
+
+
+def plot_losses(out_dir: Path, path: Path, last_steps: dict[str, int]) -> None:
     """Training loss (mean of each log window) and fixed-noise EMA loss of both phases."""
     import matplotlib
 
@@ -20,7 +25,7 @@ def plot_losses(out_dir: Path, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     for ax, phase, title in ((axes[0], "vae", "VAE: L1 + MSE (+ KL)"),
                              (axes[1], "unet", "UNet + text encoder: min-SNR eps MSE")):
-        rows = read_log(out_dir / f"{phase}_loss.jsonl")
+        rows = exported_rows(out_dir, phase, last_steps[phase])
         ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=0.8, label="train (window mean)")
         evals = [r for r in rows if "eval_loss_ema" in r]
         label = "EMA, held-out MSE [0,1] px" if phase == "vae" else "EMA, fixed noise, plain MSE"
@@ -43,8 +48,9 @@ def write_model_card(model_dir: Path, out_dir: Path) -> Path:
     info = json.loads((model_dir / "export_info.json").read_text())
     checks_path = model_dir / "checks.json"
     checks = json.loads(checks_path.read_text()) if checks_path.exists() else None
-    plot_losses(out_dir, model_dir / LOSS_FIGURE)
-    vae_rows, unet_rows = read_log(out_dir / "vae_loss.jsonl"), read_log(out_dir / "unet_loss.jsonl")
+    plot_losses(out_dir, model_dir / LOSS_FIGURE, {"vae": info["vae_steps"], "unet": info["unet_steps"]})
+    vae_rows = exported_rows(out_dir, "vae", info["vae_steps"])
+    unet_rows = exported_rows(out_dir, "unet", info["unet_steps"])
     cfg, params = info["config"], info["parameters"]
     if checks:
         check_text = (
