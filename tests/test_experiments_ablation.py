@@ -1,0 +1,122 @@
+"""Chapter 2: the grid's configs (arms, sharing, chapter 1's cell), run facts, tables and sentences."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from lora_core.experiments import ablation
+from lora_core.experiments.common import style_lora_config
+from lora_core.experiments.evaluate import aggregate_seeds, reported_table
+from lora_core.profiles import get_profile
+
+SMOKE, TINY, SD15 = get_profile("smoke"), get_profile("tiny"), get_profile("sd15")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Two torch threads on two shared, busy cores run ~100x slower than one (measured)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_arms_differ_only_in_alpha_and_meet_where_rank_equals_alpha():
+    configs = ablation.ablation_configs(TINY, ablation.ablation_settings(TINY))
+    for (mode, rank, study_lr, seed), config in configs.items():
+        assert config.options.rank == rank and config.seed == seed
+        assert config.options.effective_alpha == (16.0 if mode == "fixed" else float(rank))
+        assert config.options.scale == config.options.effective_alpha / rank
+        assert config.learning_rate == {1e-4: 1e-3, 5e-4: 5e-3}[study_lr]
+        other = configs[("tied" if mode == "fixed" else "fixed", rank, study_lr, seed)]
+        assert (config.hash() == other.hash()) == (rank == 16)
+        assert config.replace(options=other.options).hash() == other.hash()
+
+
+def test_one_cell_is_chapter_ones_run_in_tiny_and_sd15_uses_s1_steps():
+    tiny = ablation.ablation_configs(TINY, ablation.ablation_settings(TINY))
+    assert tiny[("fixed", 16, 1e-4, 0)].hash() == style_lora_config(TINY, "twemoji", 0).hash()
+    smoke = ablation.ablation_configs(SMOKE, ablation.ablation_settings(SMOKE))
+    assert smoke[("tied", 4, 1e-4, 0)].hash() == style_lora_config(SMOKE, "twemoji", 0).hash()
+    sd15 = ablation.ablation_configs(SD15, ablation.ablation_settings(SD15))
+    assert {c.max_train_steps for c in sd15.values()} == {3000} and len(sd15) == 2 * 3 * 2 * 3
+    assert sd15[("fixed", 8, 5e-4, 2)].learning_rate == 5e-4
+
+
+def test_grid_table_marks_shared_runs_and_settings_refuse_bad_values():
+    table = ablation.grid_table(ablation.ablation_configs(TINY, ablation.ablation_settings(TINY)))
+    assert len(table) == 12 and table["config_hash"].nunique() == 10
+    assert set(table.loc[table["shared by both arms"], "rank"]) == {16}
+    assert list(table.loc[(table["alpha mode"] == "fixed"), "scale"].unique()) == [2.0, 1.0, 0.5]
+    with pytest.raises(ValueError, match="ranks must be positive integers"):
+        ablation.ablation_settings(TINY, ranks=(0, 8))
+    with pytest.raises(ValueError, match="fixed_alpha and alpha_per_rank must be positive"):
+        ablation.ablation_settings(TINY, fixed_alpha=0.0)
+    with pytest.raises(ValueError, match="mode: 'free' is not one of fixed, tied"):
+        ablation.alpha_for("free", 8, ablation.AblationSettings())
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_base, tmp_path_factory):
+    """The smoke grid (ranks 2 and 4, one step each) on a four-image folder in a temporary runs root."""
+    folder = tmp_path_factory.mktemp("swatches")
+    for i in range(4):
+        Image.fromarray(np.full((32, 32, 3), 50 * i, np.uint8)).save(folder / f"s{i}.png")
+        (folder / f"s{i}.txt").write_text(f"swatch {i}")
+    settings = ablation.ablation_settings(SMOKE, train_steps=1)
+    configs = {key: config.replace(data=config.data.replace(folder=str(folder)))
+               for key, config in ablation.ablation_configs(SMOKE, settings).items()}
+    records = ablation.train_grid(configs, base=tiny_base, runs_root=tmp_path_factory.mktemp("runs"))
+    return ablation.AblationResult(SMOKE, settings, configs, records), tiny_base
+
+
+def test_shared_cells_train_once_and_facts_follow_rank_and_scale(trained):
+    result, base = trained
+    assert len(result.records) == 6
+    facts = result.run_facts(base).set_index(["alpha_mode", "rank", "study_lr"])
+    params = facts["trainable_params"]
+    assert params[("fixed", 4, 1e-4)] == 2 * params[("fixed", 2, 1e-4)] == 2 * params[("tied", 2, 5e-4)]
+    # same rank and seed, hence the same initial A; after one Adam step B is the same up to the
+    # scale, so ||s B A|| is proportional to s: rank 2 at alpha 4 (s = 2) vs alpha 2 (s = 1)
+    ratio = facts.loc[("fixed", 2, 1e-4), "delta_norm"] / facts.loc[("tied", 2, 1e-4), "delta_norm"]
+    assert ratio == pytest.approx(2.0, rel=1e-3)
+    assert facts.loc[("fixed", 4, 5e-4), "delta_norm"] == facts.loc[("tied", 4, 5e-4), "delta_norm"]
+    curves = result.loss_curves(window=2)
+    assert len(curves) == 8 and set(curves.columns) >= {"step", "loss", "loss_smooth", "alpha_mode", "rank"}
+
+
+def _aggregated_rows():
+    rows = []
+    for mode in ("fixed", "tied"):
+        for rank in (8, 16):
+            for study_lr, shift in ((1e-4, 0.0), (5e-4, -30.0 if mode == "fixed" else 1.0)):
+                for seed, noise in ((0, -1.0), (1, 1.0)):
+                    value = 180.0 + rank + shift + noise
+                    rows.append({"alpha_mode": mode, "rank": rank, "study_lr": study_lr, "seed": seed,
+                                 "measure": "fd_effnet", "metric": "FD-EffNet", "backbone": "effnet", "n": 32,
+                                 "value": value, "ci_low": value - 0.5, "ci_high": value + 0.5, "note": "",
+                                 "better": "lower"})
+    return aggregate_seeds(pd.DataFrame(rows))
+
+
+def test_lr_effects_and_sentences_from_a_hand_made_table():
+    aggregated = _aggregated_rows()
+    assert aggregated["n_seeds"].eq(2).all()
+    effects = ablation.lr_effects(aggregated, "fd_effnet").set_index(["alpha_mode", "rank"])
+    assert effects.loc[("fixed", 8), "difference"] == pytest.approx(-30.0)
+    # t-interval over two seeds 2 apart: mean +- 12.706 * 1.414 / 1.414, so a shift of 1 overlaps, 30 does not
+    assert not effects.loc[("fixed", 8), "intervals_overlap"] and effects.loc[("tied", 8), "intervals_overlap"]
+    assert ablation.direction_sentence(effects.reset_index(), "fixed") == \
+        "fell at 2 of 2 ranks (2 of them beyond overlapping 95% intervals)"
+    assert ablation.direction_sentence(effects.reset_index(), "tied").startswith("rose at 2 of 2 ranks")
+    assert ablation.direction_sentence(ablation.lr_effects(aggregated, "alignment"), "fixed") == \
+        "could not be measured in this build"
+
+
+def test_s1_comparison_puts_their_number_beside_our_interval():
+    table = ablation.s1_comparison(_aggregated_rows(), reported_table("S1", "II")).set_index(["rank", "S1 lr"])
+    assert table.loc[(8, 1e-4), "S1 FID"] == 179.05 and table.loc[(16, 5e-4), "S1 FID"] == 175.05
+    assert table.loc[(8, 1e-4), "ours: fd_effnet"].startswith("188 [")
+    assert table.loc[(8, 1e-4), "ours: alignment"] == "-"
+    assert ablation.s1_setting(8, 1e-4) == "r8_lr1e-4"
