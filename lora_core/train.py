@@ -284,6 +284,7 @@ def train(config: TrainConfig, base=None, force: bool = False, runs_root: str | 
     ``resume_from`` names another state file (refused when written by another config).
     """
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from tqdm.auto import tqdm
 
     run_dir = runs.run_dir_for(config.method, config.hash(), runs_root)
@@ -298,6 +299,9 @@ def train(config: TrainConfig, base=None, force: bool = False, runs_root: str | 
 
     # -- everything that can be wrong is checked before the first step ----------------------------
     train_set, val_set = load_training_data(config)
+    # AcceleratorState is a process-wide singleton that refuses a second mixed_precision: clear it
+    # (keeping the distributed PartialState) so one notebook can train fp16 and bf16 runs in turn
+    AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(mixed_precision=config.mixed_precision)
     world, rank = accelerator.num_processes, accelerator.process_index
     items = train_set.epoch_indices()
@@ -320,11 +324,13 @@ def train(config: TrainConfig, base=None, force: bool = False, runs_root: str | 
     base = copy.deepcopy(base) if base is not None else load_base(config.base_model, seed=config.seed)
     # seeded after loading: load_base may draw from the global RNG (random weights), a given base not
     torch.manual_seed(config.seed), np.random.seed(config.seed), random.seed(config.seed)
+    device, weight_dtype = accelerator.device, MIXED_PRECISION[config.mixed_precision]
+    for module in (base.vae, base.text_encoder, base.unet):  # on the device before attach: adapters
+        module.to(device)                                      # create their tensors beside the weights
     adapter.check(base)
     adapter.attach(base)
-    device, weight_dtype = accelerator.device, MIXED_PRECISION[config.mixed_precision]
     for module in (base.vae, base.text_encoder, base.unet):
-        module.to(device, weight_dtype)
+        module.to(dtype=weight_dtype)
     groups = adapter.param_groups(base)
     params = trainable_parameters(groups)
     for param in params:  # frozen weights in half precision, trainables in fp32 (as the diffusers examples)
@@ -415,6 +421,7 @@ def train(config: TrainConfig, base=None, force: bool = False, runs_root: str | 
             step_loss += loss.item() / accum
         if config.max_grad_norm:
             accelerator.clip_grad_norm_(params, config.max_grad_norm)
+        step_lrs = {f"lr/{group['name']}": group["lr"] for group in optimizer.param_groups}  # used by this step
         optimizer.step()
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -423,9 +430,7 @@ def train(config: TrainConfig, base=None, force: bool = False, runs_root: str | 
 
         done = step + 1
         row = {"step": done, "epoch": done * accum // micro_per_epoch, "loss": step_loss,
-               "lr": lr_scheduler.get_last_lr()[0],
-               **{f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups},
-               "s_per_it": time.perf_counter() - step_started}
+               "lr": next(iter(step_lrs.values())), **step_lrs, "s_per_it": time.perf_counter() - step_started}
         every = config.validation_every_steps
         epoch_ended = done * accum // micro_per_epoch > step * accum // micro_per_epoch
         if val_set is not None and ((every and done % every == 0) or (not every and epoch_ended) or done == total_steps):

@@ -72,6 +72,7 @@ def test_records_hold_config_metrics_summary_and_provenance(finished):
     rows = record.metrics()
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert all({"loss", "lr", "lr/unet", "s_per_it", "epoch"} <= set(r) for r in rows)
+    assert [r["lr"] for r in rows] == [1e-2] * 6 and [r["epoch"] for r in rows] == [0, 1, 1, 2, 2, 3]
     assert [r["step"] for r in rows if "val_loss" in r] == [3, 6]
     summary = record.summary
     for key in ("wall_time_s", "steps_per_s", "peak_memory_bytes", "trainable_params", "file_sizes", "versions",
