@@ -29,9 +29,8 @@ adapter. The loop calls, in this order::
 
 Adapters may read these ``TrainConfig`` fields (stable names): ``options``, ``learning_rate``
 (UNet), ``text_encoder_learning_rate`` (``None``: same as ``learning_rate``), ``seed``,
-``resolution``. Prior preservation (DreamBooth's class images and prior loss) is a loop
-feature configured in ``TrainConfig`` (``prior_loss_weight``, ``class_prompt``,
-``num_class_images``), so any method can use it.
+``data.resolution``. Prior preservation (DreamBooth's class images and prior loss) belongs in the
+loop, not in an adapter, so that any method can use it; it is not implemented yet.
 
 >>> sorted(available_methods())
 ['dreambooth', 'lora', 'lycoris', 'textual_inversion']
