@@ -103,15 +103,5 @@ def peak_memory(device: torch.device) -> dict[str, Any]:
             "peak_memory_kind": "process_rss"}
 
 
-def library_versions(device: torch.device) -> dict[str, str]:
-    """Library versions and device facts (lora_core.environment when present)."""
-    try:
-        from lora_core.environment import environment_info
-    except ImportError:
-        import importlib.metadata
-        return {name: importlib.metadata.version(name) for name in ("torch", "diffusers", "peft", "accelerate")}
-    return environment_info(device)
-
-
 def file_sizes(paths: dict[str, Path]) -> dict[str, int]:
     return {name: Path(path).stat().st_size for name, path in paths.items()}

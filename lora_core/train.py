@@ -41,6 +41,7 @@ from lora_core import losses, runs
 from lora_core.adapters import Adapter, get_adapter, trainable_parameters
 from lora_core.config import Config, option
 from lora_core.data import DataConfig, ImageCaptionSet, load_image_caption_set, split_train_validation
+from lora_core.environment import environment_info
 from lora_core.optim import OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler, warmup_steps_for
 
 MIXED_PRECISION = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -463,7 +464,7 @@ def train(config: TrainConfig, base=None, force: bool = False, runs_root: str | 
         "validation_images": len(val_set) if val_set else 0, "data_fingerprint": fingerprint(train_set),
         "final_loss": sum(tail) / len(tail), "final_val_loss": val_losses[-1] if val_losses else None,
         "adapter": adapter.describe(), "device": str(device), "mixed_precision": config.mixed_precision,
-        **runs.peak_memory(device), "versions": runs.library_versions(device),
+        **runs.peak_memory(device), "versions": environment_info(device),
         "exports": {layout: str(Path(path).relative_to(run_dir)) for layout, path in exports.items()},
         "file_sizes": runs.file_sizes(exports),
     }
