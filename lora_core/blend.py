@@ -11,7 +11,8 @@ Every LoRA module holds two factors and a scale: ``delta W = s B A`` with ``A`` 
   ``delta_interp - delta_blend = -a (1 - a) s (B_A - B_B)(A_A - A_B)`` (``interpolation_gap``).
 * **merging into one new adapter** (``merge_adapters``, peft's ``add_weighted_adapter`` rules).
 
->>> base = load_demo_base()
+>>> from lora_core.models import load_base
+>>> base = load_base("tiny-random", seed=0)
 >>> add_random_adapter(base, "ink", rank=4, alpha=8, seed=1); add_random_adapter(base, "moss", rank=4, alpha=4, seed=2)
 >>> gap = interpolation_gap(lora_factors(base, "ink"), lora_factors(base, "moss"), a=0.5)
 >>> bool((gap.relative_gap > 0).all()), float(interpolation_gap(lora_factors(base, "ink"), lora_factors(base, "moss"), a=1.0).relative_gap.max())
@@ -484,9 +485,3 @@ def add_random_adapter(base, name: str, rank: int, alpha: float, seed: int,
                     factor.copy_(torch.randn(factor.shape, generator=generator) * std)
     restore_adapter_state(base, state)
 
-
-def load_demo_base():
-    """The smoke-profile random model (for doctests and quick demos)."""
-    from lora_core.models import load_base
-
-    return load_base("tiny-random", seed=0)

@@ -5,7 +5,8 @@ own ``torch.Generator`` seeded from the cell's seed alone, so any cell regenerat
 identically. Results come back as images plus a tidy table (one row per image); saved PNGs carry
 A1111's ``parameters`` text chunk and a JSON chunk with the exact settings.
 
->>> base = load_demo_base()
+>>> from lora_core.models import load_base
+>>> base = load_base("tiny-random", seed=0)
 >>> grid = generate_grid(base, prompts=["a red heart", "a cat face"], seeds=[1, 2], steps=2,
 ...                      guidance_scales=3.0)
 >>> grid.table[["prompt", "seed", "sampler", "adapter", "weight"]].values.tolist()[:2]
@@ -28,7 +29,6 @@ import pandas as pd
 import torch
 
 from lora_core import blend
-from lora_core.blend import load_demo_base  # noqa: F401  (used by the doctest)
 from lora_core.config import Config, option
 from lora_core.io import atomic_path, atomic_write_text
 
