@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -260,16 +261,19 @@ def _module_fingerprint(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-_BASE_FINGERPRINTS: dict[int, str] = {}
+_BASE_FINGERPRINTS: dict[int, tuple[weakref.ref, str]] = {}
 
 
 def base_fingerprint(base) -> str:
-    """sha256 of the base model's UNet, text encoder and VAE weights (memoised per object)."""
+    """sha256 of the model's UNet, text encoder and VAE weights, memoised per object (a weak
+    reference guards against a new object reusing a freed one's id). A model changed in place
+    after its first fingerprint keeps the old one: copy it before adding embeddings or adapters."""
     key = id(base)
-    if key not in _BASE_FINGERPRINTS:
+    known = _BASE_FINGERPRINTS.get(key)
+    if known is None or known[0]() is not base:
         parts = [_module_fingerprint(getattr(base, name)) for name in ("unet", "text_encoder", "vae")]
-        _BASE_FINGERPRINTS[key] = hashlib.sha256("".join(parts).encode()).hexdigest()
-    return _BASE_FINGERPRINTS[key]
+        _BASE_FINGERPRINTS[key] = (weakref.ref(base), hashlib.sha256("".join(parts).encode()).hexdigest())
+    return _BASE_FINGERPRINTS[key][1]
 
 
 def _file_sha(path: str | Path) -> str:

@@ -1,0 +1,166 @@
+"""Chapter 3: LoRA vs textual inversion vs DreamBooth (and LyCORIS LoHa/LoKr) on one style set.
+
+Same data, prompts, steps, batch and seeds for every method (S1 Exp. III's settings through
+``common.method_config``); each finished run is loaded the way a user would load its exported
+file (LoRA and LyCORIS files onto the base, the textual-inversion embedding into the tokenizer,
+DreamBooth's whole model folder), generates the evaluation sets, and is scored by the shared
+:class:`~lora_core.experiments.evaluate.Evaluator`. Costs come from the run summaries.
+
+    result = run_methods(get_profile("tiny"), "openmoji")
+    aggregate_seeds(result.results); cost_table(result.records)
+
+>>> from lora_core.profiles import get_profile
+>>> sorted({key[0] for key in methods_configs(get_profile("smoke"), "openmoji")})
+['dreambooth', 'lokr', 'lora', 'loha', 'textual_inversion']
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import pandas as pd
+import torch
+
+from lora_core.experiments.common import (METHODS, EvalSet, eval_set, generate_eval_images, method_config,
+                                          training_seeds)
+from lora_core.experiments.evaluate import DEFAULT_MEASURES, Evaluator
+from lora_core.profiles import Profile
+from lora_core.train import TrainConfig
+
+BASE = "base"
+
+
+@dataclass
+class MethodsResult:
+    profile: Profile
+    style: str
+    configs: dict[tuple[str, int], TrainConfig]
+    records: dict[tuple[str, int], Any]
+    eval_sets: dict[str, EvalSet]
+    images: dict[tuple[str, int | None, str], torch.Tensor] = field(default_factory=dict)
+    results: pd.DataFrame = field(default_factory=pd.DataFrame)
+    unavailable: dict[str, str] = field(default_factory=dict)
+
+
+def methods_configs(profile: Profile, style: str, methods: Sequence[str] = METHODS,
+                    seeds: Sequence[int] | None = None) -> dict[tuple[str, int], TrainConfig]:
+    """(method, seed) -> config, every method on the same data, steps, batch and seeds."""
+    seeds = training_seeds(profile) if seeds is None else list(seeds)
+    return {(method, seed): method_config(profile, method, style, seed) for method in methods for seed in seeds}
+
+
+def export_bytes(path: str | Path) -> int:
+    """Size of an exported file, or of every file in an exported folder (DreamBooth's model)."""
+    path = Path(path)
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def primary_export(record) -> Path:
+    """The file or folder a user loads: diffusers layout when written, else the only export."""
+    exports = record.exports
+    return exports.get("diffusers") or next(iter(exports.values()))
+
+
+def cost_table(records: dict[tuple[str, int], Any]) -> pd.DataFrame:
+    """One row per run: trainable parameters, wall time, s/step, peak memory, export size, losses."""
+    rows = []
+    for (method, seed), record in records.items():
+        s = record.summary
+        rows.append({"method": method, "seed": seed, "config_hash": s["config_hash"],
+                     "trainable_params": s["trainable_params"], "steps": s["steps"],
+                     "wall_time_s": s["wall_time_s"], "s_per_step": s["wall_time_s"] / max(1, s["steps"]),
+                     "peak_memory_mb": s["peak_memory_bytes"] / 2**20, "peak_memory_kind": s["peak_memory_kind"],
+                     "export_mb": export_bytes(primary_export(record)) / 2**20, "final_loss": s["final_loss"]})
+    return pd.DataFrame(rows)
+
+
+def cost_summary(costs: pd.DataFrame) -> pd.DataFrame:
+    """Mean over seeds per method (parameters and file size do not vary with the seed)."""
+    numeric = ["trainable_params", "wall_time_s", "s_per_step", "peak_memory_mb", "export_mb", "final_loss"]
+    return costs.groupby("method", sort=False)[numeric].mean()
+
+
+@contextlib.contextmanager
+def adapted(base, method: str, record) -> Iterator[tuple[Any, Path | None, Any]]:
+    """``(model, lora_file, prompt_fn)`` for generating with a finished run: the base plus the LoRA
+    file, a copy of the base with the TI embedding or the LyCORIS network, or DreamBooth's model."""
+    from lora_core.adapters.textual_inversion import TextualInversionAdapter, TextualInversionOptions
+
+    export = primary_export(record)
+    config = record.config
+    if method == "lora":
+        yield base, export, None
+    elif method == "textual_inversion":
+        from lora_core.blend import load_embedding
+
+        options = TextualInversionOptions.from_dict(config["options"])
+        model = copy.deepcopy(base)
+        load_embedding(model, export, options.placeholder_token)
+        yield model, None, lambda prompt: TextualInversionAdapter.caption_for(options, prompt)
+    elif method == "dreambooth":
+        from lora_core.models import load_base
+
+        yield load_base(str(export)), None, None
+    elif method in ("loha", "lokr"):
+        from lora_core.adapters.lycoris import load_lycoris
+
+        model = copy.deepcopy(base)
+        load_lycoris(model, export)
+        yield model, None, None
+    else:
+        raise ValueError(f"method: unknown method {method!r}. Valid: {', '.join(METHODS)}")
+
+
+def run_methods(profile: Profile, style: str, methods: Sequence[str] = METHODS, seeds: Sequence[int] | None = None,
+                splits: Sequence[str] = ("train", "heldout"), base=None, runs_root: str | Path | None = None,
+                evaluator: Evaluator | None = None, measures=DEFAULT_MEASURES) -> MethodsResult:
+    """Train/reuse every (method, seed), generate each split with it and with the base, score all."""
+    from lora_core.models import load_base
+    from lora_core.train import train
+
+    base = base if base is not None else load_base(profile.base_model)
+    evaluator = evaluator or Evaluator(profile)
+    configs = methods_configs(profile, style, methods, seeds)
+    records = {key: train(config, base=base, runs_root=runs_root, progress=False) for key, config in configs.items()}
+    result = MethodsResult(profile, style, configs, records,
+                           {split: eval_set(style, split, profile.n_eval_images) for split in splits})
+    runs = [(BASE, None, None)] + [(method, seed, records[(method, seed)]) for method, seed in configs]
+    tables = []
+    for method, seed, record in runs:
+        with (adapted(base, method, record) if record else contextlib.nullcontext((base, None, None))) as \
+                (model, lora_file, prompt_fn):
+            for split, es in result.eval_sets.items():
+                prompts = [prompt_fn(p) for p in es.prompts] if prompt_fn else list(es.prompts)
+                images = generate_eval_images(model, prompts, es.seeds, profile, lora_file)
+                result.images[(method, seed, split)] = images
+                tables.append(evaluator.evaluate(images, es, style, {"method": method, "seed": seed},
+                                                 measures=measures))
+    result.results = pd.concat(tables, ignore_index=True)
+    result.unavailable = dict(evaluator.unavailable)
+    return result
+
+
+def s1_methods_table(aggregated: pd.DataFrame, split_name: str = "training captions") -> pd.DataFrame:
+    """S1 Exp. III (reported) beside ours: per method, S1's FID/CLIP/IS/LPIPS and our counterparts,
+    and the method ranking by each (1 = best by that metric's direction)."""
+    from lora_core.experiments.evaluate import MEASURES, reported_table
+
+    counterpart = {"FID": "fd_effnet", "CLIP": "alignment", "IS": "is_effnet", "LPIPS": "st_lpips_diversity"}
+    reported = reported_table("S1", "III").pivot_table(index="method", columns="metric", values="value")
+    reported.index = reported.index.str.replace(" ", "_").str.lower()
+    ours = aggregated[aggregated.eval_set == split_name]
+    rows = []
+    for s1_metric, measure in counterpart.items():
+        mine = ours[ours.measure == measure].set_index("method")["value"]
+        higher = MEASURES[measure][0] == "higher"
+        s1_col = reported[s1_metric] if s1_metric in reported else pd.Series(dtype=float)
+        s1_rank = s1_col.rank(ascending=s1_metric not in ("CLIP", "IS"))  # S1: lower FID better
+        our_rank = mine.drop(BASE, errors="ignore").rank(ascending=not higher)
+        for method in ("lora", "textual_inversion", "dreambooth"):
+            rows.append({"S1 metric": s1_metric, "method": method, "S1 value": s1_col.get(method),
+                         "S1 rank": s1_rank.get(method), "our measure": measure, "our value": mine.get(method),
+                         "our rank (of all methods)": our_rank.get(method)})
+    return pd.DataFrame(rows)
