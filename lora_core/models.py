@@ -136,8 +136,9 @@ def load_base(source: str, *, config: str | Path | None = None, seed: int = 0,
         return build_tiny_random(seed)
     if source == "toy:base":
         if not (TOY_BASE_DIR / "model_index.json").exists():
-            raise FileNotFoundError(f"the pretrained tiny base is missing at {TOY_BASE_DIR}; "
-                                    "run `python -m lora_core.toy build` or `make book`")
+            raise FileNotFoundError(f"the pretrained tiny base is missing at {TOY_BASE_DIR}: it is "
+                                    "shipped in git (restore it with `git checkout -- models/tiny-sd`) "
+                                    "or exported from pretraining with `python -m lora_core.toy export`")
         source = str(TOY_BASE_DIR)
     path = Path(source)
     if path.suffix.lower() in PICKLE_SUFFIXES:

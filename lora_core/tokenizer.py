@@ -64,10 +64,6 @@ def build_clip_tokenizer(texts: Iterable[str], folder: str | Path, vocab_size: i
         symbol = merge.replace(" ", "")
         if symbol not in vocab:
             vocab.append(symbol)
-    for word in reserved_words:
-        if word + "</w>" not in vocab:
-            raise ValueError(f"reserved word {word!r} did not become a single token; "
-                             "raise vocab_size or shorten the word")
     vocab += [BOS, EOS]
     folder = Path(folder)
     atomic_write_text(folder / "vocab.json", json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False))
@@ -77,6 +73,14 @@ def build_clip_tokenizer(texts: Iterable[str], folder: str | Path, vocab_size: i
     atomic_write_text(folder / "tokenizer_config.json", json.dumps(
         {"tokenizer_class": "CLIPTokenizer", "model_max_length": model_max_length, "bos_token": BOS,
          "eos_token": EOS, "unk_token": EOS, "pad_token": EOS, "do_lower_case": True}))
+    # Check with the real tokenizer, not the vocabulary: CLIP's pre-tokenizer splits digits and
+    # punctuation off, so "flt3d" is in the vocabulary yet never reaches it as one piece.
+    tokenizer = load_clip_tokenizer(folder)
+    for word in reserved_words:
+        pieces = tokenizer.tokenize(word)
+        if pieces != [word + "</w>"]:
+            raise ValueError(f"reserved word {word!r} tokenizes as {pieces}, not one token: use "
+                             "lowercase letters only, or raise vocab_size")
     return folder
 
 

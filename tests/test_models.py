@@ -87,3 +87,12 @@ def test_a_two_token_tokenizer_is_caught(tiny_base_dir, tmp_path):
     tokenizer_json.write_text(json.dumps(spec))
     with pytest.raises(RuntimeError, match="tokenizer has 2 tokens but the text encoder has"):
         load_base(str(broken))
+
+
+def test_reserved_words_must_survive_clip_pre_tokenization(tmp_path):
+    from lora_core.tokenizer import build_clip_tokenizer, load_clip_tokenizer
+
+    folder = build_clip_tokenizer(["a red heart"] * 5, tmp_path / "ok", reserved_words=("opnmj",))
+    assert load_clip_tokenizer(folder).tokenize("opnmj") == ["opnmj</w>"]
+    with pytest.raises(ValueError, match=r"reserved word 'flt3d' tokenizes as .*not one token"):
+        build_clip_tokenizer(["a red heart"] * 5, tmp_path / "bad", reserved_words=("flt3d",))
