@@ -51,8 +51,9 @@ overrides = {"styles": (style_a, style_b), "weights": tuple(weights)}
 if n_prompts:
     overrides["n_prompts"] = n_prompts
 if n_seeds:
-    overrides["training_seeds"] = tuple(range(n_seeds))
+    overrides["n_seeds"] = n_seeds
 mix = mixing.mixing_settings(settings, **overrides)
+seeds = mix.training_seeds(settings)
 evalset = mixing.mixing_eval_set(mix)
 glue("profile_name", settings.name, display=False)
 glue("smoke_note", "This page was built with the smoke profile: a random model trained for a few steps, "
@@ -61,7 +62,7 @@ glue("smoke_note", "This page was built with the smoke profile: a random model t
 glue("style_a", style_a, display=False)
 glue("style_b", style_b, display=False)
 glue("n_prompts", len(evalset), display=False)
-glue("n_seeds", len(mix.training_seeds), display=False)
+glue("n_seeds", len(seeds), display=False)
 glue("example_prompt", evalset.prompts[0], display=False)
 
 # %% [markdown]
@@ -98,7 +99,7 @@ pd.DataFrame([{"LoRA": f"{style} seed {seed}", "run": record.run_dir.name, "rank
 # the mean over the layers of a block, bands their range.
 
 # %%
-first_seed = mix.training_seeds[0]
+first_seed = seeds[0]
 factors_a, factors_b = mixing.load_factors(base, lora_files[(style_a, first_seed)], lora_files[(style_b, first_seed)])
 gaps = mixing.layer_gaps(factors_a, factors_b, mix.weights)
 divergence = mixing.factor_divergence(factors_a, factors_b)
@@ -134,7 +135,7 @@ by_block.join(divergence.groupby("block")[["down", "up"]].mean()).round(4)
 # %%
 evaluator = Evaluator(settings)
 per_seed, images_by_seed = [], {}
-for seed in mix.training_seeds:
+for seed in seeds:
     files = mixing.mix_files(base, lora_files[(style_a, seed)], lora_files[(style_b, seed)], mix.weights)
     images_by_seed[seed] = mixing.mixing_images(base, files, evalset, settings)
     per_seed.append(mixing.mixing_measures(evaluator, images_by_seed[seed], evalset, mix, {"seed": seed}))

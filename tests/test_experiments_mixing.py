@@ -14,7 +14,7 @@ from lora_core.metrics.stats import MetricResult
 from lora_core.profiles import get_profile
 from lora_core.toy import STYLE_SETS
 
-SMOKE = get_profile("smoke")
+SMOKE, TINY = get_profile("smoke"), get_profile("tiny")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -45,8 +45,10 @@ def lora_files(base, tmp_path_factory):
 
 
 def test_lora_configs_are_chapter_ones_configs_so_runs_are_shared():
-    settings = mixing.mixing_settings(SMOKE, training_seeds=(0, 1))
+    settings = mixing.mixing_settings(SMOKE, n_seeds=2)
     configs = mixing.lora_configs(SMOKE, settings)
+    assert mixing.mixing_settings(SMOKE).training_seeds(SMOKE) == (0,)
+    assert mixing.mixing_settings(TINY).training_seeds(TINY) == (0, 1, 2)
     assert sorted(configs) == [("openmoji", 0), ("openmoji", 1), ("twemoji", 0), ("twemoji", 1)]
     for (style, seed), config in configs.items():
         assert config.hash() == style_lora_config(SMOKE, style, seed).hash()

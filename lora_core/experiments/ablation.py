@@ -180,8 +180,11 @@ def lora_delta_norm(base, lora_file: str | Path) -> float:
     """Mean over modules of ``||s B A||_F`` of a LoRA file: how far training moved the weights."""
     from lora_core import blend
 
+    from lora_core.experiments.mixing import quiet_diffusers
+
     name = blend.unique_adapter_name(base, "ablation_probe")
-    blend.load_lora(base, lora_file, name)
+    with quiet_diffusers():
+        blend.load_lora(base, lora_file, name)
     try:
         norms = [float(torch.linalg.norm(f.delta())) for f in blend.lora_factors(base, name).values()]
     finally:
@@ -194,14 +197,16 @@ def evaluate_grid(profile: Profile, settings: AblationSettings, configs: dict[Ke
     """Regenerate ``n_prompts`` training captions with every distinct run (S1's protocol) and score
     them; a run shared by both arms is generated and scored once and reported in both."""
     from lora_core.experiments.common import generate_eval_images
+    from lora_core.experiments.mixing import quiet_diffusers
 
     evalset = eval_set(settings.style, "train", settings.n_prompts)
     by_hash: dict[str, pd.DataFrame] = {}
     frames = []
     for key, config in configs.items():
         if config.hash() not in by_hash:
-            images = generate_eval_images(base, list(evalset.prompts), list(evalset.seeds), profile,
-                                          adapter=records[config.hash()].exports["diffusers"])
+            with quiet_diffusers():
+                images = generate_eval_images(base, list(evalset.prompts), list(evalset.seeds), profile,
+                                              adapter=records[config.hash()].exports["diffusers"])
             by_hash[config.hash()] = evaluator.evaluate(images, evalset, settings.style, measures=measures)
         labels = {**_key_labels(key), "alpha": config.options.effective_alpha, "scale": config.options.scale}
         frames.append(by_hash[config.hash()].assign(**labels))

@@ -31,7 +31,7 @@ import torch
 
 from lora_core import blend
 from lora_core.config import Config, option
-from lora_core.experiments.common import EvalSet, data_dir, eval_set, style_lora_config
+from lora_core.experiments.common import EvalSet, data_dir, eval_set, style_lora_config, training_seeds
 from lora_core.profiles import Profile, get_profile  # noqa: F401  (get_profile: used by the doctest)
 from lora_core.train import TrainConfig
 
@@ -45,8 +45,8 @@ PROMPT_TEMPLATE = "{caption}, in the style of {trigger_a} and {trigger_b}"
 class MixingSettings(Config):
     styles: tuple[str, str] = option(("twemoji", "openmoji"), "the two style LoRAs mixed: A (a=1) and B (a=0)")
     weights: tuple[float, ...] = option((1.0, 0.75, 0.5, 0.25, 0.0), "mixing weights a of style A (S1 Exp. IV)")
-    training_seeds: tuple[int, ...] = option((0,), "training seeds; seed s of A mixes with seed s of B "
-                                                   "(chapter 1's seeds, so the runs are shared)")
+    n_seeds: int = option(0, "LoRA pairs from training seeds 0..n_seeds-1 (seed s of A mixes with seed s of "
+                             "B); 0 = all the profile's training seeds, i.e. chapter 1's runs")
     n_prompts: int = option(32, "held-out subjects generated at every (mode, a)")
     strip_prompts: int = option(4, "subjects shown in the picture strips")
     prompt_template: str = option(PROMPT_TEMPLATE, "prompt with both trigger words, as one mixes style LoRAs in A1111")
@@ -57,17 +57,23 @@ class MixingSettings(Config):
         bad = [a for a in self.weights if not 0.0 <= a <= 1.0]
         if bad or not self.weights:
             raise ValueError(f"MixingSettings: weights must be non-empty and in [0, 1], got {self.weights}")
-        if not self.training_seeds:
-            raise ValueError("MixingSettings: training_seeds is empty")
+        if self.n_seeds < 0:
+            raise ValueError(f"MixingSettings: n_seeds must be >= 0, got {self.n_seeds}")
         if self.n_prompts < 2 or not 1 <= self.strip_prompts <= self.n_prompts:
             raise ValueError(f"MixingSettings: need n_prompts >= 2 and 1 <= strip_prompts <= n_prompts, "
                              f"got {self.n_prompts} and {self.strip_prompts}")
 
 
-# Per-profile sizes: smoke in seconds; tiny within chapter 4's 3 minutes (the LoRAs come from
-# chapter 1's cache); sd15 at S1's scale of one image per prompt and weight.
-MIXING = {"smoke": MixingSettings(n_prompts=4, strip_prompts=2),
-          "tiny": MixingSettings(n_prompts=32, strip_prompts=4),
+    def training_seeds(self, profile: Profile) -> tuple[int, ...]:
+        """The seeds of the LoRA pairs: ``0..n_seeds-1``, or the profile's training seeds."""
+        return tuple(range(self.n_seeds)) if self.n_seeds else tuple(training_seeds(profile))
+
+
+# Per-profile sizes: smoke in seconds (one seed); tiny within chapter 4's 3 minutes, all of
+# chapter 1's seeds (their LoRAs come from its cache, only generation and scoring cost time);
+# sd15 with S1's prompts-per-weight scale.
+MIXING = {"smoke": MixingSettings(n_prompts=4, strip_prompts=2, n_seeds=1),
+          "tiny": MixingSettings(n_prompts=24, strip_prompts=4),
           "sd15": MixingSettings(n_prompts=50, strip_prompts=4)}
 
 
@@ -84,7 +90,7 @@ def lora_configs(profile: Profile, settings: MixingSettings) -> dict[tuple[str, 
     """``{(style, seed): config}`` of both style LoRAs at every training seed, built by the book's
     one config builder (so chapter 1's runs are reused)."""
     return {(style, seed): style_lora_config(profile, style, seed)
-            for seed in settings.training_seeds for style in settings.styles}
+            for seed in settings.training_seeds(profile) for style in settings.styles}
 
 
 def mixing_eval_set(settings: MixingSettings) -> EvalSet:
