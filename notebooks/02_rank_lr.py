@@ -151,8 +151,9 @@ ablation.rank_figure(results, ["fd_effnet", "alignment", "is_effnet", "st_lpips_
                      f"{settings.lpips_backbone}, {settings.alignment_backbone}");
 
 # %%
-with pd.option_context("display.max_columns", None):
-    display(format_results(results, index=["measure", "metric", "alpha_mode", "study_lr"], columns="rank"))
+format_results(results, index=["measure", "metric", "alpha_mode", "study_lr"], columns="rank").style.set_caption(
+    f"{grid.style}, {settings.name} profile: value [95% interval] per rank (columns); "
+    f"{len(grid.training_seeds)} training seed(s), {grid.n_prompts} images per run")
 
 # %% [markdown]
 # ## Beside S1
@@ -167,7 +168,9 @@ alignment_effects = ablation.lr_effects(results, "alignment")
 glue("fd_fixed", ablation.direction_sentence(fd_effects, "fixed"), display=False)
 glue("fd_tied", ablation.direction_sentence(fd_effects, "tied"), display=False)
 glue("alignment_fixed", ablation.direction_sentence(alignment_effects, "fixed"), display=False)
-ablation.s1_comparison(results, reported_table("S1", "II"))
+ablation.s1_comparison(results, reported_table("S1", "II")).style.set_caption(
+    f"S1 Exp. II as reported by the study (SD v1.5, Inception FID, CLIP) beside ours "
+    f"({settings.name} profile, alpha fixed, {settings.feature_backbone} features)")
 
 # %% [markdown]
 # S1 read its table as "a higher learning rate lowers FID but also CLIP". In our fixed-alpha arm,

@@ -166,12 +166,13 @@ mixing.measures_figure(results, ["p_target_style", "feature_to_target", "alignme
                        f"{settings.lpips_backbone}, {settings.alignment_backbone}");
 
 # %%
-with pd.option_context("display.max_columns", None):
-    display(format_results(results, index=["measure", "metric", "target_style", "mode"], columns="a"))
+format_results(results, index=["measure", "metric", "target_style", "mode"], columns="a").style.set_caption(
+    f"{style_a} (a=1) to {style_b} (a=0), {settings.name} profile: value [95% interval] per a (columns); "
+    f"{len(seeds)} training seed(s), {len(evalset)} held-out subjects")
 
 # %%
 for key in ("shift_blend", "shift_interpolate", "mid_alignment_blend", "mid_alignment_interpolate"):
-    glue(key, summary.get(key, "cannot be judged in this build (measure missing)"), display=False)
+    glue(key, summary.get(key, "cannot be judged in this build (its measure is missing)"), display=False)
 glue("mode_gap_mid", summary.get("mode_gap_mid", float("nan")), display=False)
 
 # %% [markdown]
@@ -180,9 +181,9 @@ glue("mode_gap_mid", summary.get("mode_gap_mid", float("nan")), display=False)
 # S1 reported no table for Exp. IV, only its reading: *a gradual shift, with artefacts at
 # mid-range a*. In our build:
 #
-# * P({glue:text}`style_a`) under the output-space blend {glue:text}`shift_blend` with $a$, and
-#   under weight-space interpolation it {glue:text}`shift_interpolate`.
-# * Prompt alignment at $a$ = {glue:text}`middle_a`, against the mean of the two ends, is
+# * P({glue:text}`style_a`) under the output-space blend {glue:text}`shift_blend`; under
+#   weight-space interpolation it {glue:text}`shift_interpolate`.
+# * Prompt alignment at $a$ = {glue:text}`middle_a`, against the mean of the two ends,
 #   {glue:text}`mid_alignment_blend` for the blend and {glue:text}`mid_alignment_interpolate` for
 #   interpolation (S1's "artefacts at mid-range" would show as lower).
 # * The two mixes' images at $a$ = {glue:text}`middle_a` differ by ST-LPIPS

@@ -117,6 +117,6 @@ def test_lr_effects_and_sentences_from_a_hand_made_table():
 def test_s1_comparison_puts_their_number_beside_our_interval():
     table = ablation.s1_comparison(_aggregated_rows(), reported_table("S1", "II")).set_index(["rank", "S1 lr"])
     assert table.loc[(8, 1e-4), "S1 FID"] == 179.05 and table.loc[(16, 5e-4), "S1 FID"] == 175.05
-    assert table.loc[(8, 1e-4), "ours: fd_effnet"].startswith("188 [")
+    assert table.loc[(8, 1e-4), "ours: FD-EffNet"].startswith("188 [")
     assert table.loc[(8, 1e-4), "ours: alignment"] == "-"
     assert ablation.s1_setting(8, 1e-4) == "r8_lr1e-4"

@@ -178,8 +178,8 @@ def test_summary_words_follow_the_numbers():
     rows.append({"mode": "interpolate", "a": 0.5, "target_style": "-", "measure": mixing.MODE_GAP_MEASURE,
                  "value": 0.25})
     summary = mixing.mixing_summary(pd.DataFrame(rows), settings)
-    assert summary == {"middle_a": 0.5, "shift_blend": "changes monotonically",
-                       "shift_interpolate": "does not change monotonically", "mid_alignment_blend": "lower",
-                       "mid_alignment_interpolate": "higher", "mode_gap_mid": 0.25}
+    assert summary == {"middle_a": 0.5, "shift_blend": "changes monotonically with a",
+                       "shift_interpolate": "does not change monotonically with a", "mid_alignment_blend": "is lower",
+                       "mid_alignment_interpolate": "is higher", "mode_gap_mid": 0.25}
     assert mixing.mixing_summary(pd.DataFrame(rows[:0], columns=["mode", "a", "target_style", "measure", "value"]),
                                  settings) == {"middle_a": 0.5}

@@ -247,9 +247,16 @@ def s1_comparison(aggregated: pd.DataFrame, reported: pd.DataFrame) -> pd.DataFr
         for measure, s1_metric in S1_COUNTERPARTS:
             ours = cell[cell["measure"] == measure]
             row[f"S1 {s1_metric}"] = theirs.get(s1_metric, "-")
-            row[f"ours: {measure}"] = (ci_text(*ours[["value", "ci_low", "ci_high"]].iloc[0]) if len(ours) else "-")
+            row[f"ours: {_short_metric(fixed, measure)}"] = (ci_text(*ours[["value", "ci_low", "ci_high"]].iloc[0])
+                                                             if len(ours) else "-")
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _short_metric(table: pd.DataFrame, measure: str) -> str:
+    """The reported name of ``measure`` without its parenthesised details ("FD-EffNet"), or the key."""
+    names = table.loc[table["measure"] == measure, "metric"]
+    return names.iloc[0].split(" (")[0] if len(names) else measure
 
 
 def lr_effects(aggregated: pd.DataFrame, measure: str) -> pd.DataFrame:
@@ -285,10 +292,10 @@ def direction_sentence(effects: pd.DataFrame, mode: str = "fixed") -> str:
 
 # ---- figures ----------------------------------------------------------------------------------
 
-def _panels(n: int, width: float = 3.2, height: float = 2.8):
+def _panels(n: int, width: float = 3.2, height: float = 2.8, sharey: bool = False):
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False)
+    figure, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False, sharey=sharey)
     return figure, axes[0]
 
 
@@ -297,7 +304,7 @@ def loss_figure(curves: pd.DataFrame, title: str):
     (first seed)."""
     curves = curves[curves["seed"] == curves["seed"].min()]
     groups = list(curves.groupby(["alpha_mode", "study_lr"], sort=False))
-    figure, axes = _panels(len(groups))
+    figure, axes = _panels(len(groups), sharey=True)
     for ax, ((mode, study_lr), group) in zip(axes, groups):
         for rank, line in group.groupby("rank"):
             ax.plot(line["step"], line["loss_smooth"], label=f"r={rank}")

@@ -310,7 +310,7 @@ def mixing_summary(aggregated: pd.DataFrame, settings: MixingSettings) -> dict[s
     """Numbers and words for the chapter's prose, from the seed-aggregated table.
 
     ``shift_<mode>``: whether P(style A) changes monotonically with ``a``; ``mid_alignment_<mode>``:
-    "lower"/"higher" alignment at the middle weight than the mean of the two ends (S1 saw
+    "is lower"/"is higher": alignment at the middle weight against the mean of the two ends (S1 saw
     artefacts at mid-range a); ``mode_gap_mid``: ST-LPIPS between the two mixes at the middle weight.
     Keys whose measure is missing (no heads, no alignment model) are left out.
     """
@@ -327,11 +327,12 @@ def mixing_summary(aggregated: pd.DataFrame, settings: MixingSettings) -> dict[s
     for mode in MODES:
         style_share = series("p_target_style", mode, style_a)
         if len(style_share) == len(weights):
-            summary[f"shift_{mode}"] = "changes monotonically" if is_monotone(list(style_share)) else "does not change monotonically"
+            summary[f"shift_{mode}"] = ("changes monotonically with a" if is_monotone(list(style_share))
+                                        else "does not change monotonically with a")
         alignment = series("alignment", mode, NO_TARGET)
         if len(alignment) == len(weights) and len(weights) >= 3:
             ends = (alignment.iloc[0] + alignment.iloc[-1]) / 2
-            summary[f"mid_alignment_{mode}"] = "lower" if alignment.loc[middle] < ends else "higher"
+            summary[f"mid_alignment_{mode}"] = "is lower" if alignment.loc[middle] < ends else "is higher"
     gap = series(MODE_GAP_MEASURE, "interpolate", NO_TARGET)
     if middle in gap.index:
         summary["mode_gap_mid"] = float(gap.loc[middle])
@@ -342,16 +343,18 @@ def mixing_summary(aggregated: pd.DataFrame, settings: MixingSettings) -> dict[s
 
 def strip_figure(images: Mapping[tuple[str, float], torch.Tensor], evalset: EvalSet, settings: MixingSettings,
                  title: str):
-    """Picture strips: one row per (subject, mode), one column per ``a``."""
+    """Picture strips: one row per (subject, mode), one column per ``a``; rows are labelled with
+    the subject's first caption phrase and the mode."""
     from lora_core.plots import contact_sheet
 
     pictures, rows = [], []
     for i in range(settings.strip_prompts):
+        subject = evalset.captions[i].split(",")[0]
         for mode in MODES:
             for a in settings.weights:
                 pictures.append(images[(mode, a)][i].permute(1, 2, 0).numpy())
-                rows.append({"subject": evalset.captions[i], "mix": MODE_NAMES[mode], "a": a})
-    return contact_sheet(pictures, pd.DataFrame(rows), rows=["subject", "mix"], cols="a", title=title)
+                rows.append({"row": f"{subject}\n{mode}", "a": a})
+    return contact_sheet(pictures, pd.DataFrame(rows), rows="row", cols="a", title=title)
 
 
 def measures_figure(aggregated: pd.DataFrame, measures: Sequence[str], title: str):
