@@ -209,8 +209,12 @@ def run_book(profile: str, overrides: dict[str, Any], only: list[str] | None = N
     runs = []
     for name in names:
         print(f"[book] {name} ({profile}) ...", flush=True)
-        own = {key: value for key, value in overrides.items() if key in declared[name]}
-        run = execute_notebook(name, {"profile": profile, **own}, executed_dir)
+        # The runner's own facts reach notebooks that declare them (the appendix reads the
+        # timings of this build, wherever the build is staged).
+        provided = {"profile": profile, "executed_dir": str(executed_dir)}
+        own = {key: value for key, value in {**provided, **overrides}.items()
+               if key in declared[name] or key == "profile"}
+        run = execute_notebook(name, own, executed_dir)
         runs.append(run)
         record_timings([run], profile, executed_dir / TIMINGS_FILE.name)
         print(f"[book] {name} done in {run.wall_seconds:.1f} s", flush=True)

@@ -78,6 +78,9 @@ def test_smoke_book_builds_with_every_chapter_and_figure(tmp_path):
         assert "Traceback" not in page and "Error" not in re.sub(r"<[^>]+>", "", page).split("Contents")[0]
         assert re.search(r'<img [^>]*src="[^"]+\.png"', page), f"{name}: no figure in the page"
         assert timings[name]["profile"] == "smoke"
+    appendix = json.loads((tmp_path / "book" / "notebooks" / "99_appendix.ipynb").read_text())
+    injected = next(c for c in appendix["cells"] if "injected-parameters" in c["metadata"].get("tags", []))
+    assert f"executed_dir = \"{tmp_path / 'book' / 'notebooks'}\"" in "".join(injected["source"])
     setup = (html_dir / "book" / "notebooks" / "00_setup.html").read_text()
     assert re.search(r"This build used the <strong>.*smoke.*</strong> profile", setup)
     assert "0.42.1" in setup  # the diffusers version row of the environment table
