@@ -273,15 +273,18 @@ def test_class_images_are_seeded_cached_and_leave_the_model_as_it_was(tmp_path, 
 
 
 # -- LyCORIS ---------------------------------------------------------------------------------------
+# Training runs on the transformer blocks only (preset attn-mlp): LoHa/LoKr on every 3x3 conv
+# make a CPU step 5-15x slower. The full preset (convs, text encoder) is checked by round trip.
 
 @pytest.mark.parametrize("algo", ALGOS)
 def test_lycoris_trains_adapter_weights_only_and_export_reloads_exactly(algo, tmp_path):
     base = load_base("tiny-random")
     before = {name: snapshot(getattr(base, name)) for name in ("unet", "text_encoder", "vae")}
-    adapter = get_adapter("lycoris")(train_config("lycoris", LycorisOptions(algo=algo, rank=4, alpha=2.0), 1e-2))
+    options = LycorisOptions(algo=algo, rank=4, alpha=2.0, preset="attn-mlp")
+    adapter = get_adapter("lycoris")(train_config("lycoris", options, 1e-2))
     adapter.attach(base)
     initial = adapter.state_dict(base)
-    losses = train_steps(base, adapter, [PROMPT, PROMPT])
+    losses = train_steps(base, adapter, [PROMPT, PROMPT], steps=2)
 
     assert losses[-1] < losses[0]
     assert all(changed_keys(before[name], getattr(base, name)) == set() for name in before)
@@ -298,3 +301,43 @@ def test_lycoris_trains_adapter_weights_only_and_export_reloads_exactly(algo, tm
         assert all(key.startswith("lora_unet_") for key in handle.keys())
     assert metadata["ss_network_module"] == "lycoris.kohya" and metadata["lsl_config_hash"] == "abc123"
     assert json.loads(metadata["ss_network_args"])["algo"] == algo
+
+
+def test_lycoris_full_preset_covers_convs_and_text_encoder_and_round_trips(tmp_path):
+    from lycoris import LycorisNetwork
+
+    options = LycorisOptions(algo="locon", rank=2, alpha=1.0, conv_rank=2, conv_alpha=2.0,
+                             train_text_encoder=True)
+    base = load_base("tiny-random")
+    adapter = get_adapter("lycoris")(train_config("lycoris", options, 1e-3, text_encoder_learning_rate=1e-4))
+    adapter.attach(base)
+    assert LycorisNetwork.LORA_PREFIX == "lycoris"       # our preset did not leak into the class
+    assert [(g["name"], g["lr"]) for g in adapter.param_groups(base)] == [("unet", 1e-3), ("text_encoder", 1e-4)]
+    generator = torch.Generator().manual_seed(0)
+    state = {k: (torch.randn(v.shape, generator=generator) * 0.05 if k.endswith("weight") else v)
+             for k, v in adapter.state_dict(base).items()}
+    adapter.load_state_dict(base, state)
+    assert state["lora_unet_conv_in.lora_down.weight"].shape == (2, 4, 3, 3)
+    assert any(k.startswith("lora_te_text_model_encoder_layers_0_self_attn") for k in state)
+    assert adapter.describe()["scale"] == 0.5 and adapter.describe()["conv_scale"] == 1.0
+
+    fresh = load_base("tiny-random")
+    expected = unet_output(base)
+    assert not torch.equal(expected, unet_output(fresh))
+    load_lycoris(fresh, adapter.export(base, tmp_path, METADATA)["kohya"])
+    assert torch.equal(unet_output(fresh), expected)
+
+
+def test_lycoris_rejects_bad_options_and_files(tmp_path):
+    with pytest.raises(ValueError, match="unknown algo 'lohaa'. Valid algos: locon, loha, lokr, ia3"):
+        LycorisOptions(algo="lohaa")
+    with pytest.raises(ValueError, match="plain LoRA is method 'lora'"):
+        LycorisOptions(algo="lora")
+    with pytest.raises(ValueError, match="unknown preset 'attn'"):
+        LycorisOptions(preset="attn")
+    with pytest.raises(ValueError, match="only .safetensors LyCORIS files are loaded"):
+        load_lycoris(None, tmp_path / "net.pt")
+    from safetensors.torch import save_file
+    save_file({"lora_unet_x.lora_down.weight": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(KeyError, match="no 'lsl_lycoris_options' metadata"):
+        load_lycoris(load_base("tiny-random"), tmp_path / "other.safetensors")

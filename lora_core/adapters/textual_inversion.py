@@ -106,6 +106,7 @@ class TextualInversionAdapter(Adapter):
         if added != len(tokens):
             raise ValueError(f"tokenizer added {added} of the placeholder tokens {list(tokens)}")
         self.token_ids = base.tokenizer.convert_tokens_to_ids(list(tokens))
+        base.text_encoder.to(torch.float32)  # gradients flow through all of it (upstream keeps it fp32 too)
         with torch.random.fork_rng(devices=[]):  # the new rows are drawn from the global RNG
             base.text_encoder.resize_token_embeddings(len(base.tokenizer), mean_resizing=False)
         weight = self.embedding(base).weight
