@@ -20,6 +20,7 @@ first run costs only the head training (seconds). Everything is seeded; reruns a
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -144,6 +145,22 @@ def extract_features(images: torch.Tensor, cfg: HeadsConfig, chunk: int = 256) -
     return torch.cat(parts)
 
 
+def encode_texts(texts: list[str], cfg: HeadsConfig) -> torch.Tensor:
+    """MiniLM sentence embeddings, cached in ``cache_dir`` by the sha256 of the texts."""
+    from safetensors.torch import load_file, save_file
+
+    from lora_core.io import atomic_path
+
+    digest = hashlib.sha256(json.dumps(["all-MiniLM-L6-v2", texts]).encode()).hexdigest()
+    path = Path(cfg.cache_dir) / f"minilm-texts-{digest[:32]}.safetensors"
+    if path.is_file():
+        return load_file(str(path))["embeddings"]
+    embeddings = sentence_encoder().encode(texts).contiguous()
+    with atomic_path(path) as tmp:
+        save_file({"embeddings": embeddings}, str(tmp), metadata={"sha256": digest})
+    return embeddings
+
+
 def train_align_heads(text_features: dict[str, torch.Tensor], image_features: torch.Tensor,
                       image_subject: torch.Tensor, cfg: HeadsConfig) -> AlignHeads:
     """InfoNCE on batches of distinct subjects, one random image and one random text form each.
@@ -235,12 +252,11 @@ def train_all(cfg: HeadsConfig = HeadsConfig(), reconstruct: Reconstruct | None 
 
 
 def _train_align(cfg, catalog, train_keys, train_pairs, train_feats, eval_keys, eval_pairs, eval_feats, split):
-    encoder = sentence_encoder()
-    texts = {form: encoder.encode(catalog.loc[train_keys, column].tolist())
+    texts = {form: encode_texts(catalog.loc[train_keys, column].tolist(), cfg)
              for form, column in (("caption", "caption"), ("name", "name"))}
     row_of = {k: i for i, k in enumerate(train_keys)}
     heads = train_align_heads(texts, train_feats, torch.tensor([row_of[k] for k, _ in train_pairs]), cfg)
-    reports = {form: retrieval_report(heads, encoder.encode(catalog.loc[eval_keys, column].tolist()), eval_feats,
+    reports = {form: retrieval_report(heads, encode_texts(catalog.loc[eval_keys, column].tolist(), cfg), eval_feats,
                                       [k for k, _ in eval_pairs], [v for _, v in eval_pairs], eval_keys)
                for form, column in (("caption", "caption"), ("name", "name"))}
     card = _card(cfg, name="AlignScore (MiniLM+EffNet stand-in)", kind="alignment stand-in (not CLIP)",
