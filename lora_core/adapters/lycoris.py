@@ -102,7 +102,7 @@ class LycorisOptions(Config):
 
 def _preset(options: LycorisOptions, prefix: str) -> dict[str, Any]:
     """Every key ``LycorisNetwork.apply_preset`` reads, so no earlier call leaks in."""
-    text_encoder = prefix == TEXT_ENCODER_PREFIX
+    text_encoder = prefix.startswith(TEXT_ENCODER_PREFIX)
     if options.algo == "ia3":
         return dict(enable_conv=False, target_module=[], module_algo_map={}, exclude_name=[],
                     target_name=_IA3_TEXT_ENCODER if text_encoder else _IA3_UNET,
@@ -130,7 +130,10 @@ def build_networks(base: "BaseModel", options: LycorisOptions, seed: int) -> dic
     """Create and apply the LyCORIS networks (``{"unet": net[, "text_encoder": net]}``), seeded."""
     targets = [("unet", base.unet, UNET_PREFIX)]
     if options.train_text_encoder:
-        targets.append(("text_encoder", base.text_encoder, TEXT_ENCODER_PREFIX))
+        # kohya names CLIP modules from text_model.*; transformers 5's CLIPTextModel has no such level
+        nested = hasattr(base.text_encoder, "text_model")
+        prefix = TEXT_ENCODER_PREFIX if nested else f"{TEXT_ENCODER_PREFIX}_text_model"
+        targets.append(("text_encoder", base.text_encoder, prefix))
     networks = {}
     lycoris_logger = logging.getLogger("LyCORIS")
     level = lycoris_logger.level
