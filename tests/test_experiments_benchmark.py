@@ -80,4 +80,4 @@ def test_s1_directions_read_the_reported_table():
     assert table.loc["FID", "S1 base -> LoRA"] == "american_comic: fell, ghibli: fell, shinkai: fell"
     assert table.loc["FID", "ours base -> LoRA"] == "twemoji: fell" and table.loc["FID", "agrees"]
     assert table.loc["CLIP", "ours base -> LoRA"] == "twemoji: rose" and not table.loc["CLIP", "agrees"]
-    assert table.loc["IS", "ours base -> LoRA"] == "not measured" and not table.loc["IS", "agrees"]
+    assert table.loc["IS", "ours base -> LoRA"] == "not measured" and table.loc["IS", "agrees"] is None

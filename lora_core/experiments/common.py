@@ -22,12 +22,13 @@ adapter, so images compare pairwise) and, where a true image exists, the subject
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -276,6 +277,20 @@ def base_fingerprint(base) -> str:
     return _BASE_FINGERPRINTS[key][1]
 
 
+@contextlib.contextmanager
+def quiet_diffusers() -> Iterator[None]:
+    """diffusers at ERROR level, then back: loading a UNet-only LoRA logs "No LoRA keys associated
+    to CLIPTextModel" once per file, which is expected here and would bury a notebook's output."""
+    from diffusers.utils import logging as diffusers_logging
+
+    previous = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(previous)
+
+
 def _file_sha(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -308,7 +323,9 @@ def generate_eval_images(base, prompts, seeds, profile: Profile, adapter: str | 
     path = folder / f"{hashlib.sha256(key_source.encode()).hexdigest()[:32]}.safetensors"
     if path.is_file():
         return load_file(path)["images"]
-    images = as_uint8_images(generate_cells(base, cells, batch_size=batch_size or profile.generation_batch_size).images, "generated")
+    with quiet_diffusers():
+        grid = generate_cells(base, cells, batch_size=batch_size or profile.generation_batch_size)
+    images = as_uint8_images(grid.images, "generated")
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         save_file({"images": images.contiguous()}, str(tmp))

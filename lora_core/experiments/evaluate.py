@@ -146,6 +146,7 @@ class Evaluator:
         if len(images) != len(eval_set):
             raise ValueError(f"images and eval_set must pair up: {len(images)} images, {len(eval_set)} prompts")
         wanted = [m for m in measures if eval_set.paired or m not in PAIRED]
+        self._features_and_logits_once(images)
         results: dict[str, MetricResult] = {}
         if eval_set.paired:
             results.update(self._paired(images, eval_set, target_style, wanted))
@@ -159,12 +160,34 @@ class Evaluator:
         if "st_lpips_diversity" in wanted and len(images) >= 2:
             from lora_core.metrics.diversity import lpips_diversity
 
-            results["st_lpips_diversity"] = lpips_diversity(images, self.profile.lpips_backbone,
+            # as many random pairs as images: the interval is over pairs, and ST-LPIPS is the
+            # costliest network here after EfficientNet
+            results["st_lpips_diversity"] = lpips_diversity(images, self.profile.lpips_backbone, n_pairs=len(images),
                                                             n_resamples=self.n_resamples, generator=self._generator())
         if "alignment" in wanted and self.alignment_scorer is not None:
             results["alignment"] = self.alignment_scorer.score(images, list(eval_set.captions), self._generator(),
                                                                self.n_resamples)
         return results_frame(results, {"eval_set": eval_set.name, "target_style": target_style, **(labels or {})})
+
+    def _features_and_logits_once(self, images: torch.Tensor) -> None:
+        """Fill the cache with the feature backbone's features and logits of ``images`` from one
+        forward pass (``features()`` and ``logits()`` would each run the network)."""
+        from lora_core.metrics.backbones import BATCH_SIZE, get_backbone
+
+        net = get_backbone(self.profile.feature_backbone)
+        if not net.has_logits or self.cache is None:
+            return
+        both: list = []
+
+        def run(kind: int):
+            def compute(imgs):
+                if not both:
+                    both.extend(net._run(imgs, "generated", BATCH_SIZE))
+                return both[kind]
+            return compute
+
+        self.cache.get_or_compute(net, images, "features", run(0))
+        self.cache.get_or_compute(net, images, "logits", run(1))
 
     def _paired(self, images, eval_set: EvalSet, target_style: str, wanted) -> dict[str, MetricResult]:
         from lora_core.metrics.lpips import paired_distance

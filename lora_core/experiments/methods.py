@@ -11,7 +11,7 @@ DreamBooth's whole model folder), generates the evaluation sets, and is scored b
 
 >>> from lora_core.profiles import get_profile
 >>> sorted({key[0] for key in methods_configs(get_profile("smoke"), "openmoji")})
-['dreambooth', 'lokr', 'lora', 'loha', 'textual_inversion']
+['dreambooth', 'loha', 'lokr', 'lora', 'textual_inversion']
 """
 from __future__ import annotations
 
