@@ -86,6 +86,11 @@ class TrainConfig(Config):
     validation_every_steps: int = option(0, "val_loss every N steps; 0 = at the end of every epoch")
     validation_timestep_buckets: int = option(4, "fixed timesteps of the validation loss: bucket centres")
     checkpoint_every_steps: int = option(0, "adapter checkpoint + full resume state every N steps; 0 = none")
+    class_prompt: str = option("", "prior preservation (DreamBooth): prompt of the class images; '' disables")
+    num_class_images: int = option(0, "prior preservation: class images the base model generates (cached in "
+                                      "the run dir) before training; 0 disables")
+    prior_loss_weight: float = option(1.0, "prior preservation: weight of the class-image loss")
+    class_image_steps: int = option(25, "prior preservation: denoising steps per class image")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "options", _resolve_options(self.method, self.options))
@@ -107,6 +112,12 @@ class TrainConfig(Config):
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ValueError(f"TrainConfig: {name}={getattr(self, name)!r} is not one of {', '.join(valid)}")
+        if bool(self.class_prompt) != (self.num_class_images > 0):
+            raise ValueError("TrainConfig: prior preservation needs both class_prompt and num_class_images > 0, got "
+                             f"class_prompt={self.class_prompt!r}, num_class_images={self.num_class_images}")
+        if self.prior_loss_weight < 0 or self.class_image_steps <= 0:
+            raise ValueError(f"TrainConfig: prior_loss_weight must be >= 0 and class_image_steps > 0, got "
+                             f"{self.prior_loss_weight} and {self.class_image_steps}")
         for name in ("caption_dropout", "lr_warmup_ratio"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"TrainConfig: {name} must be in [0, 1), got {getattr(self, name)}")
@@ -235,6 +246,25 @@ def validation_loss(base, latents: torch.Tensor, embeddings: torch.Tensor, confi
 # checkpoints
 
 
+def class_images(base, config: TrainConfig, run_dir: Path) -> torch.Tensor:
+    """DreamBooth's prior: the base model's own images of ``config.class_prompt``, generated once
+    (seeded per image, cached in ``run_dir/class_images``) and returned as pixels in [-1, 1].
+
+    The loop adds ``prior_loss_weight`` x the diffusion loss on as many class images as instance
+    images to every micro-batch, with the configured loss type and weighting (diffusers'
+    train_dreambooth.py stacks both halves in one batch; the sum is the same objective).
+    """
+    from PIL import Image
+
+    from lora_core.adapters.dreambooth import generate_class_images
+    from lora_core.images import prepare_image, to_tensor
+
+    paths = generate_class_images(base, config.class_prompt, config.num_class_images, run_dir / "class_images",
+                                  seed=config.seed, steps=config.class_image_steps,
+                                  resolution=config.data.resolution)
+    return to_tensor([prepare_image(Image.open(path), config.data.resolution) for path in paths])
+
+
 def rng_states() -> dict[str, Any]:
     np_state = np.random.get_state()
     return {"torch": torch.get_rng_state(),
@@ -329,7 +359,8 @@ def train(config: TrainConfig, base=None, force: bool = False, runs_root: str | 
     for module in (base.vae, base.text_encoder, base.unet):  # on the device before attach: adapters
         module.to(device)                                      # create their tensors beside the weights
     adapter.check(base)
-    adapter.attach(base)
+    class_pixels = class_images(base, config, run_dir) if config.num_class_images else None  # before attach:
+    adapter.attach(base)                                                                     # the base's own prior
     for module in (base.vae, base.text_encoder, base.unet):
         module.to(dtype=weight_dtype)
     groups = adapter.param_groups(base)
@@ -350,12 +381,13 @@ def train(config: TrainConfig, base=None, force: bool = False, runs_root: str | 
     latent_generator = torch.Generator().manual_seed(config.seed + 1)
     train_latents = encode_latents(base.vae, train_set.pixel_values, latent_generator) if config.cache_latents else None
     val_latents = encode_latents(base.vae, val_set.pixel_values, latent_generator) if val_set else None
+    class_latents = encode_latents(base.vae, class_pixels, latent_generator) if class_pixels is not None else None
     cache_text = config.cache_text_embeddings and not adapter.trains_text_encoder
     captions = [adapter.caption(c) for c in train_set.captions]
     val_captions = [adapter.caption(c) for c in val_set.captions] if val_set else []
     text_cache = {}
     if cache_text:
-        unique = sorted(set(captions) | set(val_captions) | {""})
+        unique = sorted(set(captions) | set(val_captions) | {"", config.class_prompt})
         with torch.no_grad():
             text_cache = dict(zip(unique, encode_text(base, unique)))
 
@@ -413,6 +445,11 @@ def train(config: TrainConfig, base=None, force: bool = False, runs_root: str | 
             with accelerator.autocast():
                 loss = diffusion_loss(unet, base.noise_scheduler, latents.to(device), embed(batch_captions),
                                       noise_generator, config)
+                if class_latents is not None:  # prior preservation: as many class images as instances
+                    drawn = torch.randint(0, len(class_latents), (len(indices),), generator=noise_generator)
+                    loss = loss + config.prior_loss_weight * diffusion_loss(
+                        unet, base.noise_scheduler, class_latents[drawn].to(device),
+                        embed([config.class_prompt] * len(indices)), noise_generator, config)
             if not torch.isfinite(loss):
                 last = f"the last good state is {run_dir / runs.STATE_FILE}" if (run_dir / runs.STATE_FILE).exists() \
                     else "no state was saved yet (checkpoint_every_steps)"

@@ -14,8 +14,7 @@ import torch
 from safetensors import safe_open
 
 from lora_core.adapters import get_adapter, trainable_parameters
-from lora_core.adapters.dreambooth import (DreamBoothOptions, generate_class_images,
-                                           prior_preservation_loss)
+from lora_core.adapters.dreambooth import DreamBoothOptions, generate_class_images
 from lora_core.adapters.lycoris import ALGOS, LycorisOptions, load_lycoris
 from lora_core.adapters.textual_inversion import TextualInversionOptions
 from lora_core.models import load_base
@@ -239,15 +238,6 @@ def test_dreambooth_without_text_encoder_trains_only_the_unet():
     assert not any(p.requires_grad for module in (base.text_encoder, base.vae) for p in module.parameters())
     state = adapter.state_dict(base)
     assert len(state) == len(list(base.unet.parameters())) and all(k.startswith("unet.") for k in state)
-
-
-def test_prior_preservation_loss_is_instance_mse_plus_weighted_class_mse():
-    generator = torch.Generator().manual_seed(0)
-    pred, target = torch.randn(4, 4, 8, 8, generator=generator), torch.randn(4, 4, 8, 8, generator=generator)
-    expected = ((pred[:2] - target[:2]) ** 2).mean() + 0.7 * ((pred[2:] - target[2:]) ** 2).mean()
-    assert torch.allclose(prior_preservation_loss(pred, target, 2, 0.7), expected)
-    with pytest.raises(ValueError, match="needs instance and class examples in the batch; got num_instance=4 of 4"):
-        prior_preservation_loss(pred, target, 4, 1.0)
 
 
 def test_class_images_are_seeded_cached_and_leave_the_model_as_it_was(tmp_path, monkeypatch):

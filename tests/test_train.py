@@ -168,6 +168,9 @@ def test_unknown_keys_list_the_valid_ones(data_dir):
     ({"max_train_steps": 0}, "max_train_steps must be positive"),
     ({"batch_size": 0}, "batch_size must be positive"),
     ({"lr_scheduler": "cosine_restart"}, "lr_scheduler='cosine_restart' is not one of constant, linear"),
+    ({"num_class_images": 4}, "prior preservation needs both class_prompt and num_class_images > 0"),
+    ({"class_prompt": "an emoji"}, "prior preservation needs both class_prompt and num_class_images > 0"),
+    ({"class_prompt": "an emoji", "num_class_images": 2, "prior_loss_weight": -1.0}, "prior_loss_weight must be >= 0"),
 ])
 def test_bad_values_are_refused_when_the_config_is_built(data_dir, changes, message):
     with pytest.raises(ValueError, match=message):
@@ -195,3 +198,21 @@ def test_a_resume_state_from_another_config_is_refused(finished, data_dir, tiny_
     torch.save({"config_hash": other.hash(), "config": other.to_dict(), "step": 2}, state_file)
     with pytest.raises(ValueError, match=r"written by config .*, not by this config .*; differing keys: seed"):
         train(config, base=tiny_base, runs_root=tmp_path, resume_from=state_file, progress=False)
+
+
+def test_prior_preservation_adds_the_weighted_loss_on_the_base_models_class_images(data_dir, tiny_base, tmp_path):
+    """The class term is computed after the instance term with the same RNG stream, so the first
+    step's instance loss is identical across weights and the logged loss is linear in the weight."""
+    from lora_core.adapters.dreambooth import generate_class_images
+
+    prior = dict(class_prompt="an emoji", num_class_images=2, class_image_steps=1, max_train_steps=1,
+                 checkpoint_every_steps=0, validation_every_steps=0)
+    records = {w: train(_config(data_dir, prior_loss_weight=w, **prior), base=tiny_base, runs_root=tmp_path,
+                        progress=False) for w in (0.0, 1.0, 2.0)}
+    first = {w: record.metrics()[0]["loss"] for w, record in records.items()}
+    assert first[1.0] > first[0.0]
+    assert first[2.0] - first[0.0] == pytest.approx(2 * (first[1.0] - first[0.0]), rel=1e-5)
+    expected = generate_class_images(tiny_base, "an emoji", 2, tmp_path / "reference", seed=0, steps=1,
+                                     resolution=32)
+    produced = sorted((records[1.0].run_dir / "class_images").glob("class_*.png"))
+    assert [p.read_bytes() for p in produced] == [p.read_bytes() for p in expected]

@@ -5,16 +5,10 @@ never does, the text encoder only with ``train_text_encoder`` (kohya's ``learnin
 is our ``TrainConfig.text_encoder_learning_rate``). The export is a complete diffusers folder
 (``BaseModel.save``) whose safetensors files also carry the run's provenance metadata.
 
-Prior preservation (Ruiz et al. 2023) is configured on ``TrainConfig`` and run by the loop; the
-two pieces it needs live here: :func:`generate_class_images` (the base model's own samples of
-the class prompt, seeded per image and cached by their settings) and
-:func:`prior_preservation_loss` (instance loss + ``prior_loss_weight`` x prior loss over a batch
-that stacks instance examples first, class examples second, as upstream).
-
->>> import torch
->>> pred, target = torch.zeros(4, 1), torch.tensor([[1.0], [1.0], [2.0], [2.0]])
->>> prior_preservation_loss(pred, target, num_instance=2, prior_loss_weight=0.5).item()
-3.0
+Prior preservation (Ruiz et al. 2023) is configured on ``TrainConfig`` (``class_prompt``,
+``num_class_images``, ``prior_loss_weight``) and run by the loop (``lora_core.train``), for any
+method; :func:`generate_class_images` here makes the base model's own samples of the class
+prompt, seeded per image and cached by their settings.
 """
 from __future__ import annotations
 
@@ -110,19 +104,6 @@ def add_safetensors_metadata(folder: Path, metadata: dict[str, str]) -> None:
         tensors = load_file(str(path))
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata={**{k: str(v) for k, v in metadata.items()}, **existing})
-
-
-def prior_preservation_loss(model_pred: torch.Tensor, target: torch.Tensor, num_instance: int,
-                            prior_loss_weight: float) -> torch.Tensor:
-    """MSE on the first ``num_instance`` examples + ``prior_loss_weight`` x MSE on the rest."""
-    if not 0 < num_instance < model_pred.shape[0]:
-        raise ValueError(f"prior preservation needs instance and class examples in the batch; got "
-                         f"num_instance={num_instance} of {model_pred.shape[0]}")
-    pred_instance, pred_prior = model_pred[:num_instance].float(), model_pred[num_instance:].float()
-    target_instance, target_prior = target[:num_instance].float(), target[num_instance:].float()
-    instance = torch.nn.functional.mse_loss(pred_instance, target_instance)
-    prior = torch.nn.functional.mse_loss(pred_prior, target_prior)
-    return instance + prior_loss_weight * prior
 
 
 def class_images_settings(base: "BaseModel", class_prompt: str, seed: int, steps: int,
