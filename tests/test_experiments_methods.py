@@ -52,3 +52,5 @@ def test_s1_methods_table_ranks_by_each_metrics_direction():
     assert fid.loc["textual_inversion", "S1 value"] == pytest.approx(200.95)
     clip = table[table["S1 metric"] == "CLIP"].set_index("method")
     assert clip.loc["lora", "S1 rank"] == 1.0 and clip["our value"].isna().all()
+    lpips = table[table["S1 metric"] == "LPIPS"].set_index("method")   # diversity: higher ranks first
+    assert list(lpips["S1 rank"]) == [3.0, 1.0, 2.0]                  # 0.667, 0.777, 0.691

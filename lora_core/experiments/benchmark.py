@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lora_core.experiments.common import EvalSet, eval_sets, generate_eval_images, style_lora_config, training_seeds
+from lora_core.experiments.common import (EvalSet, eval_sets, generate_eval_images, quiet_libraries, style_lora_config,
+                                          training_seeds)
 from lora_core.experiments.evaluate import DEFAULT_MEASURES, Evaluator, aggregate_seeds
 from lora_core.profiles import Profile
 from lora_core.train import TrainConfig
@@ -98,7 +99,8 @@ def run_benchmark(profile: Profile, base=None, runs_root: str | Path | None = No
 
     base = base if base is not None else load_base(profile.base_model)
     evaluator = evaluator or Evaluator(profile)
-    records = train_all(profile, base, runs_root)
+    with quiet_libraries():
+        records = train_all(profile, base, runs_root)
     result = BenchmarkResult(profile, benchmark_configs(profile), records,
                              {style: {k: v for k, v in eval_sets(style, profile).items() if k in splits}
                               for style in profile.benchmark_styles})

@@ -278,17 +278,24 @@ def base_fingerprint(base) -> str:
 
 
 @contextlib.contextmanager
-def quiet_diffusers() -> Iterator[None]:
-    """diffusers at ERROR level, then back: loading a UNet-only LoRA logs "No LoRA keys associated
-    to CLIPTextModel" once per file, which is expected here and would bury a notebook's output."""
+def quiet_libraries() -> Iterator[None]:
+    """diffusers and transformers at ERROR level and without progress bars, then back as they
+    were. Loading a UNet-only LoRA logs "No LoRA keys associated to CLIPTextModel" per file, a
+    saved model logs dtype notes and progress bars per load: expected here, and they would bury a
+    notebook's output."""
     from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
 
-    previous = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()
+    levels = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
+    bars = diffusers_logging.is_progress_bar_enabled()
+    diffusers_logging.set_verbosity_error(), transformers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
     try:
         yield
     finally:
-        diffusers_logging.set_verbosity(previous)
+        diffusers_logging.set_verbosity(levels[0]), transformers_logging.set_verbosity(levels[1])
+        if bars:
+            diffusers_logging.enable_progress_bar()
 
 
 def _file_sha(path: str | Path) -> str:
@@ -323,7 +330,7 @@ def generate_eval_images(base, prompts, seeds, profile: Profile, adapter: str | 
     path = folder / f"{hashlib.sha256(key_source.encode()).hexdigest()[:32]}.safetensors"
     if path.is_file():
         return load_file(path)["images"]
-    with quiet_diffusers():
+    with quiet_libraries():
         grid = generate_cells(base, cells, batch_size=batch_size or profile.generation_batch_size)
     images = as_uint8_images(grid.images, "generated")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from lora_core.experiments.common import (METHODS, EvalSet, eval_set, generate_eval_images, method_config,
-                                          training_seeds)
+                                          quiet_libraries, training_seeds)
 from lora_core.experiments.evaluate import DEFAULT_MEASURES, Evaluator
 from lora_core.profiles import Profile
 from lora_core.train import TrainConfig
@@ -124,14 +124,15 @@ def run_methods(profile: Profile, style: str, methods: Sequence[str] = METHODS, 
     base = base if base is not None else load_base(profile.base_model)
     evaluator = evaluator or Evaluator(profile)
     configs = methods_configs(profile, style, methods, seeds)
-    records = {key: train(config, base=base, runs_root=runs_root, progress=False) for key, config in configs.items()}
+    with quiet_libraries():
+        records = {key: train(config, base=base, runs_root=runs_root, progress=False) for key, config in configs.items()}
     result = MethodsResult(profile, style, configs, records,
                            {split: eval_set(style, split, profile.n_eval_images) for split in splits})
     runs = [(BASE, None, None)] + [(method, seed, records[(method, seed)]) for method, seed in configs]
     tables = []
     for method, seed, record in runs:
-        with (adapted(base, method, record) if record else contextlib.nullcontext((base, None, None))) as \
-                (model, lora_file, prompt_fn):
+        with quiet_libraries(), (adapted(base, method, record) if record else
+                                 contextlib.nullcontext((base, None, None))) as (model, lora_file, prompt_fn):
             for split, es in result.eval_sets.items():
                 prompts = [prompt_fn(p) for p in es.prompts] if prompt_fn else list(es.prompts)
                 images = generate_eval_images(model, prompts, es.seeds, profile, lora_file)
@@ -145,7 +146,7 @@ def run_methods(profile: Profile, style: str, methods: Sequence[str] = METHODS, 
 
 def s1_methods_table(aggregated: pd.DataFrame, split_name: str = "training captions") -> pd.DataFrame:
     """S1 Exp. III (reported) beside ours: per method, S1's FID/CLIP/IS/LPIPS and our counterparts,
-    and the method ranking by each (1 = best by that metric's direction)."""
+    and the method ranking by each (1 = lowest FD, highest alignment, IS and LPIPS diversity)."""
     from lora_core.experiments.evaluate import MEASURES, reported_table
 
     counterpart = {"FID": "fd_effnet", "CLIP": "alignment", "IS": "is_effnet", "LPIPS": "st_lpips_diversity"}
@@ -155,9 +156,9 @@ def s1_methods_table(aggregated: pd.DataFrame, split_name: str = "training capti
     rows = []
     for s1_metric, measure in counterpart.items():
         mine = ours[ours.measure == measure].set_index("method")["value"]
-        higher = MEASURES[measure][0] == "higher"
+        higher = MEASURES[measure][0] == "higher"   # S1's metric ranks the same way as ours
         s1_col = reported[s1_metric] if s1_metric in reported else pd.Series(dtype=float)
-        s1_rank = s1_col.rank(ascending=s1_metric not in ("CLIP", "IS"))  # S1: lower FID better
+        s1_rank = s1_col.rank(ascending=not higher)
         our_rank = mine.drop(BASE, errors="ignore").rank(ascending=not higher)
         for method in ("lora", "textual_inversion", "dreambooth"):
             rows.append({"S1 metric": s1_metric, "method": method, "S1 value": s1_col.get(method),
