@@ -129,7 +129,8 @@ for split_name in aggregated.eval_set.unique():
 #
 # For each style, on subjects no run trained on: the paired distance to the same subject's
 # true image in the target style should fall, the style classifier should assign more images
-# to the target style, and each by more than the range over training seeds. The distance to
+# to the target style, each by more than the range over training seeds and beyond the base's
+# 95% interval over images. The distance to
 # the base style's (Noto) true image is reported beside it, and the subject classifier's
 # accuracy shows whether subjects stay recognisable.
 
@@ -144,7 +145,7 @@ check3.round(4)
 
 # %% [markdown]
 # Of the directional checks, {glue:text}`check3_pass` move the expected way by more than the
-# seed-to-seed range: {glue:text}`check3_verdict`.
+# seed-to-seed range and beyond the base's interval: {glue:text}`check3_verdict`.
 
 # %%
 failing = directional[~directional.passes.astype(bool)]

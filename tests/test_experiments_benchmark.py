@@ -46,6 +46,9 @@ def test_check3_effect_against_the_seed_range():
     assert not rate.passes
     assert table.loc["feature_to_base", "expected"] == "context" and table.loc["feature_to_base", "passes"] is None
     assert len(table) == 4   # training-caption rows are not part of check 3
+    inside = _results()        # beyond the seed range, but inside the base's interval over images
+    inside.loc[(inside.measure == "feature_to_target") & (inside.adapter == "base"), ["ci_low", "ci_high"]] = (8.0, 11.0)
+    assert not benchmark.check3_table(inside).set_index("measure").loc["feature_to_target", "passes"]
 
 
 def test_subject_recognisability_compares_with_the_base_interval():

@@ -155,8 +155,10 @@ def cross_style_control_table(cross_style: pd.DataFrame, measure: str) -> pd.Dat
 
 def check3_table(results: pd.DataFrame, split_name: str = "held-out captions") -> pd.DataFrame:
     """Per style and measure on held-out subjects: base value, LoRA mean over seeds, the effect
-    (LoRA - base), the seed-to-seed range of the LoRA values, and whether the effect goes the
-    expected way by more than that range (``passes``; context measures have no direction)."""
+    (LoRA - base), the seed-to-seed range of the LoRA values, and ``passes``: the effect goes the
+    expected way, by more than that range, and the LoRA mean lies outside the base's 95% interval
+    over images (so neither seed noise nor image sampling explains it). Context measures have
+    no direction and ``passes`` None."""
     rows = []
     held = results[results.eval_set == split_name]
     for (style, measure), group in held.groupby(["style", "measure"], sort=False):
@@ -171,11 +173,12 @@ def check3_table(results: pd.DataFrame, split_name: str = "held-out captions") -
         spread = float(lora_values.max() - lora_values.min())
         direction = CHECK3_MEASURES.get(measure, "")
         right_way = effect < 0 if direction == "lower" else effect > 0
+        outside_base_ci = not float(base.ci_low.iloc[0]) <= float(lora_values.mean()) <= float(base.ci_high.iloc[0])
         rows.append({"style": style, "measure": measure, "metric": group.metric.iloc[0], "expected": direction or "context",
                      "base": base_value, "base_ci": f"[{base.ci_low.iloc[0]:.3g}, {base.ci_high.iloc[0]:.3g}]",
                      "lora_mean": float(lora_values.mean()), "effect": effect, "seed_range": spread,
                      "n_seeds": len(lora_values),
-                     "passes": bool(right_way and abs(effect) > spread) if direction else None})
+                     "passes": bool(right_way and abs(effect) > spread and outside_base_ci) if direction else None})
     return pd.DataFrame(rows)
 
 
