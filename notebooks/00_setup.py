@@ -8,25 +8,31 @@
 # ---
 
 # %% [markdown]
-# # Setup: environment, profile and base model
+# # Setup: environment, profile, data and base model
 #
 # This chapter records what the book was built with: library versions and device, the
-# profile's settings, and samples from the base model before any fine-tuning.
+# profile's settings, the style sets, and what the base model draws before any fine-tuning.
 
 # %% tags=["parameters"]
 profile = "tiny"  # smoke, tiny or sd15
-n_samples = 8  # images in the base-model sample grid
-seed = 0  # first seed of the sample grid
+n_samples = 8  # held-out subjects shown in the sample grids
+seed = 0  # seed of the first sample
 
 # %%
 import pandas as pd
-import torch
 from myst_nb import glue
 
+from lora_core.data import DataConfig, dataset_report
 from lora_core.environment import environment_info
+from lora_core.experiments.common import eval_set, style_folder
+from lora_core.generate import generate_grid
+from lora_core.metrics.style import load_true_images
 from lora_core.models import load_base
+from lora_core.plots import contact_sheet
 from lora_core.profiles import get_profile
+from lora_core.toy import STYLE_SETS
 
+pd.set_option("display.max_colwidth", None)
 settings = get_profile(profile)
 glue("profile_name", settings.name, display=False)
 glue("profile_description", settings.description, display=False)
@@ -43,7 +49,7 @@ pd.DataFrame(environment_info(settings.device).items(), columns=["component", "v
 # ## Profile settings
 
 # %%
-pd.DataFrame([(k, v, get_profile(profile).help()[k]) for k, v in settings.to_dict().items()],
+pd.DataFrame([(k, v, settings.help()[k]) for k, v in settings.to_dict().items()],
              columns=["setting", "value", "meaning"])
 
 # %% [markdown]
@@ -53,27 +59,48 @@ pd.DataFrame([(k, v, get_profile(profile).help()[k]) for k, v in settings.to_dic
 base = load_base(settings.base_model, seed=seed)
 parameter_counts = {name: sum(p.numel() for p in getattr(base, name).parameters())
                     for name in ("unet", "text_encoder", "vae")}
-glue("base_source", base.source, display=False)
 pd.DataFrame({"parameters (M)": {k: round(v / 1e6, 2) for k, v in parameter_counts.items()},
               "random weights": base.random_weights})
 
 # %% [markdown]
-# ## Samples from the base model
+# ## The style sets
 #
-# The same prompts and seeds are used in every later chapter's baseline. With the `smoke`
-# profile the model is random and the images are noise.
+# Each style set has training subjects and disjoint held-out subjects (see the
+# [data page](../data.md)). The report counts images and caption lengths in the base model's
+# tokens; nothing may be skipped.
 
 # %%
-import matplotlib.pyplot as plt
+reports = {(style, split): dataset_report(DataConfig(folder=style_folder(style, split),
+                                                     resolution=settings.resolution), base.tokenizer)
+           for style in STYLE_SETS for split in ("train", "heldout")}
+style_table = pd.DataFrame({key: report.summary() for key, report in reports.items()}).T
+style_table.index.names = ["style", "split"]
+glue("n_problem_files", sum(len(r.problems) for r in reports.values()), display=False)
+style_table
 
-prompts = ["grinning face", "red heart", "cat face", "thumbs up", "sun", "pizza", "car", "tree"][:n_samples]
-pipe = base.pipeline()
-images = [pipe(p, num_inference_steps=settings.inference_steps, guidance_scale=settings.guidance_scale,
-               generator=torch.Generator().manual_seed(seed + i)).images[0] for i, p in enumerate(prompts)]
-figure, axes = plt.subplots(1, len(images), figsize=(1.6 * len(images), 2))
-for ax, image, prompt in zip(axes, images, prompts):
-    ax.imshow(image)
-    ax.set_title(prompt, fontsize=8)
-    ax.axis("off")
-figure.suptitle(f"base model samples ({settings.name} profile, {base.resolution} px)", fontsize=9)
-plt.show()
+# %% [markdown]
+# Files with problems across all sets: {glue:text}`n_problem_files`.
+#
+# ## What the base model draws
+#
+# For held-out subjects, the real image in every vendor's style (the base model was trained on
+# Noto) beside the base model's own generation from the subject's caption, without any
+# trigger word. With the `smoke` profile the model is random and its images are noise.
+
+# %%
+subjects = eval_set("twemoji", "heldout", n_samples)
+grid = generate_grid(base, prompts=list(subjects.captions), seeds=seed, steps=settings.inference_steps,
+                     guidance_scales=settings.guidance_scale, resolution=settings.resolution)
+vendors = ["noto"] + [style_set.vendor for style_set in STYLE_SETS.values()]
+real = {vendor: load_true_images(subjects.subject_keys, vendor, settings.resolution) for vendor in vendors}
+images, rows = [], []
+for vendor in vendors:
+    images += [image.permute(1, 2, 0).numpy() for image in real[vendor]]
+    rows += [{"source": f"real {vendor}", "subject": caption.split(",")[0]} for caption in subjects.captions]
+images += grid.images
+rows += [{"source": f"base model ({settings.name})", "subject": caption.split(",")[0]}
+         for caption in subjects.captions]
+figure = contact_sheet(images, pd.DataFrame(rows), rows="source", cols="subject", cell_inches=1.0,
+                       title=f"held-out subjects: real styles vs the base model ({settings.name} profile, "
+                             f"{settings.resolution} px, DDIM {settings.inference_steps} steps, "
+                             f"CFG {settings.guidance_scale})")
