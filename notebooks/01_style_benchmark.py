@@ -34,7 +34,8 @@ from myst_nb import glue
 
 from lora_core.experiments import benchmark
 from lora_core.experiments.common import config_table
-from lora_core.experiments.evaluate import MEASURES, aggregate_seeds, format_results, reported_table
+from lora_core.experiments.evaluate import (MEASURES, aggregate_seeds, reported_table, tables_by_eval_set,
+                                            unavailable_table)
 from lora_core.profiles import get_profile
 
 settings = get_profile(profile)
@@ -114,15 +115,12 @@ plt.show()
 
 # %%
 aggregated = aggregate_seeds(result.results)
-aggregated["measure (backbone)"] = [f"{m} ({b})" for m, b in zip(aggregated.measure, aggregated.backbone)]
 if result.unavailable:
-    display(pd.DataFrame(result.unavailable.items(), columns=["measure group", "left out because"]))
+    display(unavailable_table(result.unavailable))
 
 # %%
-for split_name in aggregated.eval_set.unique():
-    table = format_results(aggregated[aggregated.eval_set == split_name], index="measure (backbone)",
-                           columns=["style", "adapter"])
-    display(table.style.set_caption(f"{split_name}: base vs LoRA ({settings.name} profile)"))
+for table in tables_by_eval_set(aggregated, ["style", "adapter"], f"base vs LoRA ({settings.name} profile)"):
+    display(table)
 
 # %% [markdown]
 # ## Check 3: on held-out subjects, does the LoRA move generations toward the target style?

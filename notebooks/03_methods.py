@@ -31,7 +31,7 @@ from myst_nb import glue
 
 from lora_core.experiments import methods
 from lora_core.experiments.common import config_table, lr_scale
-from lora_core.experiments.evaluate import aggregate_seeds, format_results, reported_table
+from lora_core.experiments.evaluate import aggregate_seeds, reported_table, tables_by_eval_set, unavailable_table
 from lora_core.plots import contact_sheet
 from lora_core.profiles import get_profile
 
@@ -112,12 +112,10 @@ plt.show()
 
 # %%
 aggregated = aggregate_seeds(result.results)
-aggregated["measure (backbone)"] = [f"{m} ({b})" for m, b in zip(aggregated.measure, aggregated.backbone)]
 if result.unavailable:
-    display(pd.DataFrame(result.unavailable.items(), columns=["measure group", "left out because"]))
-for split_name in aggregated.eval_set.unique():
-    display(format_results(aggregated[aggregated.eval_set == split_name], index="measure (backbone)",
-                           columns="method").style.set_caption(f"{split_name}: {style} ({settings.name} profile)"))
+    display(unavailable_table(result.unavailable))
+for table in tables_by_eval_set(aggregated, "method", f"{style} ({settings.name} profile)"):
+    display(table)
 
 # %%
 held = aggregated[(aggregated.eval_set == "held-out captions") & (aggregated.measure == "feature_to_target")]

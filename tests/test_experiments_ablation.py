@@ -2,7 +2,6 @@
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from PIL import Image
 
 from lora_core.experiments import ablation
@@ -13,13 +12,7 @@ from lora_core.profiles import get_profile
 SMOKE, TINY, SD15 = get_profile("smoke"), get_profile("tiny"), get_profile("sd15")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two torch threads on two shared, busy cores run ~100x slower than one (measured)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_arms_differ_only_in_alpha_and_meet_where_rank_equals_alpha():

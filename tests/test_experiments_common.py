@@ -11,7 +11,7 @@ from lora_core.experiments import common
 from lora_core.experiments.common import (EvalSet, eval_set, generate_eval_images, method_config, style_folder,
                                           style_lora_config)
 from lora_core.experiments.evaluate import (RESULT_COLUMNS, Evaluator, aggregate_seeds, ci_text, format_results,
-                                            reported_table)
+                                            reported_table, tables_by_eval_set, unavailable_table)
 from lora_core.profiles import get_profile
 from lora_core.train import TrainConfig
 
@@ -152,3 +152,18 @@ def test_evaluator_rows_paired_distances_against_the_backbone(tiny_base, tmp_pat
         evaluator.evaluate(generated[:3], es, "twemoji", measures=measures)
     with pytest.raises(ValueError, match="measures: unknown \\['fidd'\\]"):
         evaluator.evaluate(generated, es, "twemoji", measures=("fidd",))
+
+
+def test_tables_by_eval_set_caption_each_set_and_show_intervals():
+    aggregated = pd.DataFrame({
+        "eval_set": ["held-out captions", "held-out captions", "unseen prompts"],
+        "measure": ["p_style", "p_style", "p_style"], "backbone": ["effnet-lite0"] * 3,
+        "method": ["base", "lora", "lora"], "value": [0.1, 0.8, 0.5], "ci_low": [0.05, 0.7, 0.4],
+        "ci_high": [0.15, 0.9, 0.6]})
+    tables = tables_by_eval_set(aggregated, "method", "openmoji (smoke profile)")
+    assert [t.caption for t in tables] == ["held-out captions: openmoji (smoke profile)",
+                                           "unseen prompts: openmoji (smoke profile)"]
+    first = tables[0].data
+    assert list(first.columns) == ["base", "lora"] and list(first.index) == ["p_style (effnet-lite0)"]
+    assert first.loc["p_style (effnet-lite0)", "lora"] == ci_text(0.8, 0.7, 0.9, 3)
+    assert list(unavailable_table({"style": "no model file"}).columns) == ["measure group", "left out because"]

@@ -17,13 +17,7 @@ from lora_core.toy import STYLE_SETS
 SMOKE, TINY = get_profile("smoke"), get_profile("tiny")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two torch threads on two shared, busy cores run ~100x slower than one (measured)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -328,6 +328,21 @@ def format_results(table: pd.DataFrame, index: str | Sequence[str], columns: str
     return text.pivot_table(index=index, columns=columns, values="result", aggfunc="first", sort=False)
 
 
+def tables_by_eval_set(aggregated: pd.DataFrame, columns: str | Sequence[str], caption: str) -> list:
+    """One captioned table per evaluation set of ``aggregated`` (from :func:`aggregate_seeds`):
+    rows ``measure (backbone)``, one column per ``columns`` value, cells ``value [ci_low, ci_high]``.
+    The caption is ``"<evaluation set>: <caption>"``."""
+    labelled = aggregated.assign(**{"measure (backbone)": [f"{measure} ({backbone})" for measure, backbone
+                                                           in zip(aggregated.measure, aggregated.backbone)]})
+    return [format_results(labelled[labelled.eval_set == name], index="measure (backbone)", columns=columns)
+            .style.set_caption(f"{name}: {caption}") for name in labelled.eval_set.unique()]
+
+
+def unavailable_table(unavailable: dict[str, str]) -> pd.DataFrame:
+    """The measure groups an evaluation left out, and why (a missing model file, a smoke profile)."""
+    return pd.DataFrame(list(unavailable.items()), columns=["measure group", "left out because"])
+
+
 def reported_table(study: str = "S1", experiment: str | None = None, path: str | Path = REPORTED_TABLES) -> pd.DataFrame:
     """The studies' reported numbers (``book/reference/reported_tables.csv``): study, experiment,
     setting, method, metric, value — labelled "reported by the study" (their data, hardware, CLIP/FID)."""
