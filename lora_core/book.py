@@ -33,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from lora_core.config import load_yaml
 from lora_core.io import atomic_path, atomic_write_json
 from lora_core.models import REPO_ROOT
 from lora_core.profiles import PROFILES
@@ -75,8 +76,9 @@ def toc_notebooks(toc_path: Path = BOOK_DIR / "_toc.yml") -> list[str]:
 
 
 def parse_overrides(pairs: list[list[str]]) -> dict[str, Any]:
-    """``-p key value`` pairs; values are parsed as YAML (numbers, booleans, lists), as papermill does."""
-    return {key: yaml.safe_load(value) for key, value in pairs}
+    """``-p key value`` pairs; values are parsed as YAML (numbers, booleans, lists), as papermill
+    does, with ``1e-4`` read as a float."""
+    return {key: load_yaml(value) for key, value in pairs}
 
 
 def notebook_parameters(source: Path) -> dict[str, Any]:
@@ -174,11 +176,15 @@ def build_html(root: Path = REPO_ROOT, strict: bool = True) -> Path:
 
 
 def stage_book(root: Path) -> None:
-    """Copy the book's sources (config, toc, prose pages) to ``root`` for a build elsewhere."""
+    """Copy the book's sources (config, toc, prose pages) to ``root`` for a build elsewhere; the
+    shipped models they include are linked, not copied."""
     root.mkdir(parents=True, exist_ok=True)
     shutil.copy2(REPO_ROOT / "_config.yml", root / "_config.yml")
     shutil.copytree(BOOK_DIR, root / "book", dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("notebooks"))
+    models = root / "models"  # book/data.md includes models/tiny-sd/MODEL_CARD.md and its figures
+    if not models.exists():
+        models.symlink_to(REPO_ROOT / "models", target_is_directory=True)
 
 
 def run_book(profile: str, overrides: dict[str, Any], only: list[str] | None = None,

@@ -116,3 +116,22 @@ def _to_jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
+
+
+def load_yaml(text: str) -> Any:
+    """YAML with ``1e-4`` read as a float (PyYAML's YAML 1.1 resolver reads it as a string).
+
+    >>> load_yaml("learning_rate: 1e-4")
+    {'learning_rate': 0.0001}
+    """
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
+        r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+        r"|[0-9][0-9_]*[eE][-+]?[0-9]+|\.inf|\.nan)$", re.IGNORECASE), list("-+0123456789."))
+    return yaml.load(text, Loader=Loader)

@@ -39,7 +39,7 @@ import torch
 
 from lora_core import losses, runs
 from lora_core.adapters import Adapter, get_adapter, trainable_parameters
-from lora_core.config import Config, option
+from lora_core.config import Config, load_yaml, option
 from lora_core.data import DataConfig, ImageCaptionSet, load_image_caption_set, split_train_validation
 from lora_core.environment import environment_info
 from lora_core.optim import OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler, warmup_steps_for
@@ -537,25 +537,6 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
             node = node.setdefault(parent, {})
         node[leaf] = load_yaml(raw)
     return values
-
-
-def load_yaml(text: str) -> Any:
-    """YAML with ``1e-4`` read as a float (PyYAML's YAML 1.1 resolver reads it as a string).
-
-    >>> load_yaml("learning_rate: 1e-4")
-    {'learning_rate': 0.0001}
-    """
-    import re
-
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
-        r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
-        r"|[0-9][0-9_]*[eE][-+]?[0-9]+|\.inf|\.nan)$", re.IGNORECASE), list("-+0123456789."))
-    return yaml.load(text, Loader=Loader)
 
 
 def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
