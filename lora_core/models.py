@@ -139,7 +139,9 @@ def load_base(source: str, *, config: str | Path | None = None, seed: int = 0,
             raise FileNotFoundError(f"the pretrained tiny base is missing at {TOY_BASE_DIR}: it is "
                                     "shipped in git (restore it with `git checkout -- models/tiny-sd`) "
                                     "or exported from pretraining with `python -m lora_core.toy export`")
-        source = str(TOY_BASE_DIR)
+        base = _load_pretrained(str(TOY_BASE_DIR), dtype, local=True)
+        base.source = "toy:base"  # the portable name, as configs and run records spell it
+        return base
     path = Path(source)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise ValueError(

@@ -96,3 +96,10 @@ def test_reserved_words_must_survive_clip_pre_tokenization(tmp_path):
     assert load_clip_tokenizer(folder).tokenize("opnmj") == ["opnmj</w>"]
     with pytest.raises(ValueError, match=r"reserved word 'flt3d' tokenizes as .*not one token"):
         build_clip_tokenizer(["a red heart"] * 5, tmp_path / "bad", reserved_words=("flt3d",))
+
+
+def test_shipped_toy_base_loads_under_its_portable_name():
+    """Configs say ``base_model="toy:base"``; the loaded base must say the same (not a local path)."""
+    base = load_base("toy:base")
+    assert base.source == "toy:base" and not base.random_weights
+    assert base.resolution == 32 and len(base.tokenizer) == base.text_encoder.get_input_embeddings().num_embeddings
