@@ -8,17 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lora_core.formats import SingleFileKeyError, check_single_file, save_single_file
-from lora_core.models import build_tiny_random, load_base
-
-
-@pytest.fixture(scope="module")
-def tiny_base():
-    return build_tiny_random(seed=0)
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tiny_base, tmp_path_factory):
-    return tiny_base.save(tmp_path_factory.mktemp("base") / "tiny-diffusers")
+from lora_core.models import load_base
 
 
 @pytest.fixture(scope="module")
@@ -54,15 +44,15 @@ def test_single_file_uses_the_ldm_layout_diffusers_converts_back(tiny_base, sing
         assert all(torch.equal(converted[key], reference[key]) for key in reference)
 
 
-def test_single_file_round_trips_through_load_base(tiny_base, tiny_folder, single_file):
-    reloaded = load_base(str(single_file), config=tiny_folder)
+def test_single_file_round_trips_through_load_base(tiny_base, tiny_base_dir, single_file):
+    reloaded = load_base(str(single_file), config=tiny_base_dir)
     expected, actual = _component_outputs(tiny_base), _component_outputs(reloaded)
     for name in expected:
         assert torch.equal(expected[name], actual[name]), name
 
 
-def test_single_file_key_check_names_missing_and_misshapen_tensors(single_file, tiny_folder, tmp_path):
-    check_single_file(single_file, tiny_folder)
+def test_single_file_key_check_names_missing_and_misshapen_tensors(single_file, tiny_base_dir, tmp_path):
+    check_single_file(single_file, tiny_base_dir)
     checkpoint = load_file(single_file)
     del checkpoint["model.diffusion_model.middle_block.1.proj_in.weight"]
     checkpoint["first_stage_model.decoder.conv_in.bias"] = torch.zeros(3)
@@ -70,7 +60,7 @@ def test_single_file_key_check_names_missing_and_misshapen_tensors(single_file, 
     save_file(checkpoint, str(broken))
     with pytest.raises(SingleFileKeyError, match=r"1 missing, 1 with the wrong shape(.|\n)*"
                                                  r"middle_block\.1\.proj_in\.weight(.|\n)*decoder\.conv_in\.bias"):
-        check_single_file(broken, tiny_folder)
+        check_single_file(broken, tiny_base_dir)
 
 
 @pytest.mark.parametrize("suffix", [".ckpt", ".bin"])
