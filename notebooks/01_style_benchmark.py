@@ -34,8 +34,8 @@ from myst_nb import glue
 
 from lora_core.experiments import benchmark
 from lora_core.experiments.common import config_table
-from lora_core.experiments.evaluate import (MEASURES, aggregate_seeds, reported_table, tables_by_eval_set,
-                                            unavailable_table)
+from lora_core.experiments.evaluate import (MEASURES, aggregate_seeds, rank_agreement, reported_table,
+                                            tables_by_eval_set, unavailable_table)
 from lora_core.profiles import get_profile
 
 settings = get_profile(profile)
@@ -46,6 +46,8 @@ glue("profile_warning", "The numbers on this page come from the smoke profile's 
 glue("n_styles", len(settings.benchmark_styles), display=False)
 glue("n_seeds", settings.n_seeds, display=False)
 glue("n_eval", settings.n_eval_images, display=False)
+glue("profile_training", f"{settings.resolution} px model with batch {settings.batch_size} for "
+     f"{settings.train_steps} steps at lr {settings.learning_rate:g}", display=False)
 
 # %% [markdown]
 # {glue:text}`profile_warning`
@@ -56,8 +58,8 @@ glue("n_eval", settings.n_eval_images, display=False)
 # `lora_core.experiments.common.style_lora_config` (the same function chapters 2 and 4 use, so
 # identical settings share a run folder). Each evaluation set has up to {glue:text}`n_eval`
 # prompts. Compared with S1 (SD v1.5, 512 px, batch 1, 1000 steps, lr 1e-4, rank 16, alpha 16),
-# the tiny profile trains a 32 px model with batch 16 for 600 steps at lr 1e-3 (a model 100x
-# smaller tolerates and needs a larger step; chapter 2 sweeps it).
+# the {glue:text}`profile_name` profile trains a {glue:text}`profile_training` (in tiny, a model
+# 100x smaller tolerates and needs a larger step; chapter 2 sweeps it).
 
 # %%
 result = benchmark.run_benchmark(settings, fid_splits=("train",) if fid else ())
@@ -121,6 +123,26 @@ if result.unavailable:
 # %%
 for table in tables_by_eval_set(aggregated, ["style", "adapter"], f"base vs LoRA ({settings.name} profile)"):
     display(table)
+
+# %% [markdown]
+# ### FID and FD-EffNet: do the two backbones rank the runs alike?
+#
+# Every other table uses FD-EffNet because FID proper costs about ten times more per image here.
+# Where FID was computed (the training captions), this table puts both side by side for every
+# generated set (base and each LoRA seed, per style) and ranks them.
+
+# %%
+if (aggregated.measure == "fid").any():
+    ranking, agreement = rank_agreement(result.results[result.results.eval_set == "training captions"])
+    glue("fid_rank_verdict", f"Over {agreement['n_sets']} generated sets, Spearman's rho between FID and "
+         f"FD-EffNet is {agreement['spearman_rho']:.2f} (Kendall's tau {agreement['kendall_tau']:.2f})", display=False)
+    display(ranking.round(3).style.set_caption(f"FID (Inception 2015, {settings.resolution}->299 px) and FD-EffNet "
+                                               f"on the training captions; {settings.name} profile"))
+else:
+    glue("fid_rank_verdict", "FID was not computed in this execution (parameter fid=false)", display=False)
+
+# %% [markdown]
+# {glue:text}`fid_rank_verdict`.
 
 # %% [markdown]
 # ## Check 3: on held-out subjects, does the LoRA move generations toward the target style?

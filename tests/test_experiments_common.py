@@ -11,7 +11,8 @@ from lora_core.experiments import common
 from lora_core.experiments.common import (EvalSet, eval_set, generate_eval_images, method_config, style_folder,
                                           style_lora_config)
 from lora_core.experiments.evaluate import (RESULT_COLUMNS, Evaluator, aggregate_seeds, ci_text, format_results,
-                                            reported_table, tables_by_eval_set, unavailable_table)
+                                            rank_agreement, reported_table, tables_by_eval_set,
+                                            unavailable_table)
 from lora_core.profiles import get_profile
 from lora_core.train import TrainConfig
 
@@ -167,3 +168,24 @@ def test_tables_by_eval_set_caption_each_set_and_show_intervals():
     assert list(first.columns) == ["base", "lora"] and list(first.index) == ["p_style (effnet-lite0)"]
     assert first.loc["p_style (effnet-lite0)", "lora"] == ci_text(0.8, 0.7, 0.9, 3)
     assert list(unavailable_table({"style": "no model file"}).columns) == ["measure group", "left out because"]
+
+
+def test_rank_agreement_ranks_sets_both_measures_scored_including_the_seedless_base():
+    sets = [("twemoji", "base", None), ("twemoji", "lora", 0), ("twemoji", "lora", 1), ("openmoji", "lora", 0)]
+    fid = [40.0, 10.0, 20.0, 30.0]
+    fd = [0.1, 0.4, 0.3, 0.2]  # the reverse order of fid
+    rows = pd.DataFrame([{"style": st, "adapter": ad, "seed": seed, "eval_set": "training captions",
+                          "measure": measure, "metric": measure, "backbone": "b", "n": 100, "value": value,
+                          "ci_low": value, "ci_high": value, "note": "", "better": "lower"}
+                         for (st, ad, seed), a, b in zip(sets, fid, fd)
+                         for measure, value in (("fid", a), ("fd_effnet", b), ("kid_effnet", 0.0))]
+                        + [{"style": "fluent3d", "adapter": "lora", "seed": 0, "eval_set": "training captions",
+                            "measure": "fd_effnet", "metric": "m", "backbone": "b", "n": 100, "value": 9.0,
+                            "ci_low": 9.0, "ci_high": 9.0, "note": "", "better": "lower"}])  # no FID: left out
+    table, summary = rank_agreement(rows)
+    assert len(table) == summary["n_sets"] == 4 and "fluent3d" not in set(table["style"])
+    assert table["rank fid"].tolist() == [4, 1, 2, 3] and table["rank fd_effnet"].tolist() == [1, 4, 3, 2]
+    assert summary["spearman_rho"] == pytest.approx(scipy_stats.spearmanr(fid, fd).statistic) == pytest.approx(-1.0)
+    assert summary["kendall_tau"] == pytest.approx(-1.0)
+    with pytest.raises(ValueError, match="2 sets scored by both fid and fd_effnet"):
+        rank_agreement(rows[rows["style"].eq("twemoji") & ~rows["seed"].eq(1)])

@@ -338,6 +338,36 @@ def tables_by_eval_set(aggregated: pd.DataFrame, columns: str | Sequence[str], c
             .style.set_caption(f"{name}: {caption}") for name in labelled.eval_set.unique()]
 
 
+def rank_agreement(results: pd.DataFrame, measure_a: str = "fid",
+                   measure_b: str = "fd_effnet") -> tuple[pd.DataFrame, dict[str, float]]:
+    """Do two measures order the same image sets alike? For every set scored by both (one row
+    per label combination, e.g. style x adapter x seed x evaluation set, in order of appearance):
+    both values and their ranks (1 = lowest), and Spearman's rho and Kendall's tau over the sets.
+
+    >>> rows = pd.DataFrame({"run": list("abcabc"), "measure": ["fid"] * 3 + ["fd_effnet"] * 3,
+    ...                      "metric": ["M"] * 6, "backbone": ["b"] * 6, "n": [9] * 6,
+    ...                      "value": [3.0, 1.0, 2.0, 30.0, 5.0, 20.0], "ci_low": [0.0] * 6,
+    ...                      "ci_high": [0.0] * 6, "note": [""] * 6})
+    >>> table, summary = rank_agreement(rows)
+    >>> table[["run", "rank fid", "rank fd_effnet"]].values.tolist(), summary["spearman_rho"]
+    ([['a', 3, 3], ['b', 1, 1], ['c', 2, 2]], 1.0)
+    """
+    from scipy.stats import kendalltau, spearmanr
+
+    keys = [c for c in label_columns(results, seed_column=None) if c not in ("measure", "better")]
+    wide = (results[results.measure.isin([measure_a, measure_b])]
+            .pivot_table(index=keys, columns="measure", values="value", aggfunc="first", dropna=False, sort=False)
+            .reindex(columns=[measure_a, measure_b]).dropna().reset_index().rename_axis(columns=None))
+    if len(wide) < 3:
+        raise ValueError(f"results: {len(wide)} sets scored by both {measure_a} and {measure_b}; "
+                         f"ranking needs at least 3")
+    for measure in (measure_a, measure_b):
+        wide[f"rank {measure}"] = wide[measure].rank(method="min").astype(int)
+    summary = {"n_sets": len(wide), "spearman_rho": float(spearmanr(wide[measure_a], wide[measure_b]).statistic),
+               "kendall_tau": float(kendalltau(wide[measure_a], wide[measure_b]).statistic)}
+    return wide, summary
+
+
 def unavailable_table(unavailable: dict[str, str]) -> pd.DataFrame:
     """The measure groups an evaluation left out, and why (a missing model file, a smoke profile)."""
     return pd.DataFrame(list(unavailable.items()), columns=["measure group", "left out because"])
