@@ -31,6 +31,7 @@ from lora_core.models import load_base
 from lora_core.plots import contact_sheet
 from lora_core.profiles import get_profile
 from lora_core.toy import STYLE_SETS
+from lora_core.toy.check import checks_table, toy_base_checks
 
 pd.set_option("display.max_colwidth", None)
 settings = get_profile(profile)
@@ -63,6 +64,31 @@ pd.DataFrame({"parameters (M)": {k: round(v / 1e6, 2) for k, v in parameter_coun
               "random weights": base.random_weights})
 
 # %% [markdown]
+# ### Quality checks of the shipped tiny base
+#
+# Measured on the exported `models/tiny-sd` folder by `python -m lora_core.toy check` (its
+# model card on the [data page](../data.md) explains them): (1) VAE reconstruction of Noto emoji
+# held out of VAE training, (2) whether the base draws its subjects. Check 3, whether a style
+# LoRA moves generations for held-out subjects toward its style, is run by chapter 1 (section
+# "Check 3") with this profile's settings and three seeds.
+
+# %%
+checks = toy_base_checks() if settings.base_model == "toy:base" else {}
+if checks:
+    glue("check2_ratio", f"{checks['check2_ratio']:.1f}x", display=False)
+    glue("check2_subjects", f"{checks.get('check2_subject_category_accuracy_generated', float('nan')):.0%}",
+         display=False)
+    display(checks_table(checks))
+else:
+    glue("check2_ratio", "not measured (this profile does not use the shipped base)", display=False)
+    glue("check2_subjects", "not measured", display=False)
+
+# %% [markdown]
+# The base's generations sit at {glue:text}`check2_ratio` the VAE's own round-trip error from
+# the real images of their captions (the target was at most 2.5x: the base draws the
+# gist of a subject, not its detail), and the subject classifier recognises the emoji category
+# of {glue:text}`check2_subjects` of them.
+#
 # ## The style sets
 #
 # Each style set has training subjects and disjoint held-out subjects (see the

@@ -108,3 +108,20 @@ def test_check_metrics_match_numpy():
     expected = ((a.numpy() / 255.0 - b.numpy() / 255.0) ** 2).reshape(3, -1).mean(1)
     assert np.allclose(per_image_mse(a, b).numpy(), expected)
     assert np.allclose(psnr(per_image_mse(a, b)).numpy(), 10 * np.log10(1 / expected))
+
+
+def test_subject_accuracy_scores_generations_like_real_images_and_counts_the_majority_baseline():
+    from collections import Counter
+
+    from lora_core.experiments.common import eval_set
+    from lora_core.metrics.style import SubjectGroupClassifier, load_true_images
+    from lora_core.toy.check import subject_accuracy
+
+    keys = list(eval_set("twemoji", "heldout", 24).subject_keys)
+    real = load_true_images(keys, "noto", 32)
+    same = subject_accuracy(real, real, keys)
+    assert same["subject_category_accuracy_generated"] == same["subject_category_accuracy_real"]
+    groups = Counter(SubjectGroupClassifier().group_of[k] for k in keys)
+    assert same["subject_category_majority_baseline"] == max(groups.values()) / len(keys)
+    blank = torch.full_like(real, 255)  # white images: at most the share of one category is right
+    assert subject_accuracy(blank, real, keys)["subject_category_accuracy_generated"] <= max(groups.values()) / len(keys)

@@ -56,13 +56,22 @@ def write_model_card(model_dir: Path, out_dir: Path) -> Path:
         check_text = (
             f"1. **VAE reconstruction** on {checks['check1_vae_heldout_images']} Noto images held out of VAE "
             f"training: mean PSNR **{checks['check1_vae_psnr_db_mean']:.1f} dB** "
-            f"(MSE {checks['check1_vae_mse_mean']:.4f} on [0, 1] pixels).\n"
+            f"(MSE {checks['check1_vae_mse_mean']:.4f} on [0, 1] pixels)"
+            + (f", ST-LPIPS {checks['check1_vae_st_lpips_mean']:.3f}" if "check1_vae_st_lpips_mean" in checks else "")
+            + ".\n"
             f"2. **The base draws its subjects**: {checks['check2_captions']} of its own captions, "
             f"{checks['check2_sampler']}, one seed each. Pixel MSE to the real image "
             f"**{checks['check2_generation_mse_mean']:.4f}**, VAE round trip of the same images "
             f"{checks['check2_vae_round_trip_mse_mean']:.4f}: ratio **{checks['check2_ratio']:.2f}** "
             f"(target <= {checks['check2_target_ratio']}). Against the real image of a *different* caption "
-            f"the same generations score {checks['check2_mismatched_caption_mse_mean']:.4f}.\n\n"
+            f"the same generations score {checks['check2_mismatched_caption_mse_mean']:.4f}."
+            + (f" The subject classifier (`models/metrics`, trained on real images) names the emoji category "
+               f"of **{checks['check2_subject_category_accuracy_generated']:.0%}** of the generations and of "
+               f"{checks['check2_subject_category_accuracy_real']:.0%} of the real images of the same captions; "
+               f"always guessing the most common category scores "
+               f"{checks['check2_subject_category_majority_baseline']:.0%}."
+               if "check2_subject_category_accuracy_generated" in checks else "")
+            + "\n\n"
             f"![real / VAE round trip / generated](samples.png)\n\n"
             f"Rows: real image, VAE round trip, generation from the caption (measured at UNet step "
             f"{checks['unet_steps']}).")
