@@ -21,8 +21,10 @@ arbitrary code.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,6 +108,39 @@ class BaseModel:
         folder.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, folder)
         return folder
+
+
+def _module_fingerprint(module: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+_BASE_FINGERPRINTS: dict[int, tuple[weakref.ref, str]] = {}
+
+
+def base_fingerprint(base: BaseModel) -> str:
+    """sha256 (64 hex) of the model's UNet, text encoder and VAE weights, memoised per object (a
+    weak reference guards against a new object reusing a freed one's id). A model changed in place
+    after its first fingerprint keeps the old one: copy it before adding embeddings or adapters.
+    Training records it (a finished run is reused only on the same weights) and generation caches
+    are keyed by it.
+
+    >>> import copy
+    >>> base = build_tiny_random(seed=0)
+    >>> base_fingerprint(base) == base_fingerprint(copy.deepcopy(base)), len(base_fingerprint(base))
+    (True, 64)
+    >>> base_fingerprint(base) == base_fingerprint(build_tiny_random(seed=1))
+    False
+    """
+    key = id(base)
+    known = _BASE_FINGERPRINTS.get(key)
+    if known is None or known[0]() is not base:
+        parts = [_module_fingerprint(getattr(base, name)) for name in ("unet", "text_encoder", "vae")]
+        _BASE_FINGERPRINTS[key] = (weakref.ref(base), hashlib.sha256("".join(parts).encode()).hexdigest())
+    return _BASE_FINGERPRINTS[key][1]
 
 
 def build_tiny_random(seed: int = 0, tokenizer_dir: str | Path | None = None) -> BaseModel:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -33,6 +32,7 @@ from typing import Any, Iterator
 import torch
 
 from lora_core.data import DataConfig
+from lora_core.models import base_fingerprint
 from lora_core.profiles import Profile
 from lora_core.train import TrainConfig
 
@@ -252,29 +252,6 @@ def eval_sets(style: str, profile: Profile) -> dict[str, EvalSet]:
 
 def generation_cache_dir() -> Path:
     return data_dir() / "cache" / "generated"
-
-
-def _module_fingerprint(module: torch.nn.Module) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in module.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-_BASE_FINGERPRINTS: dict[int, tuple[weakref.ref, str]] = {}
-
-
-def base_fingerprint(base) -> str:
-    """sha256 of the model's UNet, text encoder and VAE weights, memoised per object (a weak
-    reference guards against a new object reusing a freed one's id). A model changed in place
-    after its first fingerprint keeps the old one: copy it before adding embeddings or adapters."""
-    key = id(base)
-    known = _BASE_FINGERPRINTS.get(key)
-    if known is None or known[0]() is not base:
-        parts = [_module_fingerprint(getattr(base, name)) for name in ("unet", "text_encoder", "vae")]
-        _BASE_FINGERPRINTS[key] = (weakref.ref(base), hashlib.sha256("".join(parts).encode()).hexdigest())
-    return _BASE_FINGERPRINTS[key][1]
 
 
 @contextlib.contextmanager
