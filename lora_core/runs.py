@@ -11,7 +11,10 @@ A run writes ``<root>/<method>-<confighash>/``::
     checkpoints/step-<N>/     adapter-only files every N steps
     exports/                  the finished adapter's files (diffusers, kohya layouts)
 
-A folder with ``summary.json`` is a finished run; ``load_run`` reads it back.
+A folder with ``summary.json`` is a finished run; ``load_run`` reads it back. The config hash
+covers the config only (the base is a source string, the data a folder), so the summary also
+records fingerprints of the inputs themselves; ``lora_core.train`` reuses a finished run only
+when ``changed_inputs`` finds none changed.
 
 >>> import tempfile
 >>> record = RunRecord(Path(tempfile.mkdtemp()), {"steps": 3}, {})
@@ -34,6 +37,10 @@ from lora_core.io import atomic_write_json, atomic_write_text
 
 DEFAULT_RUNS_ROOT = Path(os.environ.get("LSL_RUNS_ROOT", "runs"))
 STATE_FILE = Path("state") / "training_state.pt"
+# summary.json key -> the input it fingerprints (lora_core.train.fingerprint, models.base_fingerprint)
+INPUT_FINGERPRINTS = {"data_fingerprint": "training images or captions",
+                      "validation_fingerprint": "validation images or captions",
+                      "base_fingerprint": "base model weights"}
 
 
 @dataclass
@@ -70,6 +77,32 @@ def load_run(run_dir: str | Path) -> RunRecord:
     summary = json.loads(summary_path.read_text())
     exports = {layout: run_dir / rel for layout, rel in summary.get("exports", {}).items()}
     return RunRecord(run_dir, summary, exports)
+
+
+def changed_inputs(summary: dict[str, Any], current: dict[str, str | None]) -> list[str]:
+    """What differs between a finished run's recorded input fingerprints and ``current`` (keys of
+    ``INPUT_FINGERPRINTS``); a fingerprint the summary lacks (a run recorded before it existed)
+    counts as unknown, hence changed. Empty: the run is still what its config would train.
+
+    >>> recorded = {"data_fingerprint": "0a1b2c3d4e5f", "base_fingerprint": "9f8e7d6c5b4a3f2e"}
+    >>> changed_inputs(recorded, {"data_fingerprint": "0a1b2c3d4e5f", "base_fingerprint": "9f8e7d6c5b4a3f2e"})
+    []
+    >>> changed_inputs(recorded, {"data_fingerprint": "0a1b2c3d4e5f", "base_fingerprint": "1111aaaa2222bbbb"})
+    ['base model weights changed (9f8e7d6c5b4a -> 1111aaaa2222)']
+    >>> changed_inputs({"data_fingerprint": "0a1b2c3d4e5f"}, {"base_fingerprint": "1111aaaa2222bbbb"})
+    ['base model weights unknown (summary.json has no base_fingerprint: an older run)']
+    """
+    reasons = []
+    for key, value in current.items():
+        if key not in summary:
+            reasons.append(f"{INPUT_FINGERPRINTS[key]} unknown (summary.json has no {key}: an older run)")
+        elif summary[key] != value:
+            reasons.append(f"{INPUT_FINGERPRINTS[key]} changed ({_short(summary[key])} -> {_short(value)})")
+    return reasons
+
+
+def _short(fingerprint: str | None) -> str:
+    return fingerprint[:12] if fingerprint else "none"
 
 
 def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:

@@ -29,6 +29,7 @@ import copy
 import math
 import random
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -308,33 +309,54 @@ def provenance(config: TrainConfig, adapter: Adapter, base, step: int) -> dict[s
 
 def train(config: TrainConfig, base=None, force: bool = False, runs_root: str | Path | None = None,
           resume_from: str | Path | None = None, progress: bool = True) -> runs.RunRecord:
-    """Train ``config`` (reusing a finished run unless ``force``) and return its record.
+    """Train ``config`` and return its record, or the record of the finished run with the same
+    config when its training images, validation images and base weights are also the same (their
+    fingerprints are in its summary); a finished run whose inputs changed is retrained in place, with
+    one line on stderr naming what changed. ``force`` retrains in any case.
 
     ``base`` (a BaseModel whose ``source`` equals ``config.base_model``) saves loading it; it is
     copied, never modified. An unfinished run in the same folder resumes from its last state;
-    ``resume_from`` names another state file (refused when written by another config).
+    ``resume_from`` names another state file (refused when written by another config, or on other
+    training images or base weights).
     """
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from tqdm.auto import tqdm
 
+    from lora_core.models import base_fingerprint, load_base
+
     run_dir = runs.run_dir_for(config.method, config.hash(), runs_root)
+    if base is not None and base.source != config.base_model:
+        raise ValueError(f"base.source={base.source!r} but config.base_model={config.base_model!r}")
+    train_set, val_set = load_training_data(config)
+    given_base = base is not None
+    if not given_base:
+        base = load_base(config.base_model, seed=config.seed)
+    inputs = {"data_fingerprint": fingerprint(train_set),
+              "validation_fingerprint": fingerprint(val_set) if val_set else None,
+              "base_fingerprint": base_fingerprint(base)}
     if (run_dir / "summary.json").exists() and not force:
-        return runs.load_run(run_dir)
-    if force and run_dir.exists():
+        finished = runs.load_run(run_dir)
+        changed = runs.changed_inputs(finished.summary, inputs)
+        if not changed:
+            return finished
+        print(f"{run_dir}: retraining this finished run: {'; '.join(changed)}", file=sys.stderr, flush=True)
+        force = True
+
+    # AcceleratorState is a process-wide singleton that refuses a second mixed_precision: clear it
+    # (keeping the distributed PartialState) so one notebook can train fp16 and bf16 runs in turn
+    AcceleratorState._reset_state(reset_partial_state=False)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if force and run_dir.exists() and accelerator.is_main_process:
         shutil.rmtree(run_dir)
+    accelerator.wait_for_everyone()  # no process reads the folder while the main one removes it
     state_path = Path(resume_from) if resume_from else run_dir / runs.STATE_FILE
     state = load_state(state_path, config) if state_path.exists() else None
     if resume_from and state is None:
         raise FileNotFoundError(f"resume_from={resume_from}: no such training state")
 
     # -- everything that can be wrong is checked before the first step ----------------------------
-    train_set, val_set = load_training_data(config)
-    # AcceleratorState is a process-wide singleton that refuses a second mixed_precision: clear it
-    # (keeping the distributed PartialState) so one notebook can train fp16 and bf16 runs in turn
-    AcceleratorState._reset_state(reset_partial_state=False)
-    accelerator = Accelerator(mixed_precision=config.mixed_precision)
-    world, rank = accelerator.num_processes, accelerator.process_index
     items = train_set.epoch_indices()
     if len(items) < config.batch_size * world:
         raise ValueError(f"dataset {config.data.folder} has {len(items)} training images (with repeats, after "
@@ -345,14 +367,13 @@ def train(config: TrainConfig, base=None, force: bool = False, runs_root: str | 
     if total_steps <= 0:
         raise ValueError(f"{config.epochs} epochs of {micro_per_epoch} batches make no optimizer step with "
                          f"gradient_accumulation_steps={config.gradient_accumulation_steps}")
-    if state is not None and state["data_fingerprint"] != fingerprint(train_set):
-        raise ValueError(f"{state_path}: the training images or captions changed since this state was written")
-    if base is not None and base.source != config.base_model:
-        raise ValueError(f"base.source={base.source!r} but config.base_model={config.base_model!r}")
+    for key in runs.INPUT_FINGERPRINTS:  # a state without the key predates it: not checked
+        if state is not None and state.get(key, inputs[key]) != inputs[key]:
+            raise ValueError(f"{state_path}: the {runs.INPUT_FINGERPRINTS[key]} changed since this state was written")
     adapter = get_adapter(config.method)(config)
 
-    from lora_core.models import load_base
-    base = copy.deepcopy(base) if base is not None else load_base(config.base_model, seed=config.seed)
+    if given_base:
+        base = copy.deepcopy(base)  # the caller's model stays as it was
     # seeded after loading: load_base may draw from the global RNG (random weights), a given base not
     torch.manual_seed(config.seed), np.random.seed(config.seed), random.seed(config.seed)
     device, weight_dtype = accelerator.device, MIXED_PRECISION[config.mixed_precision]
@@ -420,7 +441,7 @@ def train(config: TrainConfig, base=None, force: bool = False, runs_root: str | 
         full = {"config_hash": config.hash(), "config": config.to_dict(), "step": step, "log": log,
                 "adapter": adapter.state_dict(base), "optimizer": optimizer.state_dict(),
                 "scheduler": lr_scheduler.state_dict(), "noise_generator": noise_generator.get_state(),
-                "rng": rng_states(), "data_fingerprint": fingerprint(train_set)}
+                "rng": rng_states(), **inputs}
         from lora_core.io import atomic_path
         with atomic_path(run_dir / runs.STATE_FILE) as tmp:
             torch.save(full, tmp)
@@ -498,7 +519,7 @@ def train(config: TrainConfig, base=None, force: bool = False, runs_root: str | 
         "random_weights": base.random_weights, "seed": config.seed, "steps": total_steps,
         "resumed_from_step": start_step, "wall_time_s": wall, "steps_per_s": trained / wall if wall else None,
         "trainable_params": sum(p.numel() for p in params), "train_images": len(train_set),
-        "validation_images": len(val_set) if val_set else 0, "data_fingerprint": fingerprint(train_set),
+        "validation_images": len(val_set) if val_set else 0, **inputs,
         "final_loss": sum(tail) / len(tail), "final_val_loss": val_losses[-1] if val_losses else None,
         "adapter": adapter.describe(), "device": str(device), "mixed_precision": config.mixed_precision,
         **runs.peak_memory(device), "versions": environment_info(device),

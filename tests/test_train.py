@@ -1,5 +1,7 @@
-"""The training loop on the tiny random model: loss falls, records, reuse, exact resume after
-SIGKILL, NaN stop, and every bad input refused before training starts."""
+"""The training loop on the tiny random model: loss falls, records, reuse (and retraining when
+the images or base weights changed), exact resume after SIGKILL, NaN stop, and every bad input
+refused before training starts."""
+import copy
 import json
 import os
 import signal
@@ -16,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from lora_core import train as train_module
+from lora_core.models import base_fingerprint
 from lora_core.train import TrainConfig, TrainingDiverged, train
 from lora_core.runs import STATE_FILE, load_run
 
@@ -64,7 +67,7 @@ def test_lora_loss_falls_on_a_fixed_dataset(data_dir, tiny_base, tmp_path):
     assert val[-1] < val[0]  # the deterministic validation loss on the training images falls too
 
 
-def test_records_hold_config_metrics_summary_and_provenance(finished):
+def test_records_hold_config_metrics_summary_and_provenance(finished, tiny_base):
     config, root, record = finished
     run_dir = root / f"lora-{config.hash()}"
     assert record.run_dir == run_dir and record.finished
@@ -76,8 +79,9 @@ def test_records_hold_config_metrics_summary_and_provenance(finished):
     assert [r["step"] for r in rows if "val_loss" in r] == [3, 6]
     summary = record.summary
     for key in ("wall_time_s", "steps_per_s", "peak_memory_bytes", "trainable_params", "file_sizes", "versions",
-                "device", "seed", "final_loss", "final_val_loss"):
+                "device", "seed", "final_loss", "final_val_loss", "data_fingerprint", "validation_fingerprint"):
         assert key in summary, key
+    assert summary["base_fingerprint"] == base_fingerprint(tiny_base)
     lora_params = sum(t.numel() for t in load_file(record.exports["diffusers"]).values())
     assert summary["trainable_params"] == lora_params
     assert summary["adapter"]["rank"] == 4 and summary["adapter"]["alpha"] == 8.0 and summary["adapter"]["scale"] == 2.0
@@ -101,6 +105,57 @@ def test_a_finished_run_is_reused_unless_forced(finished, tiny_base):
     forced = train(config, base=tiny_base, runs_root=root, force=True, progress=False)
     assert metrics_file.stat().st_mtime_ns != before
     assert [r["loss"] for r in forced.metrics()] == [r["loss"] for r in record.metrics()]  # same seed, same run
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_finished_run_is_retrained_when_its_images_or_base_weights_changed(tiny_base, tmp_path, capsys):
+    """The config hash covers the config only; the summary's fingerprints cover what it points to."""
+    images = _write_images(tmp_path / "images", 4)
+    config = _config(images, validation_folder="", max_train_steps=1, checkpoint_every_steps=0)
+    first = train(config, base=tiny_base, runs_root=tmp_path, progress=False)
+    capsys.readouterr()
+
+    def train_again(base):
+        record = train(config, base=base, runs_root=tmp_path, progress=False)
+        return record, [line for line in capsys.readouterr().err.splitlines() if "retraining" in line]
+
+    reused, said = train_again(tiny_base)
+    assert reused.summary == first.summary and said == []
+
+    other_weights = copy.deepcopy(tiny_base)  # the same source string, "tiny-random"
+    with torch.no_grad():
+        other_weights.unet.conv_in.bias.add_(1e-3)
+    retrained, said = train_again(other_weights)
+    assert said == [f"{first.run_dir}: retraining this finished run: base model weights changed "
+                    f"({first.summary['base_fingerprint'][:12]} -> {base_fingerprint(other_weights)[:12]})"]
+    assert retrained.summary["base_fingerprint"] == base_fingerprint(other_weights)
+
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(images / "img01.png")
+    retrained, said = train_again(other_weights)
+    assert len(said) == 1 and said[0].endswith(": retraining this finished run: training images or captions "
+                                               f"changed ({first.summary['data_fingerprint']} -> "
+                                               f"{retrained.summary['data_fingerprint']})")
+    assert retrained.summary["data_fingerprint"] != first.summary["data_fingerprint"]
+
+    summary_file = retrained.run_dir / "summary.json"
+    summary_file.write_text(json.dumps({k: v for k, v in retrained.summary.items() if k != "base_fingerprint"}))
+    retrained, said = train_again(other_weights)
+    assert said == [f"{first.run_dir}: retraining this finished run: base model weights unknown "
+                    "(summary.json has no base_fingerprint: an older run)"]
+    assert train_again(other_weights) == (retrained, [])
+
+
+@pytest.mark.parametrize("key, message", [("data_fingerprint", "training images or captions changed"),
+                                          ("validation_fingerprint", "validation images or captions changed"),
+                                          ("base_fingerprint", "base model weights changed")])
+def test_a_resume_state_on_other_images_or_base_weights_is_refused(finished, tiny_base, tmp_path, key, message):
+    config, _, record = finished
+    state_file = tmp_path / "training_state.pt"
+    inputs = {k: record.summary[k] for k in ("data_fingerprint", "validation_fingerprint", "base_fingerprint")}
+    torch.save({"config_hash": config.hash(), "config": config.to_dict(), "step": 2, **inputs, key: "0" * 12},
+               state_file)
+    with pytest.raises(ValueError, match=f"training_state.pt: the {message} since this state was written"):
+        train(config, base=tiny_base, runs_root=tmp_path, resume_from=state_file, progress=False)
 
 
 def test_resume_after_sigkill_is_bit_identical(finished, data_dir, tmp_path):
