@@ -196,10 +196,13 @@ def encode_latents(vae, pixel_values: torch.Tensor, generator: torch.Generator, 
     return torch.cat(chunks)
 
 
-def encode_text(base, captions: list[str]) -> torch.Tensor:
-    ids = base.tokenizer(captions, padding="max_length", max_length=base.tokenizer.model_max_length,
-                         truncation=True, return_tensors="pt").input_ids
-    return base.text_encoder(ids.to(base.text_encoder.device))[0]
+def encode_text(tokenizer, text_encoder, captions: list[str], device: torch.device) -> torch.Tensor:
+    """The text encoder's last hidden states of ``captions`` (padded to the tokenizer's length).
+    ``text_encoder`` may be the ``accelerator.prepare`` wrapper (DDP): calling the wrapper, not the
+    module inside, is what syncs a trained text encoder's gradients across processes."""
+    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
+                    truncation=True, return_tensors="pt").input_ids
+    return text_encoder(ids.to(device))[0]
 
 
 def diffusion_loss(unet, noise_scheduler, latents, embeddings, generator, config: TrainConfig) -> torch.Tensor:
@@ -410,14 +413,20 @@ def train(config: TrainConfig, base=None, force: bool = False, runs_root: str | 
     if cache_text:
         unique = sorted(set(captions) | set(val_captions) | {"", config.class_prompt})
         with torch.no_grad():
-            text_cache = dict(zip(unique, encode_text(base, unique)))
+            text_cache = dict(zip(unique, encode_text(base.tokenizer, base.text_encoder, unique, device)))
+
+    # Every module with trainable parameters goes through accelerate (DDP when distributed, so its
+    # gradients sync; unchanged on one process). DDP refuses a module without any (the UNet under
+    # textual inversion, a frozen text encoder). The loop calls the wrappers, adapters use base.*.
+    unet, text_encoder = (accelerator.prepare(module) if any(p.requires_grad for p in module.parameters())
+                          else module for module in (base.unet, base.text_encoder))
+    optimizer = accelerator.prepare(optimizer)
 
     def embed(batch_captions: list[str]) -> torch.Tensor:
         if cache_text:
             return torch.stack([text_cache[c] for c in batch_captions])
-        return encode_text(base, batch_captions)
+        return encode_text(base.tokenizer, text_encoder, batch_captions, device)
 
-    unet, optimizer = accelerator.prepare(base.unet, optimizer)
     base.unet.train()
     if adapter.trains_text_encoder:
         base.text_encoder.train()

@@ -188,6 +188,47 @@ def test_resume_after_sigkill_is_bit_identical(finished, data_dir, tmp_path):
         assert all(torch.equal(expected[k], got[k]) for k in expected), layout
 
 
+# Runs on every process of a distributed run: records a hash of the trained embedding after each step.
+DISTRIBUTED_WORKER = """
+import hashlib, os, sys
+from lora_core.adapters import get_adapter
+from lora_core.train import TrainConfig, train
+
+config, out = TrainConfig.from_json(sys.argv[1]), sys.argv[2]
+adapter_class = get_adapter(config.method)
+after_step = adapter_class.after_optimizer_step
+
+def record_trained_embedding(self, base):
+    after_step(self, base)
+    weight = self.embedding(base).weight.detach().cpu().numpy()
+    with open(os.path.join(out, "rank" + os.environ["RANK"] + ".txt"), "a") as f:
+        f.write(hashlib.sha256(weight.tobytes()).hexdigest() + "\\n")
+
+adapter_class.after_optimizer_step = record_trained_embedding
+train(config, runs_root=out, progress=False)
+"""
+
+
+@pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+                    reason="needs torch.distributed with gloo")
+def test_two_processes_keep_a_trained_text_encoder_in_sync(data_dir, tmp_path):
+    """Textual inversion on two CPU processes (DDP over gloo): each trains on its own images, the
+    text encoder's gradients are averaged, so both hold the same embedding after every step. The
+    UNet, without trainable parameters here, stays outside DDP (which refuses such a module)."""
+    config = _config(data_dir, validation_folder="", max_train_steps=2, batch_size=2, checkpoint_every_steps=0,
+                     method="textual_inversion", options={}, learning_rate=5e-2)
+    config_file, worker = config.save_json(tmp_path / "run.json"), tmp_path / "worker.py"
+    worker.write_text(DISTRIBUTED_WORKER)
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(worker), str(config_file), str(tmp_path)], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    per_rank = [(tmp_path / f"rank{rank}.txt").read_text().split() for rank in (0, 1)]
+    assert per_rank[0] == per_rank[1] and len(set(per_rank[0])) == 2  # identical, and changed every step
+    assert load_run(tmp_path / f"textual_inversion-{config.hash()}").summary["steps"] == 2
+
+
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_state(data_dir, tiny_base, tmp_path, monkeypatch):
     real_loss, calls = train_module.diffusion_loss, []
 

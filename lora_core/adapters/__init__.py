@@ -29,8 +29,12 @@ adapter. The loop calls, in this order::
 
 Adapters may read these ``TrainConfig`` fields (stable names): ``options``, ``learning_rate``
 (UNet), ``text_encoder_learning_rate`` (``None``: same as ``learning_rate``), ``seed``,
-``data.resolution``. Prior preservation (DreamBooth's class images and prior loss) belongs in the
-loop, not in an adapter, so that any method can use it; it is not implemented yet.
+``data.resolution``. Prior preservation (DreamBooth's class images and prior loss) lives in the
+loop, not in an adapter, so that any method can use it (``TrainConfig.class_prompt``).
+
+Adapters work on ``base.unet`` and ``base.text_encoder`` themselves. The loop calls, in its
+forward passes, the ``accelerator.prepare`` wrappers of the modules that have trainable
+parameters after ``attach`` (DDP when distributed), so their gradients sync across processes.
 
 >>> sorted(available_methods())
 ['dreambooth', 'lora', 'lycoris', 'textual_inversion']
