@@ -527,7 +527,7 @@ def train(config: TrainConfig, base=None, force: bool = False, runs_root: str | 
         "method": config.method, "config_hash": config.hash(), "base_model": base.source,
         "random_weights": base.random_weights, "seed": config.seed, "steps": total_steps,
         "resumed_from_step": start_step, "wall_time_s": wall, "steps_per_s": trained / wall if wall else None,
-        "trainable_params": sum(p.numel() for p in params), "train_images": len(train_set),
+        "trainable_params": adapter.trained_parameter_count(base), "train_images": len(train_set),
         "validation_images": len(val_set) if val_set else 0, **inputs,
         "final_loss": sum(tail) / len(tail), "final_val_loss": val_losses[-1] if val_losses else None,
         "adapter": adapter.describe(), "device": str(device), "mixed_precision": config.mixed_precision,

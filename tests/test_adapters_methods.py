@@ -124,6 +124,7 @@ def test_textual_inversion_trains_only_the_new_rows_and_restores_the_others_bit_
     weight = adapter.embedding(base).weight
     assert weight.shape[0] == len(base.tokenizer) == vocab_size + 2
     assert base.tokenizer.convert_ids_to_tokens(adapter.token_ids) == ["<emo>", "<emo>_1"]
+    assert adapter.trained_parameter_count(base) == 2 * weight.shape[1]  # the new rows, not the matrix
     assert torch.equal(weight[:vocab_size], embeddings_before)  # AdamW moved them; restored exactly
     for row in weight[vocab_size:]:
         assert not torch.equal(row, initializer)

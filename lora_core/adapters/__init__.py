@@ -103,6 +103,11 @@ class Adapter(abc.ABC):
         """Optimizer parameter groups: ``[{"name": "unet", "params": [...], "lr": float}, ...]``.
         ``name`` labels the group's learning rate in metrics (``lr/unet``, ``lr/text_encoder``)."""
 
+    def trained_parameter_count(self, base: "BaseModel") -> int:
+        """Parameters the method learns, as records report them (``trainable_params``): every
+        parameter the optimizer updates, unless only part of one trains (textual inversion)."""
+        return sum(p.numel() for p in trainable_parameters(self.param_groups(base)))
+
     @property
     def trains_text_encoder(self) -> bool:
         """True when gradients flow through the text encoder (TE LoRA, TI, DreamBooth with TE).

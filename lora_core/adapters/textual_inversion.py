@@ -126,6 +126,11 @@ class TextualInversionAdapter(Adapter):
         lr = self.config.learning_rate if te_lr is None else te_lr
         return [{"name": "text_encoder", "params": [self.embedding(base).weight], "lr": lr}]
 
+    def trained_parameter_count(self, base: "BaseModel") -> int:
+        """The new rows only (``num_vectors`` x width): the optimizer sees the whole embedding
+        matrix, but every other row is put back after each step."""
+        return len(self.token_ids) * self.embedding(base).weight.shape[1]
+
     @staticmethod
     def caption_for(options: TextualInversionOptions, caption: str) -> str:
         """``caption`` with the trigger word replaced by all placeholder vectors."""
