@@ -34,8 +34,8 @@ from myst_nb import glue
 
 from lora_core.experiments import benchmark
 from lora_core.experiments.common import config_table
-from lora_core.experiments.evaluate import (MEASURES, aggregate_seeds, rank_agreement, reported_table,
-                                            tables_by_eval_set, unavailable_table)
+from lora_core.experiments.evaluate import (MEASURES, aggregate_seeds, reported_table, tables_by_eval_set,
+                                            unavailable_table)
 from lora_core.profiles import get_profile
 
 settings = get_profile(profile)
@@ -123,26 +123,6 @@ if result.unavailable:
 # %%
 for table in tables_by_eval_set(aggregated, ["style", "adapter"], f"base vs LoRA ({settings.name} profile)"):
     display(table)
-
-# %% [markdown]
-# ### FID and FD-EffNet: do the two backbones rank the runs alike?
-#
-# Every other table uses FD-EffNet because FID proper costs about ten times more per image here.
-# Where FID was computed (the training captions), this table puts both side by side for every
-# generated set (base and each LoRA seed, per style) and ranks them.
-
-# %%
-if (aggregated.measure == "fid").any():
-    ranking, agreement = rank_agreement(result.results[result.results.eval_set == "training captions"])
-    glue("fid_rank_verdict", f"Over {agreement['n_sets']} generated sets, Spearman's rho between FID and "
-         f"FD-EffNet is {agreement['spearman_rho']:.2f} (Kendall's tau {agreement['kendall_tau']:.2f})", display=False)
-    display(ranking.round(3).style.set_caption(f"FID (Inception 2015, {settings.resolution}->299 px) and FD-EffNet "
-                                               f"on the training captions; {settings.name} profile"))
-else:
-    glue("fid_rank_verdict", "FID was not computed in this execution (parameter fid=false)", display=False)
-
-# %% [markdown]
-# {glue:text}`fid_rank_verdict`.
 
 # %% [markdown]
 # ## Check 3: on held-out subjects, does the LoRA move generations toward the target style?

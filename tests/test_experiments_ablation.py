@@ -113,3 +113,18 @@ def test_s1_comparison_puts_their_number_beside_our_interval():
     assert table.loc[(8, 1e-4), "ours: FD-EffNet"].startswith("188 [")
     assert table.loc[(8, 1e-4), "ours: alignment"] == "-"
     assert ablation.s1_setting(8, 1e-4) == "r8_lr1e-4"
+
+
+def test_backbone_agreement_counts_a_run_both_arms_share_once(trained):
+    result, _ = trained
+    rows = []
+    for (mode, rank, study_lr, seed), config in result.configs.items():
+        for measure, value in (("fid", 100.0 * rank + 1e4 * study_lr), ("fd_effnet", rank + 100 * study_lr)):
+            rows.append({"alpha_mode": mode, "rank": rank, "study_lr": study_lr, "seed": seed,
+                         "alpha": config.options.effective_alpha, "scale": config.options.scale,
+                         "eval_set": "training captions", "measure": measure, "metric": measure, "backbone": "b",
+                         "n": 4, "value": value, "ci_low": value, "ci_high": value, "note": "", "better": "lower"})
+    shared = ablation.AblationResult(result.profile, result.settings, result.configs, result.records, pd.DataFrame(rows))
+    ranking, agreement = shared.backbone_agreement()
+    assert len(result.configs) == 8 and agreement["n_sets"] == len(result.records) == 6 == len(ranking)
+    assert agreement["spearman_rho"] == pytest.approx(1.0) and agreement["kendall_tau"] == pytest.approx(1.0)

@@ -137,6 +137,13 @@ class AblationResult:
     def record(self, key: Key):
         return self.records[self.configs[key].hash()]
 
+    def backbone_agreement(self, measure_a: str = "fid", measure_b: str = "fd_effnet"):
+        """``evaluate.rank_agreement`` over the distinct runs (a run both arms share counts once)."""
+        from lora_core.experiments.evaluate import rank_agreement
+
+        distinct = self.results.drop_duplicates(subset=["measure", "rank", "study_lr", "seed", "alpha"])
+        return rank_agreement(distinct.drop(columns=["alpha_mode"]), measure_a, measure_b)
+
     def run_facts(self, base=None) -> pd.DataFrame:
         """Per cell: trainable parameters, LoRA file bytes, wall time, s/step, final loss and, with
         ``base``, the mean Frobenius norm of the learned update ``s B A`` per module."""
@@ -214,11 +221,13 @@ def evaluate_grid(profile: Profile, settings: AblationSettings, configs: dict[Ke
 
 
 def run_ablation(profile: Profile, settings: AblationSettings, base, evaluator,
-                 runs_root: str | Path | None = None) -> AblationResult:
-    """Train (or reuse) the grid, generate and score; ``AblationResult`` for the chapter."""
+                 runs_root: str | Path | None = None, fid: bool = False) -> AblationResult:
+    """Train (or reuse) the grid, generate and score; ``AblationResult`` for the chapter. ``fid``
+    adds FID (Inception 2015) when the profile names an FID network."""
     configs = ablation_configs(profile, settings)
     records = train_grid(configs, base, runs_root)
-    results = evaluate_grid(profile, settings, configs, records, base, evaluator)
+    measures = MEASURES + (("fid",) if fid and profile.fid_backbone != "none" else ())
+    results = evaluate_grid(profile, settings, configs, records, base, evaluator, measures)
     return AblationResult(profile, settings, configs, records, results, dict(evaluator.unavailable))
 
 
