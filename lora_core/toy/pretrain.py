@@ -429,7 +429,8 @@ def add_commands(commands) -> None:
     p.add_argument("--out", default=str(SCRATCH))
     p.add_argument("--config", help="JSON file of PretrainConfig overrides")
     p.add_argument("--model-dir", default=None, help="target folder (default models/tiny-sd)")
-    p = commands.add_parser("check", help="measure checks 1 (VAE PSNR) and 2 (generation MSE)")
+    p = commands.add_parser("check", help="measure checks 1 (VAE PSNR, ST-LPIPS) and 2 (generation MSE, "
+                                          "subject accuracy)")
     p.add_argument("--model-dir", default=None)
     p.add_argument("--n", type=int, default=200, help="captions to generate for check 2")
     p.add_argument("--out", default=str(SCRATCH))
