@@ -26,13 +26,20 @@ def _label(columns: Sequence[str], values, with_names: bool) -> str:
     return ", ".join(parts)
 
 
+def _needs_names(columns: Sequence[str], keys: Sequence[tuple]) -> bool:
+    """Labels carry the setting's name for several settings or numeric values ("weight = 0.5")."""
+    return len(columns) > 1 or any(isinstance(v, (int, float, np.number)) for key in keys for v in key)
+
+
 def _fmt(value) -> str:
     return f"{value:g}" if isinstance(value, (float, np.floating)) else str(value)
 
 
 def contact_sheet(images: Sequence, table: pd.DataFrame, rows: str | Sequence[str], cols: str | Sequence[str],
-                  cell_inches: float = 1.3, title: str | None = None, wrap: int = 22):
-    """One image per (row, column) of the swept settings, labelled by their values.
+                  cell_inches: float = 1.3, title: str | None = None, wrap: int | None = None):
+    """One image per (row, column) of the swept settings, labelled by their values (with the
+    setting's name where a value alone would not say what it is: a number, or several settings).
+    Labels wrap at ``wrap`` characters, by default what fits a cell of ``cell_inches``.
 
     ``table`` has one row per image (``Grid.table``); ``rows``/``cols`` name one column or several.
     Every other setting must be constant within a cell: filter the table first (e.g.
@@ -58,6 +65,7 @@ def contact_sheet(images: Sequence, table: pd.DataFrame, rows: str | Sequence[st
             raise ValueError(f"several images for {rows}={key[0]}, {cols}={key[1]} (they differ in {varying}); "
                              "filter the table or add those columns to rows/cols")
         positions[key] = index
+    wrap = wrap or max(8, int(cell_inches * 14))
     figure, axes = plt.subplots(len(row_keys), len(col_keys), squeeze=False,
                                 figsize=(cell_inches * len(col_keys) + 1.2, cell_inches * len(row_keys) + 0.4))
     for r, row_key in enumerate(row_keys):
@@ -69,9 +77,9 @@ def contact_sheet(images: Sequence, table: pd.DataFrame, rows: str | Sequence[st
             if (row_key, col_key) in positions:
                 ax.imshow(np.asarray(images[positions[(row_key, col_key)]]))
             if r == 0:
-                ax.set_title(textwrap.fill(_label(cols, col_key, True), wrap), fontsize=8)
+                ax.set_title(textwrap.fill(_label(cols, col_key, _needs_names(cols, col_keys)), wrap), fontsize=8)
             if c == 0:
-                ax.set_ylabel(textwrap.fill(_label(rows, row_key, len(rows) > 1), wrap), fontsize=8)
+                ax.set_ylabel(textwrap.fill(_label(rows, row_key, _needs_names(rows, row_keys)), wrap), fontsize=8)
     if title:
         figure.suptitle(title, fontsize=10)
     figure.tight_layout()

@@ -162,5 +162,7 @@ def test_contact_sheet_labels_rows_and_columns(base):
     assert [ax.get_title() for ax in figure.axes[:2]] == ["weight = 0.5", "weight = 1"]
     assert [figure.axes[i].get_ylabel() for i in (0, 2)] == ["a cat face", "a red heart"]
     assert np.array_equal(figure.axes[3].images[0].get_array(), pixels(grid.images[3]))
+    by_prompt = plots.contact_sheet(grid.images, grid.table, rows="weight", cols="prompt", cell_inches=0.9)
+    assert [ax.get_title() for ax in by_prompt.axes[:2]] == ["a cat face", "a red heart"]  # text needs no name
     with pytest.raises(ValueError, match="several images for.*differ in \\['weight'"):
         plots.contact_sheet(grid.images, grid.table, rows="prompt", cols="seed")
