@@ -43,6 +43,15 @@ def _last(rows: list[dict], key: str):
     return values[-1] if values else float("nan")
 
 
+# Judged by eye from the check's sample grid and the book's setup page; revise with each export.
+DRAWS = """Judged on the grid above and the book's setup page at UNet step 5,479. It draws what is
+large and simple at 32 px: faces and their expressions, people standing, flags (colours and
+layout, not emblems), round or square symbols, and each subject's dominant colours. It does not
+draw fine structure: tools, instruments, vehicles and food come out as blobs of the right colour
+and rough size, text and ideographs as smudges. Style adapters therefore act on colour, outline
+and texture more visibly than on shape."""
+
+
 def write_model_card(model_dir: Path, out_dir: Path) -> Path:
     """Write ``MODEL_CARD.md`` (+ loss figure) from ``export_info.json``, logs and ``checks.json``."""
     info = json.loads((model_dir / "export_info.json").read_text())
@@ -128,6 +137,9 @@ checkpoints and shipped with the weights; reproduce the weights from that tokeni
 
 ## Checks
 {check_text}
+
+## What it can and cannot draw
+{DRAWS}
 
 ## Licence
 Weights: Apache-2.0 (trained only on Noto Emoji, Apache-2.0, Copyright Google Inc.; captions from
