@@ -148,6 +148,19 @@ check3.round(4)
 # seed-to-seed range and beyond the base's interval: {glue:text}`check3_verdict`.
 
 # %%
+verdicts = benchmark.style_verdicts(check3)
+glue("style_verdicts", "; ".join(f"{r.style}: {r.verdict} ({r.checks_passed} checks)" for r in verdicts.itertuples()),
+     display=False)
+verdicts
+
+# %% [markdown]
+# Per style: {glue:text}`style_verdicts`. "Away from the base only" means the LoRA changed the
+# images (they left the base style by more than the seed range) without bringing them closer to
+# the target style: what a LoRA does when the base cannot draw what the style is made of.
+#
+# The checks that did not pass:
+
+# %%
 failing = directional[~directional.passes.astype(bool)]
 failing[["style", "measure", "base", "lora_mean", "effect", "seed_range"]].round(4) if len(failing) else \
     pd.DataFrame({"result": ["no failing check"]})

@@ -84,3 +84,14 @@ def test_s1_directions_read_the_reported_table():
     assert table.loc["FID", "ours base -> LoRA"] == "twemoji: fell" and table.loc["FID", "agrees"]
     assert table.loc["CLIP", "ours base -> LoRA"] == "twemoji: rose" and not table.loc["CLIP", "agrees"]
     assert table.loc["IS", "ours base -> LoRA"] == "not measured" and table.loc["IS", "agrees"] is None
+
+
+def test_style_verdicts_separate_toward_the_style_from_away_from_the_base():
+    verdicts = benchmark.style_verdicts(benchmark.check3_table(_results())).set_index("style")
+    assert verdicts.loc["twemoji", "checks_passed"] == "1 of 2" and verdicts.loc["twemoji", "verdict"] == "toward twemoji"
+    worse = _results()   # the LoRA no longer nears twemoji but leaves the base style by more than its seed range
+    worse.loc[(worse.measure == "feature_to_target") & (worse.adapter == "lora"), "value"] = 10.5
+    verdicts = benchmark.style_verdicts(benchmark.check3_table(worse)).set_index("style")
+    assert verdicts.loc["twemoji", "checks_passed"] == "0 of 2" and verdicts.loc["twemoji", "verdict"] == "away from the base only"
+    worse.loc[(worse.measure == "feature_to_base") & (worse.adapter == "lora"), "value"] = 9.0
+    assert benchmark.style_verdicts(benchmark.check3_table(worse)).verdict.tolist() == ["no clear change"]

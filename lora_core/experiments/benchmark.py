@@ -182,6 +182,27 @@ def check3_table(results: pd.DataFrame, split_name: str = "held-out captions") -
     return pd.DataFrame(rows)
 
 
+def style_verdicts(check3: pd.DataFrame) -> pd.DataFrame:
+    """One line per style from :func:`check3_table`: how many directional checks pass, and a
+    verdict that separates "moved toward the target style" from "moved away from the base":
+
+    * ``toward <style>``: at least half of the directional checks pass;
+    * ``away from the base only``: fewer pass, but the distance to the base style's true images
+      grew by more than the seed range (the LoRA changed the images, not toward its style);
+    * ``no clear change``: neither.
+    """
+    rows = []
+    for style, group in check3.groupby("style", sort=False):
+        directional = group[group.expected != "context"]
+        n_pass = int(directional.passes.astype(bool).sum())
+        to_base = group[group.measure == "feature_to_base"]
+        left_base = bool(len(to_base) and to_base.effect.iloc[0] > to_base.seed_range.iloc[0])
+        verdict = (f"toward {style}" if n_pass * 2 >= len(directional) and len(directional) else
+                   "away from the base only" if left_base else "no clear change")
+        rows.append({"style": style, "checks_passed": f"{n_pass} of {len(directional)}", "verdict": verdict})
+    return pd.DataFrame(rows)
+
+
 def subject_recognisability(results: pd.DataFrame, split_name: str = "held-out captions") -> pd.DataFrame:
     """Subject classifier accuracy of base vs LoRA generations per style (mean over seeds), beside the
     classifier's majority-class baseline: the subject stays recognisable when the LoRA's accuracy is
