@@ -24,7 +24,7 @@ class Profile(Config):
                                          "pretrained tiny model), a hub id, a diffusers folder or a "
                                          ".safetensors file")
     resolution: int = option(32, "training and generation resolution in pixels (square)")
-    train_steps: int = option(200, "optimizer steps per adapter training run")
+    train_steps: int = option(150, "optimizer steps per adapter training run")
     batch_size: int = option(16, "images per optimizer step")
     learning_rate: float = option(1e-4, "default UNet learning rate")
     lora_rank: int = option(16, "default LoRA rank r")
@@ -58,7 +58,7 @@ PROFILES: dict[str, Profile] = {
     "tiny": Profile(
         name="tiny",
         description="offline CPU: the pretrained tiny SD-architecture model on emoji style sets, 32 px",
-        base_model="toy:base", resolution=32, train_steps=200, batch_size=16, learning_rate=1e-3,
+        base_model="toy:base", resolution=32, train_steps=150, batch_size=16, learning_rate=1e-3,
         lora_rank=16, lora_alpha=16.0, inference_steps=20, guidance_scale=4.0, n_eval_images=50,
         n_seeds=3,
     ),

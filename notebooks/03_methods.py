@@ -21,6 +21,7 @@
 profile = "tiny"  # smoke, tiny or sd15
 style = "openmoji"  # style set every method trains on
 n_sheet_rows = 6  # subjects in the sample sheet
+lycoris_seeds = 1  # training seeds of the LyCORIS context runs (LoHa, LoKr); S1's methods use the profile's
 
 # %%
 import matplotlib.pyplot as plt
@@ -41,6 +42,8 @@ glue("m_profile_warning", "The numbers on this page come from the smoke profile'
      f"Profile {settings.name}: {settings.description}.", display=False)
 glue("m_lr_scale", f"{lr_scale(settings):g}", display=False)
 glue("m_style", style, display=False)
+glue("m_n_seeds", settings.n_seeds, display=False)
+glue("m_lycoris_seeds", min(lycoris_seeds, settings.n_seeds), display=False)
 
 # %% [markdown]
 # {glue:text}`m_profile_warning`
@@ -49,10 +52,12 @@ glue("m_style", style, display=False)
 #
 # Every method trains on the {glue:text}`m_style` set with the profile's steps and batch; the
 # learning rates are S1's times {glue:text}`m_lr_scale` (the profile's LoRA learning rate over
-# S1's 1e-4), so the methods keep S1's ratios.
+# S1's 1e-4), so the methods keep S1's ratios. S1's three methods train with
+# {glue:text}`m_n_seeds` seeds; the LyCORIS runs, here for context, with {glue:text}`m_lycoris_seeds`
+# (their rows then carry intervals over images only; `-p lycoris_seeds 3` runs them all).
 
 # %%
-result = methods.run_methods(settings, style)
+result = methods.run_methods(settings, style, context_seeds=lycoris_seeds)
 config_table({f"{method} seed {seed}": cfg for (method, seed), cfg in result.configs.items()})
 
 # %% [markdown]

@@ -31,6 +31,7 @@ from lora_core.profiles import Profile
 from lora_core.train import TrainConfig
 
 BASE = "base"
+CONTEXT_METHODS = ("loha", "lokr")  # LyCORIS, run for context beside S1's three methods
 
 
 @dataclass
@@ -46,10 +47,20 @@ class MethodsResult:
 
 
 def methods_configs(profile: Profile, style: str, methods: Sequence[str] = METHODS,
-                    seeds: Sequence[int] | None = None) -> dict[tuple[str, int], TrainConfig]:
-    """(method, seed) -> config, every method on the same data, steps, batch and seeds."""
+                    seeds: Sequence[int] | None = None,
+                    context_seeds: int | None = None) -> dict[tuple[str, int], TrainConfig]:
+    """(method, seed) -> config, every method on the same data, steps and batch. S1's three
+    methods train with every seed; the LyCORIS context runs (:data:`CONTEXT_METHODS`) with the
+    first ``context_seeds`` of them (all when None).
+
+    >>> from lora_core.profiles import get_profile
+    >>> configs = methods_configs(get_profile("tiny"), "openmoji", context_seeds=1)
+    >>> sorted(seed for method, seed in configs if method == "loha"), len(configs)
+    ([0], 11)
+    """
     seeds = training_seeds(profile) if seeds is None else list(seeds)
-    return {(method, seed): method_config(profile, method, style, seed) for method in methods for seed in seeds}
+    return {(method, seed): method_config(profile, method, style, seed) for method in methods
+            for seed in (seeds[:context_seeds] if method in CONTEXT_METHODS else seeds)}
 
 
 def export_bytes(path: str | Path) -> int:
@@ -116,14 +127,16 @@ def adapted(base, method: str, record) -> Iterator[tuple[Any, Path | None, Any]]
 
 def run_methods(profile: Profile, style: str, methods: Sequence[str] = METHODS, seeds: Sequence[int] | None = None,
                 splits: Sequence[str] = ("train", "heldout"), base=None, runs_root: str | Path | None = None,
-                evaluator: Evaluator | None = None, measures=DEFAULT_MEASURES) -> MethodsResult:
-    """Train/reuse every (method, seed), generate each split with it and with the base, score all."""
+                evaluator: Evaluator | None = None, measures=DEFAULT_MEASURES,
+                context_seeds: int | None = None) -> MethodsResult:
+    """Train/reuse every (method, seed) of :func:`methods_configs`, generate each split with it
+    and with the base, score all."""
     from lora_core.models import load_base
     from lora_core.train import train
 
     base = base if base is not None else load_base(profile.base_model)
     evaluator = evaluator or Evaluator(profile)
-    configs = methods_configs(profile, style, methods, seeds)
+    configs = methods_configs(profile, style, methods, seeds, context_seeds)
     with quiet_libraries():
         records = {key: train(config, base=base, runs_root=runs_root, progress=False) for key, config in configs.items()}
     result = MethodsResult(profile, style, configs, records,
