@@ -170,17 +170,26 @@ if (result.results.measure == "fid").any():
     glue("fid_agreement", f"over the {agreement['n_sets']} distinct runs, Spearman's rho between the two "
          f"rankings is {agreement['spearman_rho']:.2f} and Kendall's tau {agreement['kendall_tau']:.2f}",
          display=False)
-    display(ranking.drop(columns=["eval_set"]).round(3).style.set_caption(
+    glue("fid_reading", "The two backbones order the runs alike, so FD-EffNet can stand in for FID when "
+         "comparing runs here" if agreement["spearman_rho"] >= 0.8 else
+         "The two backbones agree only partly. The runs differ by less than either distance's own "
+         "sampling spread at this number of images (the intervals in the metrics table overlap), so "
+         "neither ranking is stable: what disagrees is mostly noise, and a Fréchet distance between "
+         "such close runs should not be read as a ranking with either network", display=False)
+    shown = ranking.loc[:, ranking.nunique() > 1]  # leaves out what every run shares (style, seed, split)
+    formats = {"study_lr": "{:g}", "alpha": "{:g}", "scale": "{:g}", "fid": "{:.1f}", "fd_effnet": "{:.1f}"}
+    display(shown.style.format({k: v for k, v in formats.items() if k in shown}).set_caption(
         f"FID (Inception 2015, {settings.resolution}->299 px) and FD-EffNet, {grid.n_prompts} images per run; "
         f"{settings.name} profile"))
 else:
     glue("fid_agreement", f"FID was not computed (profile {settings.name} names no FID network, or fid=false)",
          display=False)
+    glue("fid_reading", "There is nothing to compare in this build", display=False)
 
 # %% [markdown]
-# Result: {glue:text}`fid_agreement`. Both distances are computed on far fewer images than
-# feature dimensions, so both are biased upward by a similar amount for every run; a ranking
-# can still agree where the values cannot be compared with published FIDs.
+# Result: {glue:text}`fid_agreement`. {glue:text}`fid_reading`. Both distances are computed on
+# far fewer images than feature dimensions, so both are biased upward by a similar amount for
+# every run: their values cannot be compared with published FIDs, only between runs.
 #
 # ## Beside S1
 #
