@@ -227,6 +227,32 @@ directions
 # instead of CLIP. And S1's own numbers carry no intervals: with one seed, a difference as small
 # as its CLIP 33.13 -> 32.93 may be noise.
 #
-# **Reading FD at this sample size.** A Fréchet distance on 100 images with 1280-dimensional
-# features is biased upward and its interval (over images) is wide; KID is unbiased. The paired
-# distances and the classifier measures above answer the style question more directly.
+# **Reading FD at this sample size.** A Fréchet distance on {glue:text}`n_eval` images with
+# 1280-dimensional features is biased upward and its interval (over images) is wide; KID is
+# unbiased. The paired distances and the classifier measures above answer the style question
+# more directly.
+#
+# ## What this build shows
+
+# %%
+feature = check3[check3.measure == "feature_to_target"]
+closer = feature[feature.effect < 0].style.tolist()
+glue("feature_reading", f"fell for {', '.join(closer)}" if closer else
+     f"rose for every style ({', '.join(f'{r.style} {r.effect:+.2f}' for r in feature.itertuples())}), "
+     f"and the distance to the base style's images rose more", display=False)
+
+# %% [markdown]
+# Per style: {glue:text}`style_verdicts`. The EffNet feature distance to the same subject's
+# true target-style image {glue:text}`feature_reading`. The measures disagree in a telling way.
+# The style classifier and ST-LPIPS look at colour, outline and texture, which the LoRA changes.
+# The ImageNet features also respond to what the subject *is*. In the sample sheets, a LoRA
+# repaints the base's blob in the new style's palette and line weight, but it cannot draw
+# detail that the base never learned to draw.
+#
+# This is the failure mode the toy-world issue predicted, "style on mush", at a smaller scale.
+# The base draws the gist of a subject. In the tiny build this text was written from, styles that
+# live in colour and line weight (OpenMoji's outlines, Fluent's palette) transferred. A style that
+# differs from the base mostly in fine drawing (Twemoji, close to Noto) mostly moved generations
+# away from the base. The verdicts above are recomputed with every build. S1's LoRAs, on
+# SD v1.5, sat on a base that draws anime frames well. This is the main reason our directions
+# differ from its FID, which improved with every LoRA.
