@@ -74,7 +74,7 @@ summaries.round(4)
 
 # %% [markdown]
 # A run took {glue:text}`mean_wall_s` s on average ({glue:text}`mean_s_per_step` s per step on
-# this machine, shared with other jobs).
+# the machine that trained it; the appendix lists each run's device).
 
 # %%
 curves = result.loss_curves()
