@@ -236,10 +236,10 @@ directions
 
 # %%
 feature = check3[check3.measure == "feature_to_target"]
-closer = feature[feature.effect < 0].style.tolist()
+closer = feature.loc[feature.effect < 0, "style"].tolist()
 glue("feature_reading", f"fell for {', '.join(closer)}" if closer else
-     f"rose for every style ({', '.join(f'{r.style} {r.effect:+.2f}' for r in feature.itertuples())}), "
-     f"and the distance to the base style's images rose more", display=False)
+     f"rose for every style ({', '.join(f'{r.style} {r.effect:+.2f}' for r in feature.itertuples())})",
+     display=False)
 
 # %% [markdown]
 # Per style: {glue:text}`style_verdicts`. The EffNet feature distance to the same subject's
