@@ -242,8 +242,8 @@ glue("feature_reading", f"fell for {', '.join(closer)}" if closer else
      display=False)
 
 # %% [markdown]
-# Per style: {glue:text}`style_verdicts`. The EffNet feature distance to the same subject's
-# true target-style image {glue:text}`feature_reading`. The measures disagree in a telling way.
+# The style verdicts are in the check-3 section above. The EffNet feature distance to the same
+# subject's true target-style image {glue:text}`feature_reading`. The measures disagree in a telling way.
 # The style classifier and ST-LPIPS look at colour, outline and texture, which the LoRA changes.
 # The ImageNet features also respond to what the subject *is*. In the sample sheets, a LoRA
 # repaints the base's blob in the new style's palette and line weight, but it cannot draw
