@@ -186,11 +186,10 @@ def train_grid(configs: dict[Key, TrainConfig], base=None, runs_root: str | Path
 def lora_delta_norm(base, lora_file: str | Path) -> float:
     """Mean over modules of ``||s B A||_F`` of a LoRA file: how far training moved the weights."""
     from lora_core import blend
-
-    from lora_core.experiments.mixing import quiet_diffusers
+    from lora_core.experiments.common import quiet_libraries
 
     name = blend.unique_adapter_name(base, "ablation_probe")
-    with quiet_diffusers():
+    with quiet_libraries():
         blend.load_lora(base, lora_file, name)
     try:
         norms = [float(torch.linalg.norm(f.delta())) for f in blend.lora_factors(base, name).values()]
@@ -203,15 +202,14 @@ def evaluate_grid(profile: Profile, settings: AblationSettings, configs: dict[Ke
                   records: dict[str, Any], base, evaluator, measures: Sequence[str] = MEASURES) -> pd.DataFrame:
     """Regenerate ``n_prompts`` training captions with every distinct run (S1's protocol) and score
     them; a run shared by both arms is generated and scored once and reported in both."""
-    from lora_core.experiments.common import generate_eval_images
-    from lora_core.experiments.mixing import quiet_diffusers
+    from lora_core.experiments.common import generate_eval_images, quiet_libraries
 
     evalset = eval_set(settings.style, "train", settings.n_prompts)
     by_hash: dict[str, pd.DataFrame] = {}
     frames = []
     for key, config in configs.items():
         if config.hash() not in by_hash:
-            with quiet_diffusers():
+            with quiet_libraries():
                 images = generate_eval_images(base, list(evalset.prompts), list(evalset.seeds), profile,
                                               adapter=records[config.hash()].exports["diffusers"])
             by_hash[config.hash()] = evaluator.evaluate(images, evalset, settings.style, measures=measures)

@@ -20,18 +20,18 @@ Files and generated images are cached by content, so re-running the chapter cost
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import pandas as pd
 import torch
 
 from lora_core import blend
 from lora_core.config import Config, option
-from lora_core.experiments.common import EvalSet, data_dir, eval_set, style_lora_config, training_seeds
+from lora_core.experiments.common import (EvalSet, data_dir, eval_set, quiet_libraries, style_lora_config,
+                                          training_seeds)
 from lora_core.profiles import Profile, get_profile  # noqa: F401  (get_profile: used by the doctest)
 from lora_core.train import TrainConfig
 
@@ -121,20 +121,6 @@ def mixed_factors(factors_a: Mapping[str, blend.LoraFactors], factors_b: Mapping
     raise ValueError(f"mode: {mode!r} is not one of {', '.join(MODES)}")
 
 
-@contextlib.contextmanager
-def quiet_diffusers() -> Iterator[None]:
-    """Silence diffusers' per-load notice that a UNet-only LoRA has no text-encoder keys (it is
-    printed once per loaded file, i.e. for every mix)."""
-    from diffusers.utils import logging as diffusers_logging
-
-    previous = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        diffusers_logging.set_verbosity(previous)
-
-
 def file_digest(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -183,11 +169,11 @@ def load_factors(base, lora_a: str | Path, lora_b: str | Path) -> tuple[dict, di
     """Both LoRA files' factors (``blend.lora_factors``), read through a temporary load into
     ``base`` (removed afterwards)."""
     names = [blend.unique_adapter_name(base, "mix_input_a")]
-    with quiet_diffusers():
+    with quiet_libraries():
         blend.load_lora(base, lora_a, names[0])
     names.append(blend.unique_adapter_name(base, "mix_input_b"))
     try:
-        with quiet_diffusers():
+        with quiet_libraries():
             blend.load_lora(base, lora_b, names[1])
         return blend.lora_factors(base, names[0]), blend.lora_factors(base, names[1])
     finally:
@@ -244,7 +230,7 @@ def mixing_images(base, files: Mapping[tuple[str, float], Path], evalset: EvalSe
     from lora_core.experiments.common import generate_eval_images
 
     by_file: dict[Path, torch.Tensor] = {}
-    with quiet_diffusers():
+    with quiet_libraries():
         for path in dict.fromkeys(files.values()):
             by_file[path] = generate_eval_images(base, list(evalset.prompts), list(evalset.seeds), profile,
                                                  adapter=path)
