@@ -72,6 +72,30 @@ def test_resume_with_another_config_is_refused(runs, cfg):
         pretrain_vae(cfg.replace(vae_lr=1e-4), runs[0], max_steps=6, **QUIET)
 
 
+def _copy_vae_phase(src, dst):
+    for name in ("vae.pt", "latents.pt", "tokenizer"):
+        (shutil.copytree if (src / name).is_dir() else shutil.copy)(src / name, dst / name)
+
+
+def test_lr_decay_added_on_resume_equals_decay_from_the_start(runs, cfg, tmp_path):
+    """Warmup-stable-decay: a constant-lr checkpoint continued with a decay that starts at its step
+    gives the same weights as a run that had the decay from step 0, and stops where the lr hits 0."""
+    decayed = cfg.replace(unet_decay_start=2, unet_decay_steps=3)
+    c, d = tmp_path / "c", tmp_path / "d"
+    for folder in (c, d):
+        folder.mkdir()
+        _copy_vae_phase(runs[0], folder)
+    pretrain_unet(cfg, c, max_steps=2, **QUIET)
+    pretrain_unet(decayed, c, **QUIET)
+    pretrain_unet(decayed, d, **QUIET)
+    _assert_same_state(_state(c, "unet"), _state(d, "unet"))
+    assert _state(d, "unet")["step"] == 5
+    # each row logs the lr of the step after it: steps 2 and 4 of 0..4 (multipliers 1, 1/3)
+    assert [r["lr"] for r in read_log(d / "unet_loss.jsonl")] == pytest.approx([cfg.unet_lr, cfg.unet_lr / 3])
+    with pytest.raises(ValueError, match="written with another config"):  # decay would rewrite steps 3, 4
+        pretrain_unet(cfg.replace(unet_decay_start=3, unet_decay_steps=2), d, **QUIET)
+
+
 def test_vae_heldout_keeps_skin_tones_with_their_emoji():
     keys = ["1f44d", "1f44d-1f3fb", "1f44d-1f3ff", "1f600", "2764", "1f431"]
     for seed in range(5):

@@ -37,7 +37,7 @@ def assemble_base(cfg: PretrainConfig, out_dir: Path = SCRATCH) -> tuple[BaseMod
                      source="toy:base")
     info = {
         "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "config": json.loads(cfg.to_json()),
+        "config": json.loads(unet_state["config"]),  # what trained the UNet, lr decay included
         "vae_steps": vae_state["step"], "vae_train_minutes": round(vae_state["elapsed"] / 60, 1),
         "unet_steps": unet_state["step"], "unet_train_minutes": round(unet_state["elapsed"] / 60, 1),
         "unet_finished": bool(unet_state.get("done")),

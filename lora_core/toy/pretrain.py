@@ -1,7 +1,8 @@
 """Pretrain the tiny base model on the Noto set: first the VAE, then the UNet with the text encoder.
 
 Both phases are plain loops (AdamW, linear warmup then constant lr, gradient clipping, EMA of
-the weights) that resume exactly: every step draws its batch, noise, timesteps and caption
+the weights; the UNet phase may end with a linear decay of the lr to 0, a warmup-stable-decay
+schedule) that resume exactly: every step draws its batch, noise, timesteps and caption
 dropout from a ``torch.Generator`` seeded by ``(seed, phase, step)``, and a checkpoint holds
 model, EMA, optimizer, lr scheduler and step. So a run interrupted and resumed gives the same
 weights as one that never stopped (``tests/test_toy_pretrain.py`` checks this bit for bit).
@@ -48,6 +49,9 @@ class PretrainConfig(Config):
     unet_batch_size: int = option(64, "UNet images per step")
     unet_lr: float = option(5e-4, "UNet and text-encoder peak learning rate")
     warmup_steps: int = option(300, "linear learning-rate warmup steps, both phases")
+    unet_decay_start: int = option(0, "UNet: step at which the lr starts to fall linearly to 0 "
+                                      "(warmup-stable-decay); 0 = constant lr after warmup")
+    unet_decay_steps: int = option(0, "UNet: steps of that fall; training ends when the lr reaches 0")
     weight_decay: float = option(0.01, "AdamW weight decay")
     grad_clip: float = option(1.0, "gradient norm clip")
     ema_decay: float = option(0.999, "EMA decay (warmed up as (1+step)/(10+step))")
@@ -63,6 +67,14 @@ class PretrainConfig(Config):
             raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
         if not 0 < self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
+        if (self.unet_decay_start > 0) != (self.unet_decay_steps > 0):
+            raise ValueError("unet_decay_start and unet_decay_steps are both set (> 0) or both 0, got "
+                             f"{self.unet_decay_start} and {self.unet_decay_steps}")
+
+    @property
+    def unet_end_step(self) -> int | None:
+        """The step where the decayed lr reaches 0, or None for a constant lr."""
+        return self.unet_decay_start + self.unet_decay_steps if self.unet_decay_steps else None
 
 
 # ---------------------------------------------------------------- data
@@ -101,8 +113,35 @@ def step_generator(seed: int, phase: str, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + {"vae": 1, "unet": 2, "eval": 3}[phase] * 7_919 + step * 2)
 
 
-def warmup_lambda(warmup_steps: int):
-    return lambda step: min(1.0, (step + 1) / max(1, warmup_steps))
+def lr_lambda(warmup_steps: int, decay_start: int = 0, decay_steps: int = 0):
+    """lr multiplier of optimizer step ``step``: linear warmup, constant, optional linear decay to 0.
+
+    >>> f = lr_lambda(2, decay_start=4, decay_steps=4)
+    >>> [f(s) for s in range(9)]
+    [0.5, 1.0, 1.0, 1.0, 1.0, 0.75, 0.5, 0.25, 0.0]
+    """
+    def multiplier(step: int) -> float:
+        decay = 1.0 if not decay_steps or step <= decay_start else max(0.0, 1 - (step - decay_start) / decay_steps)
+        return min(1.0, (step + 1) / max(1, warmup_steps)) * decay
+    return multiplier
+
+
+SCHEDULE_TAIL = ("unet_decay_start", "unet_decay_steps")
+
+
+def same_run(saved_config: str, cfg: PretrainConfig, step: int) -> bool:
+    """Whether a checkpoint at ``step`` written under ``saved_config`` may continue under ``cfg``.
+
+    The configs must be equal, except that the lr decay may be set or moved while it starts at or
+    after ``step`` in both: the steps already taken then had the same lr, so the resumed run equals
+    one that had the new schedule from the start.
+    """
+    saved, new = json.loads(saved_config), json.loads(cfg.to_json())
+    if saved == new:
+        return True
+    rest = lambda c: {k: v for k, v in c.items() if k not in SCHEDULE_TAIL}
+    not_started = lambda c: not c.get("unet_decay_steps") or c.get("unet_decay_start", 0) >= step
+    return rest(saved) == rest(new) and not_started(saved) and not_started(new)
 
 
 @torch.no_grad()
@@ -175,12 +214,13 @@ def _train(phase: str, cfg: PretrainConfig, out_dir: Path, model: torch.nn.Modul
     ckpt_path = out_dir / f"{phase}.pt"
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_lambda(cfg.warmup_steps))
+    decay = (cfg.unet_decay_start, cfg.unet_decay_steps) if phase == "unet" else (0, 0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps, *decay))
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
     step, elapsed = 0, 0.0
     if ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
-        if state["config"] != cfg.to_json():
+        if not same_run(state["config"], cfg, state["step"]):
             raise ValueError(f"{ckpt_path}: written with another config; use a new --out or delete it")
         model.load_state_dict(state["model"])
         ema = state["ema"]
@@ -383,7 +423,7 @@ def prepare_unet_phase(cfg: PretrainConfig, out_dir: Path):
 
 def pretrain_unet(cfg: PretrainConfig, out_dir: Path = SCRATCH, max_steps: int | None = None,
                   until: datetime | None = None, checkpoint_minutes: float = 5.0, log=_log) -> dict:
-    """Phase 2: UNet + text encoder on cached latents, until ``max_steps`` or ``until``."""
+    """Phase 2: UNet + text encoder on cached latents, until ``max_steps``, ``until`` or the lr's decay ends."""
     torch.set_num_threads(cfg.threads)
     tokenizer, input_ids, empty_ids, latents = prepare_unet_phase(cfg, out_dir)
     scheduler = noise_scheduler()
@@ -408,7 +448,8 @@ def pretrain_unet(cfg: PretrainConfig, out_dir: Path = SCRATCH, max_steps: int |
         z, ids = batch(eval_idx, gen)
         return diffusion_loss(_with_weights(model, ema), z, ids, scheduler, gen, 0.0).item()
 
-    stopper = Stopper(max_steps, until)
+    ends = [s for s in (max_steps, cfg.unet_end_step) if s is not None]
+    stopper = Stopper(min(ends) if ends else None, until)
     return _train("unet", cfg, out_dir, model, loss_fn, eval_fn, cfg.unet_lr, stopper, checkpoint_minutes, log)
 
 
@@ -462,8 +503,8 @@ def run_command(args) -> int:
         del state
     if args.command in ("pretrain-unet", "pretrain-all"):
         until = (datetime.fromisoformat(args.until).replace(tzinfo=timezone.utc) if args.until else None)
-        if until is None and args.steps is None:
-            raise SystemExit("pretrain-unet needs --steps or --until")
+        if until is None and args.steps is None and cfg.unet_end_step is None:
+            raise SystemExit("pretrain-unet needs --steps, --until or a config with unet_decay_steps")
         pretrain_unet(cfg, out, args.steps, until, args.checkpoint_minutes)
     return 0
 
