@@ -151,6 +151,7 @@ check3.round(4)
 verdicts = benchmark.style_verdicts(check3)
 glue("style_verdicts", "; ".join(f"{r.style}: {r.verdict} ({r.checks_passed} checks)" for r in verdicts.itertuples()),
      display=False)
+glue("check3_verdicts", verdicts, display=False)  # pasted on the setup page
 verdicts
 
 # %% [markdown]
