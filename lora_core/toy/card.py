@@ -38,6 +38,14 @@ def plot_losses(out_dir: Path, path: Path, last_steps: dict[str, int]) -> None:
     plt.close(fig)
 
 
+def _decay_text(cfg: dict) -> str:
+    """The lr schedule after warmup, in words (configs older than the decay option have none)."""
+    if not cfg.get("unet_decay_steps"):
+        return ", then constant"
+    start = cfg["unet_decay_start"]
+    return f", constant to step {start:,}, then linear to 0 at step {start + cfg['unet_decay_steps']:,}"
+
+
 def _last(rows: list[dict], key: str):
     values = [r[key] for r in rows if key in r]
     return values[-1] if values else float("nan")
@@ -121,7 +129,7 @@ unseen subjects).
    held-out MSE (EMA) {_last(vae_rows, 'eval_loss_ema'):.4f}.
 2. **UNet + text encoder** from scratch on cached VAE posteriors (mean and std; a fresh latent sample
    each step): {info['unet_steps']} steps of batch {cfg['unet_batch_size']} ({info['unet_train_minutes']} min),
-   AdamW lr {cfg['unet_lr']} (warmup {cfg['warmup_steps']}), weight decay {cfg['weight_decay']}, gradient clip
+   AdamW lr {cfg['unet_lr']} (warmup {cfg['warmup_steps']}{_decay_text(cfg)}), weight decay {cfg['weight_decay']}, gradient clip
    {cfg['grad_clip']}, {round(cfg['caption_dropout'] * 100)} % empty captions (classifier-free guidance),
    min-SNR-{cfg['snr_gamma']} weighting, EMA {cfg['ema_decay']} (the shipped weights). Final training loss
    {_last(unet_rows, 'loss'):.4f}; fixed-noise EMA loss {_last(unet_rows, 'eval_loss_ema'):.4f}.
