@@ -84,5 +84,8 @@ def test_smoke_book_builds_with_every_chapter_and_figure(tmp_path):
     setup = (html_dir / "book" / "notebooks" / "00_setup.html").read_text()
     assert re.search(r"This build used the <strong>.*smoke.*</strong> profile", setup)
     assert "0.42.1" in setup  # the diffusers version row of the environment table
+    intro = re.sub(r"<[^>]+>", "", (html_dir / "book" / "intro.html").read_text())
+    assert re.search(r"whose profile was\s+smoke", intro)  # pasted from the chapters of this build
+    assert re.search(r"DreamBooth trains\s+\d+x the parameters", intro)
     # check 3 is pasted from chapter 1's executed page: its verdict table and counts
     assert "checks_passed" in setup and re.search(r"In all, <span[^>]*>\d+ of \d+</span> directional", setup)
