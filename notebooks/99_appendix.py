@@ -66,9 +66,11 @@ appendix.version_table(run_table)
 # %% [markdown]
 # ## Notebook wall times
 #
-# Measured by the book runner (`python -m lora_core.book`), last execution of each notebook.
-# A chapter that reused all its runs from the cache takes seconds; the first execution pays the
-# training. This appendix's own time is recorded after it finishes, so it shows the previous one.
+# Measured by the book runner (`python -m lora_core.book`): each notebook's last execution
+# (`wall_seconds`) and the longest recorded with the same profile and parameters
+# (`longest_wall_seconds`). A chapter that reused all its runs from the cache takes seconds; the
+# execution that trained them is the longest. This appendix's own time is recorded after it
+# finishes, so it shows the previous one.
 
 # %%
 timings = appendix.notebook_timings(Path(executed_dir) / "_timings.json")

@@ -101,4 +101,18 @@ def test_timings_figure_draws_a_bar_per_notebook_or_says_none(tmp_path):
     (tmp_path / "t.json").write_text(json.dumps({n: {"wall_seconds": s, "profile": p, "parameters": {}}
                                                  for n, s, p in [("a", 1.0, "tiny"), ("b", 3.0, "smoke")]}))
     axes = appendix.timings_figure(appendix.notebook_timings(tmp_path / "t.json"), "tiny").axes[0]
-    assert [round(bar.get_width(), 1) for bar in axes.patches] == [1.0, 3.0]
+    assert [round(bar.get_width(), 1) for bar in axes.patches] == [1.0, 3.0] * 2  # longest (= last here), last
+
+
+def test_timings_keep_the_longest_execution_until_profile_or_parameters_change(tmp_path):
+    from lora_core.book import NotebookRun, record_timings
+
+    path = tmp_path / "_timings.json"
+    def record(seconds, profile="tiny", **parameters):
+        record_timings([NotebookRun("01", tmp_path, seconds, {"profile": profile, **parameters})], profile, path)
+        row = appendix.notebook_timings(path).iloc[0]
+        return row.wall_seconds, row.longest_wall_seconds
+    assert record(690.0) == (690.0, 690.0)  # trains
+    assert record(12.0) == (12.0, 690.0)  # reuses the runs
+    assert record(15.0, n_seeds=1) == (15.0, 15.0)  # other parameters: another build
+    assert record(9.0, "smoke", n_seeds=1) == (9.0, 9.0)  # other profile
