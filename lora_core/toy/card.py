@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from lora_core.io import atomic_path, atomic_write_text
-from lora_core.toy.pretrain import read_log
+from lora_core.toy.pretrain import lr_lambda, read_log
 
 LOSS_FIGURE = "loss_curves.png"
 
@@ -46,18 +46,28 @@ def _decay_text(cfg: dict) -> str:
     return f", constant to step {start:,}, then linear to 0 at step {start + cfg['unet_decay_steps']:,}"
 
 
+def _stopped_text(cfg: dict, step: int) -> str:
+    """Where an export taken before the end of training stood in its schedule."""
+    if not cfg.get("unet_decay_steps"):
+        return "intermediate (training was still running)"
+    lr = lr_lambda(cfg["warmup_steps"], cfg["unet_decay_start"], cfg["unet_decay_steps"])(step)
+    return (f"stopped at step {step:,} during the lr decay, at {lr:.0%} of the peak lr (the schedule ends at "
+            f"step {cfg['unet_decay_start'] + cfg['unet_decay_steps']:,}); the checkpoint resumes exactly")
+
+
 def _last(rows: list[dict], key: str):
     values = [r[key] for r in rows if key in r]
     return values[-1] if values else float("nan")
 
 
 # Judged by eye from the check's sample grid and the book's setup page; revise with each export.
-DRAWS = """Judged on the grid above and the book's setup page at UNet step 5,479. It draws what is
-large and simple at 32 px: faces and their expressions, people standing, flags (colours and
-layout, not emblems), round or square symbols, and each subject's dominant colours. It does not
-draw fine structure: tools, instruments, vehicles and food come out as blobs of the right colour
-and rough size, text and ideographs as smudges. Style adapters therefore act on colour, outline
-and texture more visibly than on shape."""
+DRAWS = """Judged on the grid above and the book's setup page at UNet step 6,968. It draws what is
+large and simple at 32 px: faces and their expressions, people and their clothes, flags (colours
+and layout, not emblems), round or square symbols, and simple objects with one clear silhouette
+(a book, a bus, a joystick), in each subject's own colours. Fine structure comes out blurred or
+wrong: thin tools (a clamp, a pen), weather symbols and small parts become rough shapes of the
+right colour, text and ideographs smudges. Style adapters therefore act on colour, outline and
+texture more visibly than on shape."""
 
 
 def write_model_card(model_dir: Path, out_dir: Path) -> Path:
@@ -94,7 +104,7 @@ def write_model_card(model_dir: Path, out_dir: Path) -> Path:
             f"{checks['unet_steps']}).")
     else:
         check_text = "Not measured for this export yet: run `python -m lora_core.toy check`."
-    status = "finished" if info["unet_finished"] else "intermediate (training was still running)"
+    status = "finished" if info["unet_finished"] else _stopped_text(cfg, info["unet_steps"])
     text = f"""# tiny-sd: a tiny Stable-Diffusion-architecture model pretrained on Noto emoji
 
 The base model of the `tiny` profile of lora-style-lab. Same classes as Stable Diffusion v1.5
