@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from lora_core.io import atomic_path, atomic_write_text
-from lora_core.toy.pretrain import lr_lambda, read_log
+from lora_core.toy.pretrain import PretrainConfig, lr_lambda, read_log
 
 LOSS_FIGURE = "loss_curves.png"
 
@@ -38,21 +38,20 @@ def plot_losses(out_dir: Path, path: Path, last_steps: dict[str, int]) -> None:
     plt.close(fig)
 
 
-def _decay_text(cfg: dict) -> str:
-    """The lr schedule after warmup, in words (configs older than the decay option have none)."""
-    if not cfg.get("unet_decay_steps"):
+def _decay_text(cfg: PretrainConfig) -> str:
+    """The UNet's lr schedule after warmup, in words."""
+    if cfg.unet_end_step is None:
         return ", then constant"
-    start = cfg["unet_decay_start"]
-    return f", constant to step {start:,}, then linear to 0 at step {start + cfg['unet_decay_steps']:,}"
+    return f", constant to step {cfg.unet_decay_start:,}, then linear to 0 at step {cfg.unet_end_step:,}"
 
 
-def _stopped_text(cfg: dict, step: int) -> str:
+def _stopped_text(cfg: PretrainConfig, step: int) -> str:
     """Where an export taken before the end of training stood in its schedule."""
-    if not cfg.get("unet_decay_steps"):
+    if cfg.unet_end_step is None:
         return "intermediate (training was still running)"
-    lr = lr_lambda(cfg["warmup_steps"], cfg["unet_decay_start"], cfg["unet_decay_steps"])(step)
+    lr = lr_lambda(cfg.warmup_steps, cfg.unet_decay_start, cfg.unet_decay_steps)(step)
     return (f"stopped at step {step:,} during the lr decay, at {lr:.0%} of the peak lr (the schedule ends at "
-            f"step {cfg['unet_decay_start'] + cfg['unet_decay_steps']:,}); the checkpoint resumes exactly")
+            f"step {cfg.unet_end_step:,}); the checkpoint resumes exactly")
 
 
 def _last(rows: list[dict], key: str):
@@ -104,7 +103,8 @@ def write_model_card(model_dir: Path, out_dir: Path) -> Path:
             f"{checks['unet_steps']}).")
     else:
         check_text = "Not measured for this export yet: run `python -m lora_core.toy check`."
-    status = "finished" if info["unet_finished"] else _stopped_text(cfg, info["unet_steps"])
+    config = PretrainConfig.from_dict(cfg)  # older exports lack newer keys: their defaults apply
+    status = "finished" if info["unet_finished"] else _stopped_text(config, info["unet_steps"])
     text = f"""# tiny-sd: a tiny Stable-Diffusion-architecture model pretrained on Noto emoji
 
 The base model of the `tiny` profile of lora-style-lab. Same classes as Stable Diffusion v1.5
@@ -139,7 +139,7 @@ unseen subjects).
    held-out MSE (EMA) {_last(vae_rows, 'eval_loss_ema'):.4f}.
 2. **UNet + text encoder** from scratch on cached VAE posteriors (mean and std; a fresh latent sample
    each step): {info['unet_steps']} steps of batch {cfg['unet_batch_size']} ({info['unet_train_minutes']} min),
-   AdamW lr {cfg['unet_lr']} (warmup {cfg['warmup_steps']}{_decay_text(cfg)}), weight decay {cfg['weight_decay']}, gradient clip
+   AdamW lr {cfg['unet_lr']} (warmup {cfg['warmup_steps']}{_decay_text(config)}), weight decay {cfg['weight_decay']}, gradient clip
    {cfg['grad_clip']}, {round(cfg['caption_dropout'] * 100)} % empty captions (classifier-free guidance),
    min-SNR-{cfg['snr_gamma']} weighting, EMA {cfg['ema_decay']} (the shipped weights). Final training loss
    {_last(unet_rows, 'loss'):.4f}; fixed-noise EMA loss {_last(unet_rows, 'eval_loss_ema'):.4f}.
