@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: book test setup data clean-book
+.PHONY: book test setup data browser clean-book
 
 setup: $(VENV)/.installed node_modules/.installed
 
@@ -29,7 +29,17 @@ data: setup
 book: setup data
 	$(PY) -m lora_core.book --profile $(PROFILE)
 
-test: setup data
+# Headless Chromium for the browser tests (Debian packages; selenium never downloads a driver).
+# Installed where the machine allows (root with apt-get); elsewhere those tests skip and say why.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; } || \
+	  echo "make: could not install chromium; the browser tests will be skipped"; \
+	else echo "make: chromium is not installed and apt-get needs root; the browser tests will be skipped"; fi
+
+test: setup data browser
 	$(PY) -m pytest -q
 
 clean-book:
