@@ -289,7 +289,8 @@ def paired_pixel_mse(generated_images: Any, training_images: Any) -> np.ndarray:
     >>> paired_pixel_mse(torch.cat([white, black]), torch.cat([white, white])).tolist()
     [0.0, 1.0]
     """
-    generated, training = _pixel_rows(generated_images, "generated_images"), _pixel_rows(training_images, "training_images")
+    generated = _pixel_rows(generated_images, "generated_images")
+    training = _pixel_rows(training_images, "training_images")
     if generated.shape != training.shape:
         raise ValueError(f"paired_pixel_mse: generated_images {generated.shape} and training_images "
                          f"{training.shape} must pair one to one at one size (images x pixels)")

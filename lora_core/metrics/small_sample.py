@@ -13,9 +13,9 @@ draw. They reuse the exact Gram-matrix FD and the unbiased MMD² of
 - :func:`fit_inverse_size`, :func:`fd_infinity`: Chong & Forsyth (2020, "Effectively Unbiased
   FID and Inception Score and where to find them", CVPR): FD(m) = FD_inf + k/m is linear in
   1/m, so a least-squares line over several m read at 1/m = 0 removes the bias from the
-  *generated* side. Its real statistics stay fixed (they used 50,000 real images);
-  :func:`same_distribution_fd_infinity` shows that with 28 real images the extrapolated value
-  between two samples of one distribution stays far from 0.
+  *generated* side. The real statistics stay fixed (theirs were precomputed on the whole
+  dataset); :func:`same_distribution_fd_infinity` shows that with 28 real images the
+  extrapolated value between two samples of one distribution stays far from 0.
 - The number to report at small n is KID, whose MMD² estimate is unbiased at every n:
   :func:`lora_core.metrics.distributions.kid_result` gives it with a bootstrap interval.
 
@@ -193,8 +193,9 @@ def size_bands(table: pd.DataFrame, confidence: float = CONFIDENCE) -> pd.DataFr
 
     >>> table = pd.DataFrame({"n_real": [28] * 4, "n_generated": [100] * 4, "draw": range(4),
     ...                       "fd": [1.0, 2.0, 3.0, 4.0], "kid": [0.0, 0.1, -0.1, 0.0]})
-    >>> size_bands(table, confidence=0.5).round(3).to_dict("records")[0]
-    {'n_real': 28, 'n_generated': 100, 'draws': 4, 'fd_mean': 2.5, 'fd_low': 1.75, 'fd_high': 3.25, 'kid_mean': 0.0, 'kid_low': -0.025, 'kid_high': 0.025}
+    >>> bands = size_bands(table, confidence=0.5).round(3)
+    >>> bands[["draws", "fd_mean", "fd_low", "fd_high", "kid_low", "kid_high"]].values.tolist()
+    [[4.0, 2.5, 1.75, 3.25, -0.025, 0.025]]
     """
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
@@ -252,7 +253,8 @@ def fit_inverse_size(sizes: Sequence[int], values: Sequence[float], confidence: 
     if m.ndim != 1 or m.shape != v.shape:
         raise ValueError(f"fit_inverse_size: sizes and values must be 1-d of one length, got {m.shape} and {v.shape}")
     if len(m) < 3 or len(np.unique(m)) < 2 or np.any(m <= 0):
-        raise ValueError(f"fit_inverse_size: needs >= 3 points over >= 2 distinct positive sizes, got sizes {m.tolist()}")
+        raise ValueError("fit_inverse_size: needs >= 3 points over >= 2 distinct positive sizes, "
+                         f"got sizes {m.tolist()}")
     t = 1.0 / m
     t_dev = t - t.mean()
     slope = float(t_dev @ (v - v.mean()) / (t_dev @ t_dev))
@@ -270,9 +272,10 @@ def fd_infinity(real: Any, generated: Any, generated_sizes: Sequence[int], n_dra
     """Chong & Forsyth's FD_inf: FD of all ``real`` images against ``n_draws`` draws of m
     generated images for each m in ``generated_sizes``, fitted by :func:`fit_inverse_size`.
 
-    Their experiments fit FID at N from 5,000 to 50,000 generated images; the point is that
-    the m-dependence is linear in 1/m. Only the generated side is extrapolated: the real
-    mean and covariance are those of the n real images given, bias included.
+    The authors' code (mchong6/FID_IS_infinity, ``calculate_FID_infinity``) evaluates FID at 15
+    sizes evenly spaced from 5,000 to 50,000 and reads the regression at 1/N = 0; here the
+    sizes are the caller's. Only the generated side is extrapolated: the real mean and
+    covariance are those of the n real images given, bias included.
 
     >>> rng = np.random.default_rng(0)
     >>> fit = fd_infinity(rng.normal(size=(2000, 4)), rng.normal(1.0, 1.0, size=(2000, 4)), [50, 100, 200, 400])
