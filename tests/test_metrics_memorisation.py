@@ -16,7 +16,8 @@ from scipy.cluster import vq
 from lora_core.metrics.memorisation import (calibrate_similarity_threshold, copy_share, data_copying_test,
                                             feature_copy_share, mann_whitney_u, nearest_distances,
                                             nearest_pixel_mse, nearest_training, paired_pixel_mse,
-                                            pixel_copy_share, wilson_interval, z_u)
+                                            pixel_copy_share, z_u)
+from lora_core.metrics.proportions import wilson_interval
 
 Z95 = scipy.stats.norm.ppf(0.975)
 
@@ -58,7 +59,7 @@ def test_wilson_interval_by_hand_in_closed_form_and_against_scipy():
     for k, trials, confidence in [(1, 7, 0.95), (17, 120, 0.9), (299, 300, 0.99), (5, 5, 0.8)]:
         reference = scipy.stats.binomtest(k, trials).proportion_ci(confidence_level=confidence, method="wilson")
         assert wilson_interval(k, trials, confidence) == pytest.approx((reference.low, reference.high), rel=1e-10)
-    with pytest.raises(ValueError, match=r"0 <= successes <= trials and trials >= 1, got 11/10"):
+    with pytest.raises(ValueError, match=r"need 0 <= successes <= n and n >= 1, got successes=11, n=10"):
         wilson_interval(11, 10)
     with pytest.raises(ValueError, match="confidence must be in"):
         wilson_interval(1, 10, confidence=1.0)

@@ -9,11 +9,11 @@ import pytest
 import torch
 from scipy import stats as scipy_stats
 
+from lora_core.metrics.proportions import (binomial_p_value, exact_power, participants_needed, power_table,
+                                           wilson_interval)
 from lora_core.metrics.stats import bootstrap_ci
 from lora_core.user_study.__main__ import main
 from lora_core.user_study.analysis import cluster_interval, question_table
-from lora_core.user_study.binomial import (binomial_p_value, exact_power, participants_needed, power_table,
-                                           wilson_interval)
 from lora_core.user_study.s4 import S4_PARTICIPANTS, s4_reported_analysis, simulated_panel_analysis
 
 

@@ -45,6 +45,7 @@ from scipy.cluster import vq
 
 from lora_core.metrics.distributions import _as_features
 from lora_core.metrics.preprocess import as_uint8_images
+from lora_core.metrics.proportions import wilson_interval
 from lora_core.metrics.stats import CONFIDENCE, MetricResult, default_generator
 
 FEATURE_QUANTILE = 0.99   # generations more similar to training than 99% of held-out images are
@@ -53,27 +54,6 @@ MIN_GENERATED_PER_CELL = 20   # Meehan et al.'s code keeps cells with more than 
 
 
 # ---------------------------------------------------------------- shares and their intervals
-
-def wilson_interval(successes: int, trials: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
-    r"""Wilson score interval of a binomial proportion :math:`\hat p = k/n`:
-
-    :math:`\frac{\hat p + z^2/2n \pm z\sqrt{\hat p(1-\hat p)/n + z^2/4n^2}}{1 + z^2/n}`, z the
-    normal quantile at 1/2 + confidence/2. Unlike the Wald interval it stays inside [0, 1]
-    and is not empty at k = 0 or k = n.
-
-    >>> [round(v, 4) for v in wilson_interval(3, 10)]
-    [0.1078, 0.6032]
-    """
-    if trials < 1 or not 0 <= successes <= trials:
-        raise ValueError(f"wilson_interval: needs 0 <= successes <= trials and trials >= 1, got {successes}/{trials}")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    z = float(scipy_stats.norm.ppf(0.5 + confidence / 2))
-    p = successes / trials
-    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
-    half = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
-    return float(max(centre - half, 0.0)), float(min(centre + half, 1.0))
-
 
 @dataclasses.dataclass(frozen=True)
 class CopyShare:

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             print(result.summary())
             print(result.table.to_string(index=False))
         else:
-            from lora_core.user_study.binomial import power_table
+            from lora_core.metrics.proportions import power_table
             print(power_table(chance=args.chance).to_string(index=False))
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)

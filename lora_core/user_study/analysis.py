@@ -33,9 +33,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lora_core.metrics.stats import bootstrap_replicates, percentile_interval
+from lora_core.metrics.proportions import binomial_p_value, wilson_interval
+from lora_core.metrics.stats import CONFIDENCE, bootstrap_replicates, percentile_interval
 from lora_core.user_study.answers import Participant, failed_attention_checks, read_answer_folder, unblinded_answers
-from lora_core.user_study.binomial import CONFIDENCE, binomial_p_value, wilson_interval
 from lora_core.user_study.design import QUESTIONS, RECOGNISED_OUTCOMES
 from lora_core.user_study.kit import load_manifest
 

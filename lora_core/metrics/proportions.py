@@ -1,6 +1,5 @@
-"""Proportions: the Wilson interval, the exact two-sided binomial test and its power.
-
-Written here because ``lora_core.metrics.stats`` has bootstraps but no binomial statistics.
+"""Proportions: the Wilson interval, the exact two-sided binomial test and its power (used by
+the user-study analysis and the memorisation shares).
 
 >>> [round(x, 4) for x in wilson_interval(45, 50)]
 [0.7864, 0.9565]
@@ -20,7 +19,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
-CONFIDENCE = 0.95
+from lora_core.metrics.stats import CONFIDENCE
+
 RELATIVE_TOLERANCE = 1 + 1e-7  # outcomes this close in probability count as equally likely (as scipy)
 
 
@@ -32,9 +32,18 @@ def _check(successes: int, n: int, chance: float | None = None) -> None:
 
 
 def wilson_interval(successes: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """Wilson score interval for ``successes`` out of ``n`` (good coverage at small n and near 0 or 1,
-    unlike the Wald interval p +- z sqrt(p(1-p)/n))."""
+    r"""Wilson score interval of a binomial proportion :math:`\hat p = k/n`:
+
+    :math:`\frac{\hat p + z^2/2n \pm z\sqrt{\hat p(1-\hat p)/n + z^2/4n^2}}{1 + z^2/n}`, z the
+    normal quantile at 1/2 + confidence/2. Unlike the Wald interval it stays inside [0, 1]
+    and is not empty at k = 0 or k = n.
+
+    >>> [round(v, 4) for v in wilson_interval(3, 10)]
+    [0.1078, 0.6032]
+    """
     _check(successes, n)
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     z = NormalDist().inv_cdf(0.5 + confidence / 2)
     rate = successes / n
     centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
