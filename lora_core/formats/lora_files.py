@@ -1,9 +1,12 @@
 """LoRA files: save peft LoRAs for diffusers and for kohya/A1111, read any of them back, and
 say in the file what it is.
 
-Both files reload exactly in ``StableDiffusionPipeline.load_lora_weights``, also when
-alpha != rank: the diffusers file carries peft's ``LoraConfig`` in its ``lora_adapter_metadata``
-(without it diffusers silently assumes alpha = rank), the kohya file an ``.alpha`` per module.
+Both files reload exactly with ``blend.load_lora``, also when alpha != rank and when modules
+differ in rank or alpha: the diffusers file carries peft's ``LoraConfig`` in its
+``lora_adapter_metadata`` (without it diffusers silently assumes alpha = rank), the kohya file an
+``.alpha`` per module. diffusers' own ``load_lora_weights`` reloads the diffusers file exactly, and
+the kohya file only when all its alphas are equal (it gives every module the most common one; see
+``formats.lora_scales``).
 
 >>> metadata = provenance_metadata(method="lora", rank=8, alpha=4, seed=0, base_model="toy:base")
 >>> metadata["lsl_scale"], metadata["ss_network_dim"], metadata["ss_network_alpha"]
