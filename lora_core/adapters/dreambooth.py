@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from lora_core.adapters import Adapter, freeze, load_trainable_state, register, trainable_state
 from lora_core.config import Config, option
+from lora_core.formats.safetensors_file import save_safetensors
 from lora_core.io import atomic_path, atomic_write_json
 
 if TYPE_CHECKING:
@@ -101,9 +102,7 @@ def add_safetensors_metadata(folder: Path, metadata: dict[str, str]) -> None:
     for path in sorted(Path(folder).rglob("*.safetensors")):
         with safe_open(str(path), framework="pt") as handle:
             existing = handle.metadata() or {}
-        tensors = load_file(str(path))
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata={**{k: str(v) for k, v in metadata.items()}, **existing})
+        save_safetensors(path, load_file(str(path)), {**{k: str(v) for k, v in metadata.items()}, **existing})
 
 
 def class_images_settings(base: "BaseModel", class_prompt: str, seed: int, steps: int,

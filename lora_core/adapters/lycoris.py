@@ -45,11 +45,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from lycoris import LycorisNetwork
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from lora_core.adapters import Adapter, freeze, register
 from lora_core.config import Config, option
-from lora_core.io import atomic_path
+from lora_core.formats.safetensors_file import save_safetensors
 
 if TYPE_CHECKING:
     from lora_core.models import BaseModel
@@ -226,8 +225,7 @@ class LycorisAdapter(Adapter):
                "ss_network_alpha": str(o.alpha), "ss_network_args": json.dumps(network_args),
                OPTIONS_METADATA_KEY: json.dumps(o.to_dict(), sort_keys=True)}
         tensors = {key: value.contiguous() for key, value in self.state_dict(base).items()}
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata={**{k: str(v) for k, v in metadata.items()}, **own})
+        save_safetensors(path, tensors, {**{k: str(v) for k, v in metadata.items()}, **own})
         return {"kohya": path}
 
 

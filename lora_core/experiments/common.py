@@ -275,21 +275,19 @@ def quiet_libraries() -> Iterator[None]:
             diffusers_logging.enable_progress_bar()
 
 
-def _file_sha(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def generate_eval_images(base, prompts, seeds, profile: Profile, adapter: str | Path | None = None,
                          batch_size: int | None = None, cache_dir: str | Path | None = None) -> torch.Tensor:
     """uint8 (N, 3, R, R) images of ``prompts`` with their own ``seeds`` (DDIM, the profile's steps
     and guidance), with a LoRA file (``adapter``) or without (the base).
 
     Results are cached in ``data/cache/generated`` under a key made of the base weights, the
-    adapter file's bytes, the prompts, seeds and sampler settings, so re-running a notebook for
-    a new plot regenerates nothing.
+    adapter file's content (tensors and metadata, not the header's byte order:
+    ``formats.content_digest``), the prompts, seeds and sampler settings, so re-running a notebook
+    for a new plot, or after retraining the same config, regenerates nothing.
     """
     from safetensors.torch import load_file, save_file
 
+    from lora_core.formats import content_digest
     from lora_core.generate import Cell, generate_cells
     from lora_core.io import atomic_path
     from lora_core.metrics.preprocess import as_uint8_images
@@ -300,7 +298,7 @@ def generate_eval_images(base, prompts, seeds, profile: Profile, adapter: str | 
     cells = [Cell(prompt=p, seed=int(s), steps=profile.inference_steps, guidance_scale=profile.guidance_scale,
                   adapters=adapters, adapter=Path(str(adapter)).stem if adapter else "none")
              for p, s in zip(prompts, seeds)]
-    key_source = json.dumps({"base": base_fingerprint(base), "adapter": _file_sha(adapter) if adapter else None,
+    key_source = json.dumps({"base": base_fingerprint(base), "adapter": content_digest(adapter) if adapter else None,
                              "cells": [c.replace(adapters=(), adapter="").to_dict() for c in cells],
                              "resolution": base.resolution}, sort_keys=True)
     folder = Path(cache_dir) if cache_dir is not None else generation_cache_dir()

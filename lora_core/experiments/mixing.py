@@ -121,10 +121,6 @@ def mixed_factors(factors_a: Mapping[str, blend.LoraFactors], factors_b: Mapping
     raise ValueError(f"mode: {mode!r} is not one of {', '.join(MODES)}")
 
 
-def file_digest(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def save_factors(base, factors: Mapping[str, blend.LoraFactors], path: str | Path, metadata: dict[str, str]) -> Path:
     """Write ``factors`` as a diffusers-layout LoRA file (reloads exactly, alpha = scale x rank);
     ``base`` is left as it was."""
@@ -144,10 +140,13 @@ def mix_files(base, lora_a: str | Path, lora_b: str | Path, weights: Sequence[fl
     """``{(mode, a): LoRA file}`` for every mode and weight; a in {0, 1} maps to the input files.
 
     Interior mixes are written once to ``cache_dir`` (default ``data/cache/mixing``) under a name
-    made of both input files' sha256, the mode and ``a``.
+    made of both input files' content digests (``formats.content_digest``: tensors and metadata,
+    whatever their header order), the mode and ``a``.
     """
+    from lora_core.formats import content_digest
+
     folder = Path(cache_dir) if cache_dir is not None else data_dir() / "cache" / "mixing"
-    digests = f"{file_digest(lora_a)}:{file_digest(lora_b)}"
+    digests = f"{content_digest(lora_a)}:{content_digest(lora_b)}"
     loaded = None
     files = {}
     for mode in MODES:

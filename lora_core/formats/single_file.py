@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from lora_core.io import atomic_path
+from lora_core.formats.safetensors_file import save_safetensors
 
 LDM_UNET_PREFIX = "model.diffusion_model."
 LDM_VAE_PREFIX = "first_stage_model."
@@ -176,14 +176,10 @@ def save_single_file(base, path: str | Path, metadata: dict[str, str] | None = N
 
     Load it back with ``load_base(path, config=<diffusers folder of the same architecture>)``.
     """
-    from safetensors.torch import save_file
-
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"{path}: a single-file checkpoint must be written as .safetensors")
-    with atomic_path(path) as tmp:
-        save_file(base_to_ldm(base), str(tmp), metadata={"format": "pt", **(metadata or {})})
-    return path
+    return save_safetensors(path, base_to_ldm(base), {"format": "pt", **(metadata or {})})
 
 
 class SingleFileKeyError(ValueError):
