@@ -288,10 +288,10 @@ def generate_eval_images(base, prompts, seeds, profile: Profile, adapter: str | 
     adapter file's bytes, the prompts, seeds and sampler settings, so re-running a notebook for
     a new plot regenerates nothing.
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     from lora_core.generate import Cell, generate_cells
-    from lora_core.io import atomic_path
+    from lora_core.io import atomic_path, read_safetensors
     from lora_core.metrics.preprocess import as_uint8_images
 
     if len(prompts) != len(seeds):
@@ -306,7 +306,7 @@ def generate_eval_images(base, prompts, seeds, profile: Profile, adapter: str | 
     folder = Path(cache_dir) if cache_dir is not None else generation_cache_dir()
     path = folder / f"{hashlib.sha256(key_source.encode()).hexdigest()[:32]}.safetensors"
     if path.is_file():
-        return load_file(path)["images"]
+        return read_safetensors(path)[0]["images"]
     with quiet_libraries():
         grid = generate_cells(base, cells, batch_size=batch_size or profile.generation_batch_size)
     images = as_uint8_images(grid.images, "generated")
