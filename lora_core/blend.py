@@ -220,9 +220,11 @@ def load_embedding(base, path: str | Path, token: str) -> None:
     It combines freely with LoRAs: the token lives in the tokenizer and text encoder, the LoRA in
     the attention layers.
     """
+    from lora_core.io import check_safetensors
+
     if Path(path).suffix != ".safetensors":
         raise ValueError(f"{path}: embeddings are read from .safetensors only (pickles can run code)")
-    base.pipeline().load_textual_inversion(str(path), token=token)
+    base.pipeline().load_textual_inversion(str(check_safetensors(path)), token=token)
 
 
 # ---- weight-space interpolation and merging ----------------------------------------------------

@@ -19,7 +19,6 @@ Command line (``make book`` runs the first)::
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -241,21 +240,59 @@ def run_book(profile: str, overrides: dict[str, Any], only: list[str] | None = N
     return runs
 
 
+def command_line_help() -> str:
+    """The profiles and every notebook's parameters with default and comment, read from the
+    ``parameters`` cells themselves (nothing executes), for ``--help``."""
+    from lora_core.config import help_entry
+
+    lines = ["profiles (--profile):"]
+    lines += [help_entry(f"  {name}", profile.description) for name, profile in PROFILES.items()]
+    lines.append("\nnotebook parameters (-p NAME VALUE; each notebook receives the ones it declares):")
+    for name in toc_notebooks():
+        lines.append(f"  {name}:")
+        lines += [help_entry(f"    {key}={value}", comment)
+                  for key, value, comment in parameters_cell(NOTEBOOK_DIR / f"{name}.py") if key != "profile"]
+    return "\n".join(lines)
+
+
+def parameters_cell(source: Path) -> list[tuple[str, str, str]]:
+    """(name, default as ``-p`` writes it, comment after it) of each assignment in the notebook's
+    ``parameters`` cell."""
+    import ast
+
+    import jupytext
+
+    from lora_core.config import value_text
+
+    cells = [c.source for c in jupytext.read(source).cells if "parameters" in c.metadata.get("tags", [])]
+    code = cells[0] if cells else ""
+    lines, entries = code.splitlines(), []
+    for node in ast.parse(code).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                value = value_text(ast.literal_eval(node.value))
+            except ValueError:   # an expression, not a literal: show it as written
+                value = ast.get_source_segment(code, node.value)
+            comment = lines[node.end_lineno - 1][node.end_col_offset:].strip().removeprefix("#").strip()
+            entries.append((node.targets[0].id, value, comment))
+    return entries
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lora_core.book", description=__doc__.split("\n\n")[0])
+    from lora_core.cli import command_parser, run_command
+
+    parser = command_parser("python -m lora_core.book", __doc__.split("\n\n")[0], command_line_help)
     parser.add_argument("--profile", default="tiny", choices=list(PROFILES))
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="override a notebook parameter (refused if a notebook does not define it)")
     parser.add_argument("--only", nargs="+", help="execute only these notebooks (names without .py)")
     parser.add_argument("--no-build", action="store_true", help="execute notebooks, skip the HTML build")
-    args = parser.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
+
+    def command(args) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         run_book(args.profile, parse_overrides(args.parameter), args.only, build=not args.no_build)
-    except NotebookError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
+
+    return run_command(command, parser, argv, failures=(NotebookError,))
 
 
 if __name__ == "__main__":

@@ -47,10 +47,10 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from lora_core.config import Config, option
-from lora_core.images import prepare_image, to_tensor
+from lora_core.images import ImageFileError, prepare_image, read_image, to_tensor
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")   # kohya's list, case-insensitive
 METADATA_FILE = "metadata.jsonl"
@@ -292,14 +292,10 @@ def _read_caption(item: _Item) -> tuple[str, int]:
 
 def _open_image(path: Path, resolution: int) -> Image.Image:
     """The decoded image, upright; raises DatasetError for anything this loader refuses."""
-    if path.stat().st_size == 0:
-        raise DatasetError(path, "zero-byte file")
     try:
-        with Image.open(path) as opened:
-            opened.load()   # decode now, so a truncated file fails here and not mid-training
-            image = ImageOps.exif_transpose(opened)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise DatasetError(path, f"corrupt or truncated image ({error})") from None
+        image = read_image(path, upright=True)   # decoded now, so a bad file fails here, not mid-training
+    except ImageFileError as error:
+        raise DatasetError(error.path, error.reason) from None
     if image.mode not in ACCEPTED_MODES:
         raise DatasetError(path, f"unsupported image mode {image.mode} (accepted: "
                                  f"{', '.join(ACCEPTED_MODES)}); save it as 8-bit RGB or RGBA")

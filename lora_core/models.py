@@ -190,9 +190,39 @@ def load_base(source: str, *, config: str | Path | None = None, seed: int = 0,
         if not (path / "model_index.json").exists():
             raise FileNotFoundError(f"{source}: not a diffusers folder (no model_index.json)")
         return _load_pretrained(str(path), dtype, local=True)
-    if path.is_absolute() or source.startswith("."):
-        raise FileNotFoundError(f"{source}: no such file or folder")
-    return _load_pretrained(source, dtype, local=False)
+    if _looks_like_a_path(source):
+        raise FileNotFoundError(f"{source}: no such folder or file{_close_names(source)}. {ACCEPTED_SOURCES}")
+    try:
+        return _load_pretrained(source, dtype, local=False)
+    except OSError as error:   # the hub's "not found" and "offline, not cached" errors are OSErrors
+        reason = str(error).split(". ")[0].strip()
+        raise FileNotFoundError(f"{source}: no such folder or file here{_close_names(source)}, and no hub "
+                                f"model of that id could be loaded ({reason}). {ACCEPTED_SOURCES}") from error
+
+
+ACCEPTED_SOURCES = ("load_base accepts: 'tiny-random' (random weights), 'toy:base' (models/tiny-sd), a "
+                    "diffusers folder (with model_index.json), a single-file .safetensors checkpoint with "
+                    "config=, or a hub id such as 'stable-diffusion-v1-5/stable-diffusion-v1-5' (cached, "
+                    "or online without HF_HUB_OFFLINE=1)")
+
+
+def _looks_like_a_path(source: str) -> bool:
+    """A hub id is ``name`` or ``owner/name``; anything else, or an ``owner`` that is a folder here
+    (``models/tiny-sdd``), is a local path that does not exist."""
+    parts = source.replace("\\", "/").split("/")
+    return (Path(source).is_absolute() or source.startswith((".", "~")) or len(parts) > 2
+            or (len(parts) == 2 and any((root / parts[0]).is_dir() for root in (Path.cwd(), REPO_ROOT))))
+
+
+def _close_names(source: str) -> str:
+    """``" (did you mean models/tiny-sd?)"`` when a built-in source or an entry of the folder that
+    ``source`` names is spelled alike, else ``""``."""
+    import difflib
+
+    parent = Path(source).parent
+    entries = [str(parent / p.name) for p in parent.iterdir()] if parent.is_dir() else []
+    close = difflib.get_close_matches(source, ["tiny-random", "toy:base", *entries], n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def _components_from_pipeline(pipe, source: str) -> BaseModel:
@@ -214,6 +244,10 @@ def _check_tokenizer(base: BaseModel) -> BaseModel:
 def _load_pretrained(source: str, dtype: torch.dtype, local: bool) -> BaseModel:
     from diffusers import StableDiffusionPipeline
 
+    from lora_core.io import check_safetensors
+
+    for weights in sorted(Path(source).rglob("*.safetensors")) if local else ():
+        check_safetensors(weights)   # diffusers would say only "Unable to load weights from checkpoint file"
     pipe = StableDiffusionPipeline.from_pretrained(
         source, dtype=dtype, safety_checker=None, requires_safety_checker=False,
         use_safetensors=True, local_files_only=local or os.environ.get("HF_HUB_OFFLINE") == "1")

@@ -576,22 +576,56 @@ def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def main(argv: list[str] | None = None) -> runs.RunRecord:
-    import argparse
+# kohya sd-scripts (train_network.py) argument -> key here, for readers who know those names
+KOHYA_NAMES = {
+    "train_data_dir": "data.folder", "resolution": "data.resolution", "network_dim": "options.rank",
+    "network_alpha": "options.alpha", "network_train_unet_only": "options.train_text_encoder (false)",
+    "train_batch_size": "batch_size", "max_train_epochs": "epochs", "unet_lr": "learning_rate",
+    "text_encoder_lr": "text_encoder_learning_rate", "optimizer_type": "optimizer",
+    "lr_warmup_steps": "lr_warmup_steps / lr_warmup_ratio", "lr_scheduler_num_cycles": "lr_num_cycles",
+    "caption_dropout_rate": "caption_dropout", "save_every_n_steps": "checkpoint_every_steps",
+    "sdpa": "attention=sdpa",
+}
 
-    parser = argparse.ArgumentParser(prog="python -m lora_core.train", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", help="YAML or JSON file with TrainConfig fields")
+
+def command_line_help() -> str:
+    """Every key ``python -m lora_core.train`` accepts, from the config dataclasses (shown by --help)."""
+    import textwrap
+
+    from lora_core.adapters import available_methods
+    from lora_core.config import config_help
+
+    sections = ["TrainConfig keys (key=value on the command line or in --config; default, then help):",
+                config_help(TrainConfig, skip=("options",))]
+    for method in sorted(available_methods()):
+        options_class = get_adapter(method).Options
+        fields = config_help(options_class, prefix="options.")
+        sections += [f"\noptions.* for method={method} ({options_class.__name__}):", fields or "  (none)"]
+    kohya = ", ".join(f"{theirs} -> {ours}" for theirs, ours in KOHYA_NAMES.items())
+    sections += ["", textwrap.fill(f"kohya sd-scripts arguments named differently here: {kohya}", 100,
+                                   subsequent_indent="  ")]
+    return "\n".join(sections)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from lora_core.cli import command_parser, read_config_file, run_command
+
+    parser = command_parser("python -m lora_core.train", __doc__.split("\n")[0], command_line_help)
+    parser.add_argument("--config", help="YAML or JSON file with TrainConfig keys (overrides win over it)")
     parser.add_argument("--force", action="store_true", help="retrain even if a finished run exists")
     parser.add_argument("--runs-root", default=None, help=f"runs folder (default {runs.DEFAULT_RUNS_ROOT})")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
-    parser.add_argument("overrides", nargs="*", help="key=value, dotted for nested: options.rank=8 data.folder=x")
-    args = parser.parse_args(argv)
-    values = (load_yaml(Path(args.config).read_text()) or {}) if args.config else {}
-    config = TrainConfig.from_dict(_merge(values, parse_overrides(args.overrides)))
-    record = train(config, force=args.force, runs_root=args.runs_root, progress=not args.no_progress)
-    print(record.run_dir)
-    return record
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="TrainConfig keys below, dotted for nested: options.rank=8 data.folder=x")
+
+    def command(args) -> None:
+        values = read_config_file(args.config) if args.config else {}
+        config = TrainConfig.from_dict(_merge(values, parse_overrides(args.overrides)))
+        record = train(config, force=args.force, runs_root=args.runs_root, progress=not args.no_progress)
+        print(record.run_dir)
+
+    return run_command(command, parser, argv, failures=(TrainingDiverged,))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

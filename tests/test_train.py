@@ -67,8 +67,11 @@ def one_batch_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def finished(data_dir, tiny_base, tmp_path_factory):
-    """One uninterrupted 6-step LoRA run, shared by the record, reuse and resume tests."""
+def finished(data_dir, tiny_base, tmp_path_factory, one_thread):
+    """One uninterrupted 6-step LoRA run, shared by the record, reuse and resume tests. Those compare
+    losses and weights exactly, which holds only at one thread count: ``one_thread`` stays on for the
+    rest of the module, whichever tests are selected (else a run made at two threads would be
+    compared with one made at one, after another test switched)."""
     root = tmp_path_factory.mktemp("runs")
     return _config(data_dir), root, train(_config(data_dir), base=tiny_base, runs_root=root, progress=False)
 

@@ -44,11 +44,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from lycoris import LycorisNetwork
-from safetensors import safe_open
 
 from lora_core.adapters import Adapter, freeze, register
 from lora_core.config import Config, option
 from lora_core.formats.safetensors_file import save_safetensors
+from lora_core.io import read_safetensors
 
 if TYPE_CHECKING:
     from lora_core.models import BaseModel
@@ -238,9 +238,7 @@ def load_lycoris(base: "BaseModel", path: str | Path) -> dict[str, torch.nn.Modu
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"{path}: only .safetensors LyCORIS files are loaded (pickles can run code)")
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-        state = {key: handle.get_tensor(key) for key in handle.keys()}
+    state, metadata = read_safetensors(path)
     if OPTIONS_METADATA_KEY not in metadata:
         raise KeyError(f"{path}: no {OPTIONS_METADATA_KEY!r} metadata; not a file exported by "
                        "lora_core.adapters.lycoris")

@@ -285,11 +285,11 @@ def generate_eval_images(base, prompts, seeds, profile: Profile, adapter: str | 
     ``formats.content_digest``), the prompts, seeds and sampler settings, so re-running a notebook
     for a new plot, or after retraining the same config, regenerates nothing.
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     from lora_core.formats import content_digest
     from lora_core.generate import Cell, generate_cells
-    from lora_core.io import atomic_path
+    from lora_core.io import atomic_path, read_safetensors
     from lora_core.metrics.preprocess import as_uint8_images
 
     if len(prompts) != len(seeds):
@@ -304,7 +304,7 @@ def generate_eval_images(base, prompts, seeds, profile: Profile, adapter: str | 
     folder = Path(cache_dir) if cache_dir is not None else generation_cache_dir()
     path = folder / f"{hashlib.sha256(key_source.encode()).hexdigest()[:32]}.safetensors"
     if path.is_file():
-        return load_file(path)["images"]
+        return read_safetensors(path)[0]["images"]
     with quiet_libraries():
         grid = generate_cells(base, cells, batch_size=batch_size or profile.generation_batch_size)
     images = as_uint8_images(grid.images, "generated")

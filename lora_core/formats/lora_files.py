@@ -186,14 +186,12 @@ def detect_layout(keys: list[str], path: str | Path = "state dict") -> str:
 
 def load_lora_file(path: str | Path) -> LoraFile:
     """Read a LoRA ``.safetensors`` file (pickles refused) with its metadata and layout."""
-    from safetensors import safe_open
+    from lora_core.io import read_safetensors
 
     path = _safetensors_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such LoRA file")
-    with safe_open(str(path), "pt") as handle:
-        state_dict = {key: handle.get_tensor(key) for key in handle.keys()}
-        metadata = dict(handle.metadata() or {})
+    state_dict, metadata = read_safetensors(path)
     return LoraFile(path, state_dict, metadata, detect_layout(list(state_dict), path))
 
 

@@ -209,10 +209,10 @@ def check_single_file(path: str | Path, config: str | Path, examples: int = 3) -
     Extra tensors (EMA weights, ``alphas_cumprod``, ``position_ids``) are allowed: real
     checkpoints carry them and loaders ignore them.
     """
-    from safetensors import safe_open
+    from lora_core.io import open_safetensors
 
     expected = expected_single_file_shapes(config)
-    with safe_open(str(path), "pt") as checkpoint:
+    with open_safetensors(path) as checkpoint:
         found = {key: tuple(checkpoint.get_slice(key).get_shape()) for key in checkpoint.keys()}
     missing = [key for key in expected if key not in found]
     wrong_shape = [f"{key} {found[key]} (expected {expected[key]})"

@@ -15,13 +15,14 @@ Heads (each a safetensors file plus a JSON card in ``models/metrics/``):
   (does the subject stay recognisable?); card: held-out accuracy beside the majority baseline.
 
 Backbone features are cached by content hash (``data/cache/features``), so a retrain after the
-first run costs only the head training (seconds). Everything is seeded; reruns are identical.
+first run costs only the head training (seconds). Everything is seeded: reruns on one machine
+at the same thread count are identical (float sums round differently at another thread count).
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,14 +148,14 @@ def extract_features(images: torch.Tensor, cfg: HeadsConfig, chunk: int = 256) -
 
 def encode_texts(texts: list[str], cfg: HeadsConfig) -> torch.Tensor:
     """MiniLM sentence embeddings, cached in ``cache_dir`` by the sha256 of the texts."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
-    from lora_core.io import atomic_path
+    from lora_core.io import atomic_path, read_safetensors
 
     digest = hashlib.sha256(json.dumps(["all-MiniLM-L6-v2", texts]).encode()).hexdigest()
     path = Path(cfg.cache_dir) / f"minilm-texts-{digest[:32]}.safetensors"
     if path.is_file():
-        return load_file(str(path))["embeddings"]
+        return read_safetensors(path)[0]["embeddings"]
     embeddings = sentence_encoder().encode(texts).contiguous()
     with atomic_path(path) as tmp:
         save_file({"embeddings": embeddings}, str(tmp), metadata={"sha256": digest})
@@ -329,12 +330,19 @@ def _parse_override(item: str) -> tuple[str, object]:
         return key, text
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="HeadsConfig overrides")
+def main(argv: list[str] | None = None) -> int:
+    from lora_core.cli import command_parser, run_command
+    from lora_core.config import config_help
+
+    keys = f"HeadsConfig keys for --set KEY=VALUE (default, then help):\n{config_help(HeadsConfig)}"
+    parser = command_parser("python -m lora_core.metrics.train_heads", __doc__.splitlines()[0], keys)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="HeadsConfig overrides (below)")
     parser.add_argument("--vae", default="toy:base",
                         help="base model whose VAE reconstructs the style classifier's images ('none': real images)")
-    args = parser.parse_args(argv)
+    return run_command(_train_heads_command, parser, argv)
+
+
+def _train_heads_command(args) -> None:
     cfg = HeadsConfig.from_dict(dict(_parse_override(item) for item in args.set))
     reconstruct, name = None, "none (real images)"
     if args.vae != "none":
@@ -347,4 +355,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
