@@ -43,8 +43,7 @@ fid = True  # also FID (Inception 2015, ~0.26 s per image on 2 CPU threads) besi
 # %% tags=["hide-input"]
 from lora_core import plots
 from lora_core.experiments.ablation import run_ablation
-from lora_core.experiments.chapter import glue_facts, show_table
-from lora_core.experiments.evaluate import format_results, reported_table
+from lora_core.experiments.chapter import backbone_note, glue_facts, show_table
 
 result = run_ablation(profile, n_seeds=n_seeds, n_prompts=n_prompts, fid=fid)
 glue_facts(result.facts)
@@ -111,12 +110,10 @@ show_table(result.cost_table(), first=["rank", "alpha_mode"])
 
 # %% tags=["hide-input"]
 plots.interval_panels(result.rank_panels(), "rank", line="line", dashed="dashed", log2_x=True, xlabel="rank r",
-                      title=f"{grid.style}, {name} profile, backbones: {result.profile.feature_backbone}, "
-                            f"{result.profile.lpips_backbone}, {result.profile.alignment_backbone}");
+                      title=f"{grid.style}, {name} profile, {backbone_note(result.profile)}");
 
 # %% tags=["hide-input"]
-show_table(format_results(result.aggregated, index=["measure", "metric", "alpha_mode", "study_lr"], columns="rank"),
-           first=["measure", "alpha_mode", "study_lr"],
+show_table(result.results_table(), first=["measure", "alpha_mode", "study_lr"],
            caption=f"{grid.style}, {name} profile: value [95% interval] per rank (columns); "
                    f"{len(grid.training_seeds)} training seed(s), {grid.n_prompts} images per run")
 

@@ -48,8 +48,7 @@ n_seeds = 0  # training seeds of the LoRA pairs; 0 means the profile default
 
 # %% tags=["hide-input"]
 from lora_core import plots
-from lora_core.experiments.chapter import glue_facts, show_table
-from lora_core.experiments.evaluate import format_results
+from lora_core.experiments.chapter import backbone_note, glue_facts, show_table
 from lora_core.experiments.mixing import run_mixing
 
 result = run_mixing(profile, style_a=style_a, style_b=style_b, weights=weights, n_prompts=n_prompts, n_seeds=n_seeds)
@@ -118,12 +117,10 @@ plots.sheet_figure(result.strip_sheet());
 
 # %% tags=["hide-input"]
 plots.interval_panels(result.measure_panels(), "a", line="line", xlabel="a (weight of style A)",
-                      title=f"style mixing, {name} profile, backbones: EffNet-Lite0 features, "
-                            f"{result.profile.lpips_backbone}, {result.profile.alignment_backbone}");
+                      title=f"style mixing, {name} profile, {backbone_note(result.profile)}");
 
 # %% tags=["hide-input"]
-show_table(format_results(result.aggregated, index=["measure", "metric", "target_style", "mode"], columns="a"),
-           first=["measure", "target_style", "mode"],
+show_table(result.results_table(), first=["measure", "target_style", "mode"],
            caption=f"{style_a} (a=1) to {style_b} (a=0), {name} profile: value [95% interval] per a (columns); "
                    f"{len(result.seeds)} training seed(s), {len(result.evalset)} held-out subjects")
 

@@ -35,7 +35,8 @@ import torch
 from lora_core.config import Config, option
 from lora_core.experiments.chapter import ChapterResult, resolve_profile
 from lora_core.experiments.common import eval_set, lr_scale, style_lora_config
-from lora_core.experiments.evaluate import aggregate_seeds, measure_panels, reported_table, unavailable_text
+from lora_core.experiments.evaluate import (aggregate_seeds, format_results, measure_panels, reported_table,
+                                            unavailable_text)
 from lora_core.profiles import Profile
 from lora_core.train import TrainConfig
 
@@ -209,6 +210,10 @@ class AblationResult(ChapterResult):
         long = first.melt(id_vars=["alpha_mode", "rank", "study_lr"], value_vars=[c for c in names if c in first],
                           var_name="quantity", value_name="value")
         return arm_lines(long.assign(panel=long["quantity"].map(names)))
+
+    def results_table(self) -> pd.DataFrame:
+        """``value [95% interval]`` per (measure, arm, S1 lr) row and rank column."""
+        return format_results(self.aggregated, index=["measure", "metric", "alpha_mode", "study_lr"], columns="rank")
 
     def rank_panels(self, measures: Sequence[str] = FIGURE_MEASURES) -> pd.DataFrame:
         """The aggregated ``measures`` with ``panel``, ``line`` and ``dashed`` for ``plots.interval_panels``."""

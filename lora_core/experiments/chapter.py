@@ -52,6 +52,15 @@ def profile_note(profile: Profile) -> str:
     return f"Profile {profile.name}: {profile.description}."
 
 
+def backbone_note(profile: Profile) -> str:
+    """The networks behind a page's measures, for figure titles (stand-ins named as they are).
+
+    >>> backbone_note(get_profile("smoke"))
+    'backbones: effnet-lite0, st-lpips-alex, none'
+    """
+    return f"backbones: {profile.feature_backbone}, {profile.lpips_backbone}, {profile.alignment_backbone}"
+
+
 def resolve_profile(profile: Profile | str, **overrides: Any) -> Profile:
     """A Profile from a name or an instance; ``overrides`` whose value is 0, None or empty keep the
     profile's own value (the notebooks' convention for "default"), others replace it."""

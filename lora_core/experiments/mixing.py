@@ -36,7 +36,7 @@ from lora_core.config import Config, option
 from lora_core.experiments.chapter import ChapterResult, resolve_profile
 from lora_core.experiments.common import (EvalSet, data_dir, eval_set, quiet_libraries, style_lora_config,
                                           training_seeds)
-from lora_core.experiments.evaluate import measure_panels, unavailable_text
+from lora_core.experiments.evaluate import format_results, measure_panels, unavailable_text
 from lora_core.plots import Sheet
 from lora_core.profiles import Profile, get_profile  # noqa: F401  (get_profile: used by the doctest)
 from lora_core.train import TrainConfig
@@ -382,6 +382,10 @@ class MixingResult(ChapterResult):
         at_middle = self.gaps[self.gaps["a"] == middle_weight(self.settings.weights)]
         by_block = at_middle.groupby("block")[["gap_norm", "blend_norm", "relative_gap"]].mean()
         return by_block.join(self.divergence.groupby("block")[["down", "up"]].mean())
+
+    def results_table(self) -> pd.DataFrame:
+        """``value [95% interval]`` per (measure, target style, mode) row and ``a`` column."""
+        return format_results(self.aggregated, index=["measure", "metric", "target_style", "mode"], columns="a")
 
     def measure_panels(self, measures: Sequence[str] = FIGURE_MEASURES) -> pd.DataFrame:
         """The aggregated ``measures`` with ``panel`` and ``line`` (mode, and target style where the
