@@ -3,7 +3,9 @@
 Each jupytext notebook ``notebooks/<name>.py`` (percent format) listed in ``book/_toc.yml``
 as ``book/notebooks/<name>`` is converted to ``.ipynb`` with a kernelspec, checked against
 its ``parameters`` cell, executed in the chosen profile and written, atomically, to
-``book/notebooks/<name>.ipynb``; then jupyter-book 1.x builds ``_build/html``.
+``book/notebooks/<name>.ipynb``; then jupyter-book 1.x builds ``_build/html``. papermill's
+injected-parameters cell stays in the executed notebook but is tagged ``remove-cell``, so no
+machine-specific value (the runner's absolute ``executed_dir``) reaches a page.
 
 papermill itself only warns about a parameter that the notebook does not define; this runner
 refuses it and lists the valid ones. A failing notebook stops the build and names the
@@ -42,6 +44,9 @@ BOOK_DIR = REPO_ROOT / "book"
 EXECUTED_DIR = BOOK_DIR / "notebooks"
 TIMINGS_FILE = EXECUTED_DIR / "_timings.json"
 KERNEL_NAME = "python3"
+# Parameters the runner itself provides to the notebooks that declare them (machine-specific:
+# never recorded as a chapter's parameters, so re-run commands do not carry them).
+RUNNER_PARAMETERS = ("executed_dir",)
 
 
 class NotebookError(RuntimeError):
@@ -143,9 +148,23 @@ def execute_notebook(name: str, parameters: dict[str, Any], output_dir: Path = E
                     f"notebook {source.name} failed in cell {error.cell_index} "
                     f"(execution count {error.exec_count}): {error.ename}: {error.evalue}\n"
                     f"--- cell source ---\n{error.source}") from None
+            remove_injected_cell_from_page(tmp)
     finally:
         ipynb.unlink(missing_ok=True)
     return NotebookRun(name, output, time.perf_counter() - start, parameters)
+
+
+def remove_injected_cell_from_page(path: Path) -> None:
+    """Tag papermill's ``injected-parameters`` cell of the notebook at ``path`` ``remove-cell``
+    (jupyter-book leaves it off the page; the notebook keeps it as a record of the run)."""
+    import nbformat
+
+    notebook = nbformat.read(path, as_version=4)
+    for cell in notebook.cells:
+        tags = cell.metadata.get("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            cell.metadata["tags"] = [*tags, "remove-cell"]
+    nbformat.write(notebook, path)
 
 
 def record_timings(runs: list[NotebookRun], profile: str, timings_file: Path = TIMINGS_FILE) -> None:
@@ -153,18 +172,19 @@ def record_timings(runs: list[NotebookRun], profile: str, timings_file: Path = T
 
     ``wall_seconds`` is the last execution; ``longest_wall_seconds`` the longest one recorded with
     the same profile and parameters (usually the execution that trained the runs a re-execution
-    reuses), reset when either changes.
+    reuses), reset when either changes. :data:`RUNNER_PARAMETERS` are not recorded.
     """
     timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
     for run in runs:
         seconds = round(run.wall_seconds, 1)
+        parameters = {key: value for key, value in run.parameters.items() if key not in RUNNER_PARAMETERS}
         previous = timings.get(run.name, {})
-        if previous.get("profile") == profile and previous.get("parameters") == run.parameters:
+        if previous.get("profile") == profile and previous.get("parameters") == parameters:
             longest = max(seconds, previous.get("longest_wall_seconds", previous["wall_seconds"]))
         else:
             longest = seconds
         timings[run.name] = {"wall_seconds": seconds, "longest_wall_seconds": longest, "profile": profile,
-                             "parameters": run.parameters,
+                             "parameters": parameters,
                              "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     atomic_write_json(timings_file, timings)
 

@@ -14,6 +14,15 @@
 # the training captions (what study S1 measured), on subjects it never saw, and on prompts
 # unlike any training caption, while the subjects stay recognisable?
 #
+# ```{admonition} What this build found
+# :class: tip
+#
+# {glue:text}`profile_note`
+#
+# * {glue:text}`found_verdicts`
+# * {glue:text}`found_subjects`
+# ```
+#
 # **Setup.** One LoRA per style set, from near to far from the base model's own style (the
 # base was pretrained on Noto emoji): Twemoji (flat), OpenMoji (thick outlines), Fluent 3D
 # (soft 3D). Each is trained with the profile's settings and several seeds. Every prompt is
@@ -21,37 +30,21 @@
 # compared with the true images of the same subject, which exist in every style in this toy
 # world (so distances are *paired*, not only distributional).
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-input"]
 profile = "tiny"  # smoke, tiny or sd15
 n_sheet_rows = 6  # subjects per sample sheet
 fid = False  # also FID (Inception 2015) on the training captions: ~0.26 s per image on 2 CPU threads
 
-# %%
-import matplotlib.pyplot as plt
-import pandas as pd
-import seaborn as sns
-from myst_nb import glue
+# %% tags=["hide-input"]
+from lora_core import plots
+from lora_core.experiments.benchmark import run_benchmark
+from lora_core.experiments.chapter import glue_facts, show_table
+from lora_core.experiments.evaluate import reported_table, tables_by_eval_set, unavailable_table
 
-from lora_core.experiments import benchmark
-from lora_core.experiments.common import config_table
-from lora_core.experiments.evaluate import (MEASURES, aggregate_seeds, reported_table, tables_by_eval_set,
-                                            unavailable_table)
-from lora_core.profiles import get_profile
-
-settings = get_profile(profile)
-glue("profile_name", settings.name, display=False)
-glue("profile_warning", "The numbers on this page come from the smoke profile's random model and "
-     "mean nothing; they only show that the page runs." if settings.name == "smoke" else
-     f"Profile {settings.name}: {settings.description}.", display=False)
-glue("n_styles", len(settings.benchmark_styles), display=False)
-glue("n_seeds", settings.n_seeds, display=False)
-glue("n_eval", settings.n_eval_images, display=False)
-glue("profile_training", f"{settings.resolution} px model with batch {settings.batch_size} for "
-     f"{settings.train_steps} steps at lr {settings.learning_rate:g}", display=False)
+result = run_benchmark(profile, n_sheet_rows=n_sheet_rows, fid=fid)
+glue_facts(result.facts)
 
 # %% [markdown]
-# {glue:text}`profile_warning`
-#
 # ## Runs
 #
 # {glue:text}`n_styles` styles x {glue:text}`n_seeds` training seeds, built by
@@ -61,29 +54,19 @@ glue("profile_training", f"{settings.resolution} px model with batch {settings.b
 # the {glue:text}`profile_name` profile trains a {glue:text}`profile_training` (in tiny, a model
 # 100x smaller tolerates and needs a larger step; chapter 2 sweeps it).
 
-# %%
-result = benchmark.run_benchmark(settings, fid_splits=("train",) if fid else ())
-configs = config_table({f"{style} seed {seed}": cfg for (style, seed), cfg in result.configs.items()})
-configs
+# %% tags=["hide-input"]
+show_table(result.config_table(), first=["run", "config_hash"])
 
-# %%
-summaries = result.summaries()
-glue("mean_s_per_step", f"{summaries.s_per_step.mean():.3f}", display=False)
-glue("mean_wall_s", f"{summaries.wall_time_s.mean():.0f}", display=False)
-summaries.round(4)
+# %% tags=["hide-input"]
+show_table(result.summaries(), first=["style", "seed", "config_hash"])
 
 # %% [markdown]
 # A run took {glue:text}`mean_wall_s` s on average ({glue:text}`mean_s_per_step` s per step on
 # the machine that trained it; the appendix lists each run's device).
 
-# %%
-curves = result.loss_curves()
-curves["smoothed loss"] = curves.groupby(["style", "seed"])["loss"].transform(lambda s: s.rolling(20, min_periods=1).mean())
-figure, ax = plt.subplots(figsize=(5, 3))
-sns.lineplot(curves, x="step", y="smoothed loss", hue="style", units="seed", estimator=None, ax=ax, lw=0.8)
-ax.set_title(f"training loss (rolling mean of 20 steps), every seed; {settings.name} profile", fontsize=9)
-figure.tight_layout()
-plt.show()
+# %% tags=["hide-input"]
+plots.line_panels(result.loss_curves(), "step", "smoothed loss", line="style", units="seed",
+                  title=f"training loss (rolling mean of 20 steps), every seed; {result.profile.name} profile");
 
 # %% [markdown]
 # ## Samples: original | base | LoRA
@@ -92,17 +75,14 @@ plt.show()
 # image from the same prompt and seed. First the training captions (S1's comparison), then
 # held-out subjects, then unseen prompts (no true image exists for those).
 
-# %%
-benchmark.sample_sheet(result, "train", n_sheet_rows)
-plt.show()
+# %% tags=["hide-input"]
+plots.sheet_figure(result.sheets["train"]);
 
-# %%
-benchmark.sample_sheet(result, "heldout", n_sheet_rows)
-plt.show()
+# %% tags=["hide-input"]
+plots.sheet_figure(result.sheets["heldout"]);
 
-# %%
-benchmark.sample_sheet(result, "unseen", n_sheet_rows)
-plt.show()
+# %% tags=["hide-input"]
+plots.sheet_figure(result.sheets["unseen"]);
 
 # %% [markdown]
 # ## Results
@@ -115,13 +95,10 @@ plt.show()
 # is computed only on request (`python -m lora_core.book --only 01_style_benchmark -p fid true`),
 # on the training captions.
 
-# %%
-aggregated = aggregate_seeds(result.results)
+# %% tags=["hide-input"]
 if result.unavailable:
-    display(unavailable_table(result.unavailable))
-
-# %%
-for table in tables_by_eval_set(aggregated, ["style", "adapter"], f"base vs LoRA ({settings.name} profile)"):
+    display(show_table(unavailable_table(result.unavailable)))
+for table in tables_by_eval_set(result.aggregated, ["style", "adapter"], f"base vs LoRA ({result.profile.name} profile)"):
     display(table)
 
 # %% [markdown]
@@ -134,25 +111,15 @@ for table in tables_by_eval_set(aggregated, ["style", "adapter"], f"base vs LoRA
 # the base style's (Noto) true image is reported beside it, and the subject classifier's
 # accuracy shows whether subjects stay recognisable.
 
-# %%
-check3 = benchmark.check3_table(result.results)
-directional = check3[check3.expected != "context"]
-n_pass, n_checks = int(directional.passes.sum()), len(directional)
-glue("check3_pass", f"{n_pass} of {n_checks}", display=False)
-glue("check3_verdict", "every one passes" if n_pass == n_checks and n_checks else
-     "not all pass; the failing rows are listed below", display=False)
-check3.round(4)
+# %% tags=["hide-input"]
+show_table(result.check3, first=["style", "measure", "passes"])
 
 # %% [markdown]
 # Of the directional checks, {glue:text}`check3_pass` move the expected way by more than the
 # seed-to-seed range and beyond the base's interval: {glue:text}`check3_verdict`.
 
-# %%
-verdicts = benchmark.style_verdicts(check3)
-glue("style_verdicts", "; ".join(f"{r.style}: {r.verdict} ({r.checks_passed} checks)" for r in verdicts.itertuples()),
-     display=False)
-glue("check3_verdicts", verdicts, display=False)  # pasted on the setup page
-verdicts
+# %% tags=["hide-input"]
+show_table(result.verdicts, first=["style"])
 
 # %% [markdown]
 # Per style: {glue:text}`style_verdicts`. "Away from the base only" means the LoRA changed the
@@ -161,24 +128,11 @@ verdicts
 #
 # The checks that did not pass:
 
-# %%
-failing = directional[~directional.passes.astype(bool)]
-failing[["style", "measure", "base", "lora_mean", "effect", "seed_range"]].round(4) if len(failing) else \
-    pd.DataFrame({"result": ["no failing check"]})
+# %% tags=["hide-input"]
+show_table(result.failing_checks(), first=["style", "measure"])
 
-# %%
-recognisable = benchmark.subject_recognisability(result.results)
-if len(recognisable):
-    glue("n_recognisable", f"{int(recognisable.recognisable.sum())} of {len(recognisable)}", display=False)
-    lost = recognisable[~recognisable.recognisable.astype(bool)]
-    glue("recognisable_reading", "No LoRA lost the subjects." if lost.empty else
-         "For " + ", ".join(f"{r.style} ({r.base_accuracy:.2f} -> {r.lora_accuracy:.2f})" for r in lost.itertuples())
-         + ", the LoRA's accuracy fell below the base's interval: at this profile's settings, these adapters "
-           "trade some of the subject for the style.", display=False)
-else:
-    glue("n_recognisable", "none (no subject classifier)", display=False)
-    glue("recognisable_reading", "", display=False)
-recognisable.round(3)
+# %% tags=["hide-input"]
+show_table(result.recognisable, first=["style", "recognisable"])
 
 # %% [markdown]
 # Subjects stay recognisable (the LoRA's subject accuracy within or above the base's interval)
@@ -187,28 +141,16 @@ recognisable.round(3)
 # ### Cross-style control
 #
 # Each style's LoRA, on the held-out subjects, scored against every style's true images: its
-# own style should win (lowest distance, highest P(style)).
+# own style should win (lowest distance, highest P(style)). The own style wins in
+# {glue:text}`cross_style_pass` (adapter, measure) pairs.
 
-# %%
+# %% tags=["hide-input"]
 if len(result.cross_style):
-    controls = pd.concat([benchmark.cross_style_control_table(result.cross_style, m)
-                          for m in sorted(set(result.cross_style.measure))], ignore_index=True)
-    glue("cross_style_pass", f"{int(controls.passes.sum())} of {len(controls)}", display=False)
-    matrix = result.cross_style[result.cross_style.measure == "feature_to_target"].pivot(
-        index="adapter_style", columns="target_style", values="value")
-    figure, ax = plt.subplots(figsize=(3.8, 3))
-    sns.heatmap(matrix, annot=True, fmt=".2f", cmap="viridis_r", ax=ax, cbar=False)
-    ax.set_title(f"EffNet feature L2 to true images, held-out\n(rows: LoRA style; {settings.name} profile)", fontsize=8)
-    figure.tight_layout()
-    plt.show()
-else:
-    glue("cross_style_pass", "not run (one style)", display=False)
-    controls = pd.DataFrame()
-controls
+    plots.heatmap(result.cross_style_matrix("feature_to_target"), reverse=True,
+                  title=f"EffNet feature L2 to true images, held-out\n(rows: LoRA style; {result.profile.name} profile)")
+    display(show_table(result.controls, first=["adapter", "measure", "passes"]))
 
 # %% [markdown]
-# The own style wins in {glue:text}`cross_style_pass` (adapter, measure) pairs.
-#
 # ## Beside study S1
 #
 # S1's Exp. I reported, on its three anime style sets at 512 px with one seed and 100 images:
@@ -216,14 +158,12 @@ controls
 # (their data, their hardware, Inception FID and CLIP) cannot be compared with ours in value;
 # only the directions can.
 
-# %%
-reported_table("S1", "I").pivot_table(index="setting", columns=["metric", "method"], values="value")
+# %% tags=["hide-input"]
+show_table(reported_table("S1", "I").pivot_table(index="setting", columns=["metric", "method"], values="value"),
+           first=["setting"])
 
-# %%
-directions = benchmark.s1_directions(aggregated)
-agree = directions.agrees.dropna()
-glue("s1_agree", f"{int(agree.sum())} of {len(agree)}", display=False)
-directions
+# %% tags=["hide-input"]
+show_table(result.directions, first=["S1 metric", "agrees"])
 
 # %% [markdown]
 # Our directions agree with S1's in {glue:text}`s1_agree` of the metrics where S1's direction was
@@ -240,15 +180,7 @@ directions
 # more directly.
 #
 # ## What this build shows
-
-# %%
-feature = check3[check3.measure == "feature_to_target"]
-closer = feature.loc[feature.effect < 0, "style"].tolist()
-glue("feature_reading", f"fell for {', '.join(closer)}" if closer else
-     f"rose for every style ({', '.join(f'{r.style} {r.effect:+.2f}' for r in feature.itertuples())})",
-     display=False)
-
-# %% [markdown]
+#
 # The style verdicts are in the check-3 section above. The EffNet feature distance to the same
 # subject's true target-style image {glue:text}`feature_reading`. The measures disagree in a telling way.
 # The style classifier and ST-LPIPS look at colour, outline and texture, which the LoRA changes.

@@ -1,9 +1,11 @@
 """Chapter 1's logic on constructed result tables (hand-computed effects, spreads and verdicts)."""
 import pandas as pd
 import pytest
+import torch
 
 from lora_core.experiments import benchmark
-from lora_core.experiments.common import style_lora_config
+from lora_core.experiments.common import eval_set, style_lora_config
+from lora_core.metrics.style import load_true_images
 from lora_core.profiles import get_profile
 
 HELD = "held-out captions"
@@ -95,3 +97,62 @@ def test_style_verdicts_separate_toward_the_style_from_away_from_the_base():
     assert verdicts.loc["twemoji", "checks_passed"] == "0 of 2" and verdicts.loc["twemoji", "verdict"] == "away from the base only"
     worse.loc[(worse.measure == "feature_to_base") & (worse.adapter == "lora"), "value"] = 9.0
     assert benchmark.style_verdicts(benchmark.check3_table(worse)).verdict.tolist() == ["no clear change"]
+
+
+def test_benchmark_facts_read_counts_and_sentences_from_the_tables():
+    check3 = benchmark.check3_table(_results())
+    controls = pd.DataFrame({"adapter": ["twemoji", "openmoji"], "measure": ["m", "m"], "passes": [True, False]})
+    directions = pd.DataFrame({"agrees": [True, None, False]})   # None: S1's own direction was mixed
+    facts = benchmark.benchmark_facts(check3, benchmark.style_verdicts(check3),
+                                      benchmark.subject_recognisability(_results()), controls, directions)
+    assert facts["check3_pass"] == "1 of 2" and facts["check3_verdict"].startswith("not all pass")
+    assert facts["style_verdicts"] == "twemoji: toward twemoji (1 of 2 checks)"
+    assert facts["n_recognisable"] == "1 of 1" and facts["recognisable_reading"] == "No LoRA lost the subjects."
+    assert facts["cross_style_pass"] == "1 of 2" and facts["s1_agree"] == "1 of 2"
+    assert facts["feature_reading"] == "fell for twemoji"
+    assert facts["found_verdicts"] == ("On subjects no LoRA trained on, per style: twemoji: toward twemoji "
+                                       "(1 of 2 checks) (1 of 2 directional checks pass).")
+    assert facts["found_subjects"].startswith("Subjects stay recognisable for 1 of 1 styles")
+    empty = benchmark.benchmark_facts(check3, benchmark.style_verdicts(check3), pd.DataFrame(), pd.DataFrame(),
+                                      directions)
+    assert empty["n_recognisable"] == "none (no subject classifier)"
+    assert empty["cross_style_pass"] == "not run (one style)"
+
+
+class _Record:
+    """A run record with a loss per step, as ``RunRecord.metrics()`` returns them."""
+
+    def __init__(self, losses):
+        self.losses = losses
+
+    def metrics(self):
+        return [{"step": step, "loss": loss} for step, loss in enumerate(self.losses, start=1)]
+
+
+def test_loss_curves_smooth_each_run_on_its_own():
+    records = {("twemoji", 0): _Record([1.0, 3.0, 2.0]), ("twemoji", 1): _Record([5.0, 5.0, 8.0])}
+    result = benchmark.BenchmarkResult(get_profile("smoke"), configs={}, records=records, eval_sets={})
+    curves = result.loss_curves(window=2)
+    assert curves["smoothed loss"].tolist() == [1.0, 2.0, 2.5, 5.0, 5.0, 6.5]
+    assert curves.groupby("seed").size().tolist() == [3, 3]
+
+
+def test_sample_sheet_puts_the_true_images_beside_base_and_lora():
+    smoke = get_profile("smoke")
+    sets = {style: {split: eval_set(style, split, 3) for split in ("heldout", "unseen")}
+            for style in ("twemoji", "openmoji")}
+    images = {(style, adapter, seed, split): torch.full((3, 3, 32, 32), 10 * i, dtype=torch.uint8)
+              for i, (style, adapter, seed) in enumerate([(s, "base", None) for s in sets] + [(s, "lora", 0) for s in sets])
+              for split in ("heldout", "unseen")}
+    result = benchmark.BenchmarkResult(smoke, configs={}, records={}, eval_sets=sets, images=images)
+    sheet = benchmark.sample_sheet(result, "heldout", n=2)
+    assert list(dict.fromkeys(sheet.table["column"])) == ["true noto", "true twemoji", "twemoji: base", "twemoji: lora",
+                                                          "true openmoji", "openmoji: base", "openmoji: lora"]
+    assert len(sheet.images) == 14 and sheet.table["subject"].nunique() == 2
+    lora = sheet.table.index[(sheet.table["column"] == "openmoji: lora")][1]
+    assert (sheet.images[lora] == 30).all() and sheet.images[lora].shape == (32, 32, 3)
+    truth = load_true_images([sets["openmoji"]["heldout"].subject_keys[0]], "openmoji", 32)[0]
+    first_true = sheet.table.index[sheet.table["column"] == "true openmoji"][0]
+    assert (sheet.images[first_true] == truth.permute(1, 2, 0).numpy()).all()
+    unseen = benchmark.sample_sheet(result, "unseen", n=2)   # no true image exists for unseen prompts
+    assert not unseen.table["column"].str.startswith("true").any() and len(unseen.images) == 8

@@ -7,9 +7,10 @@ held-out subjects, whether the LoRA moves generations toward the target style by
 seed-to-seed spread while subjects stay recognisable, and whether each style's LoRA is closest
 to its own style (cross-style control).
 
-    result = run_benchmark(get_profile("tiny"))
-    aggregate_seeds(result.results)          # one row per (style, adapter, eval set, measure)
-    check3_table(result.results)             # effect vs seed spread on held-out subjects
+    result = run_benchmark("tiny", fid=False)
+    result.aggregated                        # one row per (style, adapter, eval set, measure)
+    result.check3                            # effect vs seed spread on held-out subjects
+    result.facts["style_verdicts"]           # the verdict per style, as the prose quotes it
 
 >>> from lora_core.profiles import get_profile
 >>> configs = benchmark_configs(get_profile("smoke"))
@@ -22,13 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
+from lora_core.experiments.chapter import ChapterResult, resolve_profile
 from lora_core.experiments.common import (EvalSet, eval_sets, generate_eval_images, quiet_libraries, style_lora_config,
                                           training_seeds)
 from lora_core.experiments.evaluate import DEFAULT_MEASURES, Evaluator, aggregate_seeds
+from lora_core.plots import Sheet
 from lora_core.profiles import Profile
 from lora_core.train import TrainConfig
 
@@ -37,13 +39,15 @@ BASE, LORA = "base", "lora"
 CHECK3_MEASURES = {"feature_to_target": "lower", "st_lpips_to_target": "lower", "p_target_style": "higher",
                    "target_style_rate": "higher"}
 CHECK3_CONTEXT = ("feature_to_base", "subject_group_accuracy")
+SPLITS = ("train", "heldout", "unseen")
+LOSS_WINDOW = 20  # steps in the rolling mean of the loss curves
 
 
-@dataclass
-class BenchmarkResult:
-    """Everything chapter 1 shows: configs, run records, images, the tidy results table."""
+@dataclass(kw_only=True)
+class BenchmarkResult(ChapterResult):
+    """Everything chapter 1 shows: configs, run records, images, the tidy results table and the
+    tables read from it (filled by :func:`read_benchmark`). Facts: see :func:`benchmark_facts`."""
 
-    profile: Profile
     configs: dict[tuple[str, int], TrainConfig]
     records: dict[tuple[str, int], Any]
     eval_sets: dict[str, dict[str, EvalSet]]
@@ -51,6 +55,19 @@ class BenchmarkResult:
     results: pd.DataFrame = field(default_factory=pd.DataFrame)
     cross_style: pd.DataFrame = field(default_factory=pd.DataFrame)
     unavailable: dict[str, str] = field(default_factory=dict)
+    aggregated: pd.DataFrame = field(default_factory=pd.DataFrame)
+    check3: pd.DataFrame = field(default_factory=pd.DataFrame)
+    verdicts: pd.DataFrame = field(default_factory=pd.DataFrame)
+    recognisable: pd.DataFrame = field(default_factory=pd.DataFrame)
+    controls: pd.DataFrame = field(default_factory=pd.DataFrame)
+    directions: pd.DataFrame = field(default_factory=pd.DataFrame)
+    sheets: dict[str, Sheet] = field(default_factory=dict)
+
+    def config_table(self) -> pd.DataFrame:
+        """``common.config_table`` of every run, labelled ``<style> seed <seed>``."""
+        from lora_core.experiments.common import config_table
+
+        return config_table({f"{style} seed {seed}": config for (style, seed), config in self.configs.items()})
 
     def summaries(self) -> pd.DataFrame:
         """One row per run: style, seed, hash, steps, wall time, s/step, final loss, file size."""
@@ -63,11 +80,26 @@ class BenchmarkResult:
                          "lora_file_bytes": s["file_sizes"].get("diffusers")})
         return pd.DataFrame(rows)
 
-    def loss_curves(self) -> pd.DataFrame:
-        """Training loss per step of every run (tidy: style, seed, step, loss)."""
-        frames = [pd.DataFrame(record.metrics())[["step", "loss"]].assign(style=style, seed=seed)
-                  for (style, seed), record in self.records.items()]
+    def loss_curves(self, window: int = LOSS_WINDOW) -> pd.DataFrame:
+        """Training loss per step of every run (tidy: style, seed, step, loss) and its trailing
+        rolling mean over ``window`` steps (``smoothed loss``)."""
+        frames = []
+        for (style, seed), record in self.records.items():
+            curve = pd.DataFrame(record.metrics())[["step", "loss"]].assign(style=style, seed=seed)
+            curve["smoothed loss"] = curve["loss"].rolling(window, min_periods=1).mean()
+            frames.append(curve)
         return pd.concat(frames, ignore_index=True)
+
+    def failing_checks(self) -> pd.DataFrame:
+        """The directional check-3 rows that did not pass."""
+        directional = self.check3[self.check3.expected != "context"]
+        return directional[~directional.passes.astype(bool)][["style", "measure", "base", "lora_mean", "effect",
+                                                             "seed_range"]]
+
+    def cross_style_matrix(self, measure: str = "feature_to_target") -> pd.DataFrame:
+        """Adapter style x target style values of one cross-style measure (rows: the LoRA's style)."""
+        rows = self.cross_style[self.cross_style.measure == measure]
+        return rows.pivot(index="adapter_style", columns="target_style", values="value")
 
 
 def benchmark_configs(profile: Profile) -> dict[tuple[str, int], TrainConfig]:
@@ -85,9 +117,19 @@ def train_all(profile: Profile, base=None, runs_root: str | Path | None = None,
             for key, config in benchmark_configs(profile).items()}
 
 
-def run_benchmark(profile: Profile, base=None, runs_root: str | Path | None = None,
-                  evaluator: Evaluator | None = None, measures=DEFAULT_MEASURES,
-                  splits=("train", "heldout", "unseen"), fid_splits=()) -> BenchmarkResult:
+def run_benchmark(profile: Profile | str = "tiny", *, base=None, runs_root: str | Path | None = None,
+                  n_sheet_rows: int = 6, fid: bool = False) -> BenchmarkResult:
+    """Chapter 1: train (or reuse) one LoRA per style and seed, generate the three evaluation sets
+    with the base and each LoRA, score them, and read the tables and facts of the page.
+    ``n_sheet_rows`` subjects per sample sheet; ``fid`` adds FID on the training captions."""
+    settings = resolve_profile(profile)
+    result = score_benchmark(settings, base, runs_root, fid_splits=("train",) if fid else ())
+    return read_benchmark(result, n_sheet_rows)
+
+
+def score_benchmark(profile: Profile, base=None, runs_root: str | Path | None = None,
+                    evaluator: Evaluator | None = None, measures=DEFAULT_MEASURES,
+                    splits=SPLITS, fid_splits=()) -> BenchmarkResult:
     """Train/reuse the LoRAs, generate every evaluation set with the base and each LoRA, score all.
 
     Unseen prompts have no true images: their FD/KID compare with the target style's true images
@@ -101,9 +143,9 @@ def run_benchmark(profile: Profile, base=None, runs_root: str | Path | None = No
     evaluator = evaluator or Evaluator(profile)
     with quiet_libraries():
         records = train_all(profile, base, runs_root)
-    result = BenchmarkResult(profile, benchmark_configs(profile), records,
-                             {style: {k: v for k, v in eval_sets(style, profile).items() if k in splits}
-                              for style in profile.benchmark_styles})
+    result = BenchmarkResult(profile, configs=benchmark_configs(profile), records=records,
+                             eval_sets={style: {k: v for k, v in eval_sets(style, profile).items() if k in splits}
+                                        for style in profile.benchmark_styles})
     tables = []
     for style, sets in result.eval_sets.items():
         held_out_truth = evaluator.true_images(sets["heldout"].subject_keys, style, profile.resolution) \
@@ -243,29 +285,121 @@ def s1_directions(aggregated: pd.DataFrame, split_name: str = "training captions
     return pd.DataFrame(rows)
 
 
-def sample_sheet(result: BenchmarkResult, split: str = "heldout", n: int = 6, seed: int = 0):
-    """Contact sheet, one row per subject: the true base-style image, then per style the true
-    target-style image | base | LoRA (training seed ``seed``); unseen prompts have no true images."""
+def sample_sheet(result: BenchmarkResult, split: str = "heldout", n: int = 6, seed: int = 0) -> Sheet:
+    """One row per subject: the true base-style image, then per style the true target-style image
+    | base | LoRA (training seed ``seed``); unseen prompts have no true images."""
     from lora_core.metrics.style import load_true_images
-    from lora_core.plots import contact_sheet
 
-    images, rows = [], []
     first = next(iter(result.eval_sets.values()))[split]
-    n = min(n, len(first))
-    for i in range(n):
+    resolution = result.profile.resolution
+    cells = []
+    for i in range(min(n, len(first))):
         subject = first.captions[i][:28]
         if first.paired:
-            truth = load_true_images([first.subject_keys[i]], "noto", result.profile.resolution)[0]
-            images.append(truth), rows.append({"subject": subject, "column": "true noto"})
+            cells.append((load_true_images([first.subject_keys[i]], "noto", resolution)[0],
+                          {"subject": subject, "column": "true noto"}))
         for style, sets in result.eval_sets.items():
-            es = sets[split]
-            if es.paired:
-                truth = load_true_images([es.subject_keys[i]], style, result.profile.resolution)[0]
-                images.append(truth), rows.append({"subject": subject, "column": f"true {style}"})
-            for adapter, run_seed in ((BASE, None), (LORA, seed)):
-                images.append(result.images[(style, adapter, run_seed, split)][i])
-                rows.append({"subject": subject, "column": f"{style}: {adapter}"})
-    pictures = [np.asarray(image.permute(1, 2, 0)) for image in images]
-    title = f"{first.name}: true images, base and LoRA (seed {seed}); {result.profile.name} profile, " \
-            f"{result.profile.resolution} px"
-    return contact_sheet(pictures, pd.DataFrame(rows), rows="subject", cols="column", cell_inches=0.9, title=title)
+            if sets[split].paired:
+                cells.append((load_true_images([sets[split].subject_keys[i]], style, resolution)[0],
+                              {"subject": subject, "column": f"true {style}"}))
+            cells += [(result.images[(style, adapter, run_seed, split)][i], {"subject": subject,
+                                                                              "column": f"{style}: {adapter}"})
+                      for adapter, run_seed in ((BASE, None), (LORA, seed))]
+    title = (f"{first.name}: true images, base and LoRA (seed {seed}); {result.profile.name} profile, "
+             f"{resolution} px")
+    return Sheet.of(cells, rows="subject", cols="column", title=title, cell_inches=0.9)
+
+
+# ---- the page: tables and facts read from the scores --------------------------------------------
+
+def read_benchmark(result: BenchmarkResult, n_sheet_rows: int = 6) -> BenchmarkResult:
+    """Fill the tables chapter 1 shows (aggregated results, check 3, verdicts, recognisability,
+    cross-style control, S1's directions, sample sheets) and its facts; returns ``result``."""
+    result.aggregated = aggregate_seeds(result.results)
+    result.check3 = check3_table(result.results)
+    result.verdicts = style_verdicts(result.check3)
+    result.recognisable = subject_recognisability(result.results)
+    if len(result.cross_style):
+        result.controls = pd.concat([cross_style_control_table(result.cross_style, measure)
+                                     for measure in sorted(set(result.cross_style.measure))], ignore_index=True)
+    result.directions = s1_directions(result.aggregated)
+    result.sheets = {split: sample_sheet(result, split, n_sheet_rows)
+                     for split in next(iter(result.eval_sets.values()))}
+    result.add_facts(**run_facts(result.profile, result.summaries()),
+                     **benchmark_facts(result.check3, result.verdicts, result.recognisable, result.controls,
+                                       result.directions))
+    result.add_facts(check3_verdicts=result.verdicts)  # a table, pasted on the setup page
+    return result
+
+
+def run_facts(profile: Profile, summaries: pd.DataFrame) -> dict[str, Any]:
+    """The runs in numbers: styles, seeds, evaluation-set size, training settings, mean time."""
+    return {"n_styles": len(profile.benchmark_styles), "n_seeds": profile.n_seeds, "n_eval": profile.n_eval_images,
+            "profile_training": f"{profile.resolution} px model with batch {profile.batch_size} for "
+                                f"{profile.train_steps} steps at lr {profile.learning_rate:g}",
+            "mean_s_per_step": f"{summaries.s_per_step.mean():.3f}", "mean_wall_s": f"{summaries.wall_time_s.mean():.0f}"}
+
+
+def count_text(flags: pd.Series) -> str:
+    """``"2 of 3"``: how many of ``flags`` are true.
+
+    >>> count_text(pd.Series([True, False, True]))
+    '2 of 3'
+    """
+    return f"{int(flags.astype(bool).sum())} of {len(flags)}"
+
+
+def benchmark_facts(check3: pd.DataFrame, verdicts: pd.DataFrame, recognisable: pd.DataFrame,
+                    controls: pd.DataFrame, directions: pd.DataFrame) -> dict[str, str]:
+    """Chapter 1's sentences and counts: ``check3_pass``/``check3_verdict`` (directional checks that
+    pass), ``style_verdicts``, ``n_recognisable``/``recognisable_reading``, ``cross_style_pass``,
+    ``s1_agree``, ``feature_reading`` and the finding box's ``found_verdicts``, ``found_subjects``."""
+    directional = check3[check3.expected != "context"]
+    all_pass = len(directional) and bool(directional.passes.astype(bool).all())
+    facts = {"check3_pass": count_text(directional.passes),
+             "check3_verdict": "every one passes" if all_pass else "not all pass; the failing rows are listed below",
+             "style_verdicts": "; ".join(f"{r.style}: {r.verdict} ({r.checks_passed} checks)"
+                                         for r in verdicts.itertuples()),
+             "cross_style_pass": count_text(controls.passes) if len(controls) else "not run (one style)",
+             "feature_reading": feature_reading(check3), **recognisability_facts(recognisable)}
+    agree = directions.agrees.dropna() if len(directions) else pd.Series(dtype=bool)
+    facts["s1_agree"] = count_text(agree)
+    facts["found_verdicts"] = (f"On subjects no LoRA trained on, per style: {facts['style_verdicts']} "
+                               f"({facts['check3_pass']} directional checks pass).")
+    facts["found_subjects"] = (f"Subjects stay recognisable for {facts['n_recognisable']} styles; the directions "
+                               f"of S1's metrics agree with ours in {facts['s1_agree']} where S1's were consistent.")
+    return facts
+
+
+def recognisability_facts(recognisable: pd.DataFrame) -> dict[str, str]:
+    """``n_recognisable`` ("2 of 3") and ``recognisable_reading``: which styles' LoRAs lost subjects.
+
+    >>> recognisability_facts(pd.DataFrame({"style": ["a", "b"], "base_accuracy": [0.5, 0.5],
+    ...                                     "lora_accuracy": [0.5, 0.2], "recognisable": [True, False]}))
+    {'n_recognisable': '1 of 2', 'recognisable_reading': "For b (0.50 -> 0.20), the LoRA's accuracy fell below the base's interval: at this profile's settings, these adapters trade some of the subject for the style."}
+    """
+    if recognisable.empty:
+        return {"n_recognisable": "none (no subject classifier)", "recognisable_reading": ""}
+    lost = recognisable[~recognisable.recognisable.astype(bool)]
+    reading = "No LoRA lost the subjects." if lost.empty else (
+        "For " + ", ".join(f"{r.style} ({r.base_accuracy:.2f} -> {r.lora_accuracy:.2f})" for r in lost.itertuples())
+        + ", the LoRA's accuracy fell below the base's interval: at this profile's settings, these adapters "
+          "trade some of the subject for the style.")
+    return {"n_recognisable": count_text(recognisable.recognisable), "recognisable_reading": reading}
+
+
+def feature_reading(check3: pd.DataFrame) -> str:
+    """Whether the EffNet feature distance to the true target-style image fell (for which styles)
+    or rose for every style (with the effects).
+
+    >>> feature_reading(pd.DataFrame({"style": ["a", "b"], "measure": ["feature_to_target"] * 2,
+    ...                               "effect": [0.5, 0.25]}))
+    'rose for every style (a +0.50, b +0.25)'
+    """
+    feature = check3[check3.measure == "feature_to_target"] if len(check3) else check3
+    if feature.empty:
+        return "was not measured in this build"
+    closer = feature.loc[feature.effect < 0, "style"].tolist()
+    if closer:
+        return f"fell for {', '.join(closer)}"
+    return f"rose for every style ({', '.join(f'{r.style} {r.effect:+.2f}' for r in feature.itertuples())})"

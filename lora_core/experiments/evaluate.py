@@ -32,7 +32,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -371,6 +370,32 @@ def rank_agreement(results: pd.DataFrame, measure_a: str = "fid",
 def unavailable_table(unavailable: dict[str, str]) -> pd.DataFrame:
     """The measure groups an evaluation left out, and why (a missing model file, a smoke profile)."""
     return pd.DataFrame(list(unavailable.items()), columns=["measure group", "left out because"])
+
+
+def unavailable_text(unavailable: dict[str, str]) -> str:
+    """The left-out measure groups in one line for the prose, "none" when nothing was left out.
+
+    >>> unavailable_text({}), unavailable_text({"alignment": "profile smoke has no alignment model"})
+    ('none', 'alignment: profile smoke has no alignment model')
+    """
+    return "; ".join(f"{group}: {reason}" for group, reason in unavailable.items()) or "none"
+
+
+def measure_panels(aggregated: pd.DataFrame, measures: Sequence[str]) -> pd.DataFrame:
+    """The rows of ``measures`` that were measured, in that order, with a ``panel`` title per
+    measure: its key and, below it, its reported name (the first, where it names a target style
+    that varies between rows): one panel per measure in ``plots.interval_panels``.
+
+    >>> rows = pd.DataFrame({"measure": ["fd_effnet", "alignment", "fd_effnet"],
+    ...                      "metric": ["FD-EffNet (to a)", "AlignScore", "FD-EffNet (to b)"]})
+    >>> measure_panels(rows, ["alignment", "fid", "fd_effnet"])["panel"].tolist()
+    ['alignment\\n(AlignScore)', 'fd_effnet\\n(FD-EffNet (to a))', 'fd_effnet\\n(FD-EffNet (to a))']
+    """
+    order = {measure: i for i, measure in enumerate(measures)}
+    rows = aggregated[aggregated["measure"].isin(order)]
+    rows = rows.assign(_order=rows["measure"].map(order)).sort_values("_order", kind="stable").drop(columns="_order")
+    first_metric = rows.groupby("measure", sort=False)["metric"].first()
+    return rows.assign(panel=[f"{measure}\n({first_metric[measure]})" for measure in rows["measure"]])
 
 
 def reported_table(study: str = "S1", experiment: str | None = None, path: str | Path = REPORTED_TABLES) -> pd.DataFrame:
