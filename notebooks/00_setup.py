@@ -30,7 +30,7 @@ from lora_core.metrics.style import load_true_images
 from lora_core.models import load_base
 from lora_core.plots import contact_sheet
 from lora_core.profiles import get_profile
-from lora_core.toy import STYLE_SETS
+from lora_core.world import STYLE_SETS, true_images_dir
 from lora_core.toy.check import checks_table, toy_base_checks
 
 pd.set_option("display.max_colwidth", None)
@@ -139,7 +139,7 @@ subjects = eval_set("twemoji", "heldout", n_samples)
 grid = generate_grid(base, prompts=list(subjects.captions), seeds=seed, steps=settings.inference_steps,
                      guidance_scales=settings.guidance_scale, resolution=settings.resolution)
 vendors = ["noto"] + [style_set.vendor for style_set in STYLE_SETS.values()]
-real = {vendor: load_true_images(subjects.subject_keys, vendor, settings.resolution) for vendor in vendors}
+real = {vendor: load_true_images(subjects.subject_keys, true_images_dir(vendor), settings.resolution) for vendor in vendors}
 images, rows = [], []
 for vendor in vendors:
     images += [image.permute(1, 2, 0).numpy() for image in real[vendor]]

@@ -96,8 +96,9 @@ es = result.eval_sets[split]
 columns = [(methods.BASE, None)] + [(m, 0) for m in dict.fromkeys(m for m, _ in result.configs)]
 n_rows = min(n_sheet_rows, len(es))
 from lora_core.metrics.style import load_true_images
+from lora_core.world import true_images_dir
 
-truth = load_true_images(es.subject_keys[:n_rows], style, settings.resolution)
+truth = load_true_images(es.subject_keys[:n_rows], true_images_dir(style), settings.resolution)
 pictures, rows = [], []
 for i in range(n_rows):
     pictures.append(truth[i]), rows.append({"subject": es.captions[i][:28], "column": f"true {style}"})

@@ -248,6 +248,7 @@ def sample_sheet(result: BenchmarkResult, split: str = "heldout", n: int = 6, se
     target-style image | base | LoRA (training seed ``seed``); unseen prompts have no true images."""
     from lora_core.metrics.style import load_true_images
     from lora_core.plots import contact_sheet
+    from lora_core.world import true_images_dir
 
     images, rows = [], []
     first = next(iter(result.eval_sets.values()))[split]
@@ -255,12 +256,12 @@ def sample_sheet(result: BenchmarkResult, split: str = "heldout", n: int = 6, se
     for i in range(n):
         subject = first.captions[i][:28]
         if first.paired:
-            truth = load_true_images([first.subject_keys[i]], "noto", result.profile.resolution)[0]
+            truth = load_true_images([first.subject_keys[i]], true_images_dir("noto"), result.profile.resolution)[0]
             images.append(truth), rows.append({"subject": subject, "column": "true noto"})
         for style, sets in result.eval_sets.items():
             es = sets[split]
             if es.paired:
-                truth = load_true_images([es.subject_keys[i]], style, result.profile.resolution)[0]
+                truth = load_true_images([es.subject_keys[i]], true_images_dir(style), result.profile.resolution)[0]
                 images.append(truth), rows.append({"subject": subject, "column": f"true {style}"})
             for adapter, run_seed in ((BASE, None), (LORA, seed)):
                 images.append(result.images[(style, adapter, run_seed, split)][i])
