@@ -127,16 +127,16 @@ def test_every_kohya_name_maps_to_a_real_key():
     assert [t for t in targets if t not in valid] == []
 
 
-def test_toy_and_heads_help_list_their_config_keys(capsys):
-    from lora_core.metrics import train_heads
+def test_toy_help_lists_the_config_keys_of_pretraining_and_heads(capsys):
     from lora_core.toy.__main__ import main as toy_main
+    from lora_core.toy.heads import HeadsConfig
     from lora_core.toy.pretrain import PretrainConfig
 
     for command in ("pretrain-vae", "pretrain-unet", "pretrain-all", "export"):
         text = _help(toy_main, [command, "--help"], capsys)
         assert [k for k in _keys(PretrainConfig) if f"  {k}=" not in text] == [], command
-    text = _help(train_heads.main, ["--help"], capsys)
-    assert [k for k in _keys(train_heads.HeadsConfig) if f"  {k}=" not in text] == []
+    text = _help(toy_main, ["train-heads", "--help"], capsys)
+    assert [k for k in _keys(HeadsConfig) if f"  {k}=" not in text] == []
 
 
 def test_toy_user_errors_are_one_line_after_or_before_the_subcommand(tmp_path, capsys):
@@ -153,9 +153,9 @@ def test_toy_user_errors_are_one_line_after_or_before_the_subcommand(tmp_path, c
 
 
 def test_heads_user_error_is_one_line(capsys):
-    from lora_core.metrics import train_heads
+    from lora_core.toy.__main__ import main as toy_main
 
-    assert train_heads.main(["--set", "align_step=3", "--vae", "none"]) == 2
+    assert toy_main(["train-heads", "--set", "align_step=3", "--vae", "none"]) == 2
     assert capsys.readouterr().err.startswith("error: HeadsConfig: unknown key 'align_step'. Valid keys:")
 
 

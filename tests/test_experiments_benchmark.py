@@ -7,6 +7,7 @@ from lora_core.experiments import benchmark
 from lora_core.experiments.common import eval_set, style_lora_config
 from lora_core.metrics.style import load_true_images
 from lora_core.profiles import get_profile
+from lora_core.world import true_images_dir
 
 HELD = "held-out captions"
 
@@ -151,7 +152,7 @@ def test_sample_sheet_puts_the_true_images_beside_base_and_lora():
     assert len(sheet.images) == 14 and sheet.table["subject"].nunique() == 2
     lora = sheet.table.index[(sheet.table["column"] == "openmoji: lora")][1]
     assert (sheet.images[lora] == 30).all() and sheet.images[lora].shape == (32, 32, 3)
-    truth = load_true_images([sets["openmoji"]["heldout"].subject_keys[0]], "openmoji", 32)[0]
+    truth = load_true_images([sets["openmoji"]["heldout"].subject_keys[0]], true_images_dir("openmoji"), 32)[0]
     first_true = sheet.table.index[sheet.table["column"] == "true openmoji"][0]
     assert (sheet.images[first_true] == truth.permute(1, 2, 0).numpy()).all()
     unseen = benchmark.sample_sheet(result, "unseen", n=2)   # no true image exists for unseen prompts

@@ -132,9 +132,10 @@ def test_reported_table_holds_s1_exp_one():
 def test_evaluator_rows_paired_distances_against_the_backbone(tiny_base, tmp_path):
     from lora_core.metrics.backbones import get_backbone
     from lora_core.metrics.style import load_true_images
+    from lora_core.world import true_images_dir
 
     es = eval_set("twemoji", "heldout", 4)
-    generated = load_true_images(es.subject_keys, "openmoji", 32)   # stands in for generated images
+    generated = load_true_images(es.subject_keys, true_images_dir("openmoji"), 32)   # stands in for generated images
     evaluator = Evaluator(SMOKE, n_resamples=20)
     measures = ("feature_to_target", "feature_to_base", "fd_effnet", "kid_effnet")
     table = evaluator.evaluate(generated, es, "twemoji", {"adapter": "x", "seed": 0}, measures=measures)
@@ -142,7 +143,7 @@ def test_evaluator_rows_paired_distances_against_the_backbone(tiny_base, tmp_pat
     assert {"eval_set", "target_style", "adapter", "seed", "better", *RESULT_COLUMNS} <= set(table.columns)
     assert (table.eval_set == "held-out captions").all() and (table.n == 4).all()
     net = get_backbone("effnet-lite0")
-    expected = np.linalg.norm(net.features(generated).numpy() - net.features(load_true_images(es.subject_keys, "twemoji", 32)).numpy(), axis=1)
+    expected = np.linalg.norm(net.features(generated).numpy() - net.features(load_true_images(es.subject_keys, true_images_dir("twemoji"), 32)).numpy(), axis=1)
     row = table.set_index("measure").loc["feature_to_target"]
     assert row.value == pytest.approx(expected.mean(), rel=1e-5) and row.ci_low <= row.value <= row.ci_high
     assert table.set_index("measure").loc["fd_effnet", "metric"].startswith("FD-EffNet")

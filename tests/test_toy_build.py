@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lora_core.toy import STYLE_SETS, VENDORS, BuildConfig, build, normalize_key, verify
-from lora_core.toy.build import NODE_MODULES, STYLE_CAPTION_TEMPLATE
+from lora_core.toy import BuildConfig, build, normalize_key, verify
+from lora_core.toy.build import NODE_MODULES
 from lora_core.toy.catalog import load_subjects, subject_caption
 from lora_core.toy.sources import VendorFiles
+from lora_core.world import STYLE_CAPTION_TEMPLATE, STYLE_SETS, VENDORS
 
 pytestmark = pytest.mark.skipif(not (NODE_MODULES / "emoji-datasource").exists(),
                                 reason="node_modules missing: run `npm ci`")

@@ -5,7 +5,7 @@ import shutil
 import pytest
 import torch
 
-from lora_core.toy import DATA_DIR, TRIGGER_WORDS
+from lora_core.world import DATA_DIR, TRIGGER_WORDS
 from lora_core.toy.check import per_image_mse, psnr
 from lora_core.toy.pretrain import PretrainConfig, pretrain_unet, pretrain_vae, read_log, vae_heldout_keys
 
@@ -140,9 +140,10 @@ def test_subject_accuracy_scores_generations_like_real_images_and_counts_the_maj
     from lora_core.experiments.common import eval_set
     from lora_core.metrics.style import SubjectGroupClassifier, load_true_images
     from lora_core.toy.check import subject_accuracy
+    from lora_core.world import true_images_dir
 
     keys = list(eval_set("twemoji", "heldout", 24).subject_keys)
-    real = load_true_images(keys, "noto", 32)
+    real = load_true_images(keys, true_images_dir("noto"), 32)
     same = subject_accuracy(real, real, keys)
     assert same["subject_category_accuracy_generated"] == same["subject_category_accuracy_real"]
     groups = Counter(SubjectGroupClassifier().group_of[k] for k in keys)

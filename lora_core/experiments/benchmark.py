@@ -289,6 +289,7 @@ def sample_sheet(result: BenchmarkResult, split: str = "heldout", n: int = 6, se
     """One row per subject: the true base-style image, then per style the true target-style image
     | base | LoRA (training seed ``seed``); unseen prompts have no true images."""
     from lora_core.metrics.style import load_true_images
+    from lora_core.world import true_images_dir
 
     first = next(iter(result.eval_sets.values()))[split]
     resolution = result.profile.resolution
@@ -296,11 +297,11 @@ def sample_sheet(result: BenchmarkResult, split: str = "heldout", n: int = 6, se
     for i in range(min(n, len(first))):
         subject = first.captions[i][:28]
         if first.paired:
-            cells.append((load_true_images([first.subject_keys[i]], "noto", resolution)[0],
+            cells.append((load_true_images([first.subject_keys[i]], true_images_dir("noto"), resolution)[0],
                           {"subject": subject, "column": "true noto"}))
         for style, sets in result.eval_sets.items():
             if sets[split].paired:
-                cells.append((load_true_images([sets[split].subject_keys[i]], style, resolution)[0],
+                cells.append((load_true_images([sets[split].subject_keys[i]], true_images_dir(style), resolution)[0],
                               {"subject": subject, "column": f"true {style}"}))
             cells += [(result.images[(style, adapter, run_seed, split)][i], {"subject": subject,
                                                                               "column": f"{style}: {adapter}"})

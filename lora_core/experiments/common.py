@@ -60,7 +60,7 @@ UNSEEN_SUBJECTS = (
 
 
 def data_dir() -> Path:
-    from lora_core.toy import DATA_DIR
+    from lora_core.world import DATA_DIR
 
     return DATA_DIR
 
@@ -73,7 +73,7 @@ def style_folder(style: str, split: str = "train") -> str:
     'data/styles/openmoji/heldout'
     """
     from lora_core.models import REPO_ROOT
-    from lora_core.toy import STYLE_SETS
+    from lora_core.world import STYLE_SETS
 
     if style not in STYLE_SETS:
         raise ValueError(f"style: unknown style set {style!r}. Valid: {', '.join(STYLE_SETS)}")
@@ -126,7 +126,7 @@ def method_config(profile: Profile, method: str, style: str, seed: int = 0, **ov
     style's trigger word, lr 5e-3; ``dreambooth``: full UNet at 1e-4 and text encoder at 5e-6;
     ``loha``/``lokr``: LyCORIS on the transformer blocks (attention + feed-forward), lr 1e-4.
     """
-    from lora_core.toy import STYLE_SETS
+    from lora_core.world import STYLE_SETS
 
     scale = lr_scale(profile)
     if method == "lora":
@@ -210,7 +210,7 @@ def style_prompt(style: str, caption: str) -> str:
     >>> style_prompt("openmoji", "a blue cat")
     'a blue cat, in the style of opnmj'
     """
-    from lora_core.toy import STYLE_CAPTION_TEMPLATE, STYLE_SETS
+    from lora_core.world import STYLE_CAPTION_TEMPLATE, STYLE_SETS
 
     return STYLE_CAPTION_TEMPLATE.format(caption=caption, trigger=STYLE_SETS[style].trigger)
 

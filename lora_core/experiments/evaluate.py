@@ -13,7 +13,7 @@ with a t-interval, and :func:`format_results` pivots to ``value [low, high]`` te
     rows = evaluator.evaluate(images, eval_set("twemoji", "heldout", 100), "twemoji",
                               labels={"adapter": "lora", "seed": 0})
 
-Learned measures need their heads in ``models/metrics`` (``python -m lora_core.metrics.train_heads``);
+Learned measures need their heads in ``models/metrics`` (``python -m lora_core.toy train-heads``);
 without them those measures are left out and :attr:`Evaluator.unavailable` says why.
 
 >>> import pandas as pd
@@ -91,7 +91,7 @@ class Evaluator:
 
         path = style.STYLE_CLASSIFIER_PATH if kind == "style" else style.SUBJECT_GROUP_PATHS["category"]
         if not path.is_file():
-            self.unavailable[kind] = f"{path} is missing (python -m lora_core.metrics.train_heads)"
+            self.unavailable[kind] = f"{path} is missing (python -m lora_core.toy train-heads)"
             return None
         head_class = style.StyleClassifier if kind == "style" else style.SubjectGroupClassifier
         return head_class(path, cache=self.cache)
@@ -113,7 +113,7 @@ class Evaluator:
             self.unavailable["alignment"] = f"profile {self.profile.name} has no alignment model"
             return None
         if name == "standin-minilm-effnet" and not STANDIN_PATH.is_file():
-            self.unavailable["alignment"] = f"{STANDIN_PATH} is missing (python -m lora_core.metrics.train_heads)"
+            self.unavailable["alignment"] = f"{STANDIN_PATH} is missing (python -m lora_core.toy train-heads)"
             return None
         kwargs = {"cache": self.cache} if name == "standin-minilm-effnet" else {}
         return get_alignment_scorer(name, **kwargs)
@@ -124,8 +124,9 @@ class Evaluator:
     def true_images(self, subject_keys: Sequence[str], style: str, resolution: int) -> torch.Tensor:
         """uint8 true images of the subjects in ``style`` (a style set or vendor name)."""
         from lora_core.metrics.style import load_true_images
+        from lora_core.world import true_images_dir
 
-        return load_true_images(list(subject_keys), style, resolution)
+        return load_true_images(list(subject_keys), true_images_dir(style), resolution)
 
     # -- the table ------------------------------------------------------------------------------
     def evaluate(self, images: Any, eval_set: EvalSet, target_style: str, labels: dict[str, Any] | None = None,
@@ -191,11 +192,13 @@ class Evaluator:
     def _paired(self, images, eval_set: EvalSet, target_style: str, wanted) -> dict[str, MetricResult]:
         from lora_core.metrics.lpips import paired_distance
         from lora_core.metrics.style import paired_style_distances
+        from lora_core.world import true_images_dir
 
         results = {}
         keys = list(eval_set.subject_keys)
         if {"feature_to_target", "feature_to_base", "pixel_mse_to_target", "pixel_mse_to_base"} & set(wanted):
-            distances = paired_style_distances(images, keys, target_style, self.base_style,
+            distances = paired_style_distances(images, keys, true_images_dir(target_style),
+                                               true_images_dir(self.base_style),
                                                self.profile.feature_backbone, cache=self.cache,
                                                generator=self._generator())
             for role in ("target", "base"):
@@ -218,17 +221,18 @@ class Evaluator:
         return {k: v for k, v in results.items() if k in wanted}
 
     def _style(self, images, target_style: str, wanted) -> dict[str, MetricResult]:
-        from lora_core.metrics.style import style_vendor
+        from lora_core.world import style_vendor
 
         if not {"p_target_style", "target_style_rate"} & set(wanted) or self.style_classifier is None:
             return {}
         head = self.style_classifier
         small = _at_resolution(images, head.resolution)
-        results = {"p_target_style": head.p_style(small, target_style, self._generator())}
+        vendor = style_vendor(target_style, "target_style")
+        results = {"p_target_style": head.p_style(small, vendor, self._generator())}
         assigned = head.predict_proba(small).argmax(-1)
-        hits = (assigned == head.classes.index(style_vendor(target_style))).double().numpy()
+        hits = (assigned == head.classes.index(vendor)).double().numpy()
         results["target_style_rate"] = bootstrap_result(
-            f"assigned to style={style_vendor(target_style)}", head.backbone_name, hits,
+            f"assigned to style={vendor}", head.backbone_name, hits,
             n_resamples=self.n_resamples, generator=self._generator(), note=results["p_target_style"].note)
         return {k: v for k, v in results.items() if k in wanted}
 

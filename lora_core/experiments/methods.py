@@ -288,10 +288,11 @@ def sample_sheet(result: MethodsResult, split: str = "heldout", n: int = 6) -> S
     """One row per subject: the true image in the style, the base's image, and each method's
     (training seed 0) from the same prompt and generation seed."""
     from lora_core.metrics.style import load_true_images
+    from lora_core.world import true_images_dir
 
     es = result.eval_sets[split]
     n = min(n, len(es))
-    truth = load_true_images(es.subject_keys[:n], result.style, result.profile.resolution)
+    truth = load_true_images(es.subject_keys[:n], true_images_dir(result.style), result.profile.resolution)
     columns = [(BASE, None)] + [(method, 0) for method in dict.fromkeys(m for m, _ in result.configs)]
     cells = []
     for i in range(n):

@@ -113,7 +113,7 @@ def mixing_eval_set(settings: MixingSettings) -> EvalSet:
 
     Subject keys are kept, so every image pairs with the true image of its subject in either style.
     """
-    from lora_core.toy import STYLE_SETS
+    from lora_core.world import STYLE_SETS
 
     style_a, style_b = settings.styles
     held_out = eval_set(style_a, "heldout", settings.n_prompts)

@@ -92,7 +92,7 @@ def style_set_table(profile: Profile, tokenizer) -> tuple[pd.DataFrame, int]:
     each, caption lengths in the base's tokens) and the number of files with problems."""
     from lora_core.data import DataConfig, dataset_report
     from lora_core.experiments.common import style_folder
-    from lora_core.toy import STYLE_SETS
+    from lora_core.world import STYLE_SETS
 
     reports = {(style, split): dataset_report(DataConfig(folder=style_folder(style, split),
                                                          resolution=profile.resolution), tokenizer)
@@ -120,7 +120,8 @@ def sample_sheet(base, profile: Profile, n_samples: int, seed: int) -> Sheet:
     from lora_core.experiments.common import eval_set
     from lora_core.generate import generate_grid
     from lora_core.metrics.style import load_true_images
-    from lora_core.toy import STYLE_SETS
+    from lora_core.world import true_images_dir
+    from lora_core.world import STYLE_SETS
 
     subjects = eval_set(SAMPLE_STYLE, "heldout", n_samples)
     names = [caption.split(",")[0] for caption in subjects.captions]
@@ -128,7 +129,7 @@ def sample_sheet(base, profile: Profile, n_samples: int, seed: int) -> Sheet:
                          guidance_scales=profile.guidance_scale, resolution=profile.resolution)
     cells = []
     for vendor in [BASE_STYLE] + [style_set.vendor for style_set in STYLE_SETS.values()]:
-        real = load_true_images(subjects.subject_keys, vendor, profile.resolution)
+        real = load_true_images(subjects.subject_keys, true_images_dir(vendor), profile.resolution)
         cells += [(image, {"source": f"real {vendor}", "subject": name}) for image, name in zip(real, names)]
     cells += [(image, {"source": f"base model ({profile.name})", "subject": name})
               for image, name in zip(grid.images, names)]
@@ -142,7 +143,7 @@ def run_setup(profile: Profile | str = "tiny", *, base=None, n_samples: int = 8,
     the sample sheet, generated from ``seed`` (also the seed of a random base's weights)."""
     from lora_core.environment import environment_info
     from lora_core.models import load_base
-    from lora_core.toy import STYLE_SETS
+    from lora_core.world import STYLE_SETS
     from lora_core.toy.check import checks_table, toy_base_checks
 
     settings = resolve_profile(profile)

@@ -110,7 +110,7 @@ def load_head(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
         raise ValueError(f"{path}: heads load only from .safetensors files")
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such head file; retrain with "
-                                "`python -m lora_core.metrics.train_heads`")
+                                "`python -m lora_core.toy train-heads`")
     state, metadata = read_safetensors(path)
     return state, json.loads(metadata.get("card", "{}"))
 

@@ -14,6 +14,8 @@
   of the same prompt and seed, on EfficientNet-Lite0 intermediate feature maps.
 
 Every score is a :class:`~lora_core.metrics.stats.MetricResult` with a 95% bootstrap interval.
+The measures take folders of true images and class names, not the toy world's style names: the
+caller maps a style to its folder (:func:`lora_core.world.true_images_dir`).
 
 >>> import numpy as np
 >>> gen = np.array([[1.0, 0.0], [0.0, 1.0]]); train = np.array([[1.0, 0.0]])
@@ -37,38 +39,24 @@ from lora_core.metrics.stats import MetricResult, bootstrap_result
 
 STYLE_CLASSIFIER_PATH = METRIC_MODELS_DIR / "style_classifier.safetensors"
 SUBJECT_GROUP_PATHS = {level: METRIC_MODELS_DIR / f"subject_{level}.safetensors" for level in ("category", "subcategory")}
-BASE_VENDOR = "noto"
 # EfficientNet-Lite0 blocks that end its first four stages (112, 56, 28, 14 px at 224 px input):
 # early layers carry texture and colour statistics, the content of a Gram style loss.
 GRAM_BLOCKS = (0, 2, 4, 7)
 
 
-def _data_dir() -> Path:
-    from lora_core.toy import DATA_DIR
+def load_true_images(subject_keys: Sequence[str], folder: str | Path, resolution: int) -> torch.Tensor:
+    """uint8 (N, 3, R, R): ``folder/<key>.png`` of each subject, prepared like training images.
 
-    return DATA_DIR
-
-
-def style_vendor(style: str, name: str = "style") -> str:
-    """Vendor folder of a style-set name (``"twemoji"``) or a vendor name (``"noto"``)."""
-    from lora_core.toy import STYLE_SETS, VENDORS
-
-    if style in STYLE_SETS:
-        return STYLE_SETS[style].vendor
-    if style in VENDORS:
-        return style
-    raise ValueError(f"{name}: unknown style or vendor {style!r}. Valid: {', '.join(sorted(set(STYLE_SETS) | set(VENDORS)))}")
-
-
-def load_true_images(subject_keys: Sequence[str], style: str, resolution: int,
-                     data_dir: str | Path | None = None) -> torch.Tensor:
-    """uint8 (N, 3, R, R): the real image of each subject in ``style``, prepared like training images."""
+    The caller names the folder (``lora_core.world.true_images_dir("twemoji")`` for a style of
+    the toy world)."""
     from PIL import Image
 
-    folder = Path(data_dir or _data_dir()) / "emoji" / "images" / style_vendor(style)
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"folder: {folder} is not a folder of true images (<key>.png)")
     missing = [k for k in subject_keys if not (folder / f"{k}.png").is_file()]
     if missing:
-        raise ValueError(f"subject_keys: no {style!r} image for {missing[:5]} (looked in {folder})")
+        raise ValueError(f"subject_keys: no image for {missing[:5]} in {folder}")
     images = []
     for key in subject_keys:
         with Image.open(folder / f"{key}.png") as im:
@@ -91,11 +79,11 @@ def feature_distance_pairs(first: Any, second: Any) -> np.ndarray:
     return np.linalg.norm(a - b, axis=1)
 
 
-def paired_style_distances(generated: Any, subject_keys: Sequence[str], target_style: str,
-                           base_style: str = BASE_VENDOR, backbone: str = "effnet-lite0",
-                           data_dir: str | Path | None = None, cache: Any = None,
+def paired_style_distances(generated: Any, subject_keys: Sequence[str], target_folder: str | Path,
+                           base_folder: str | Path, backbone: str = "effnet-lite0", cache: Any = None,
                            generator: torch.Generator | None = None) -> dict[str, MetricResult]:
-    """Distances of each generation to its subject's true image in the target and in the base style.
+    """Distances of each generation to its subject's true image in the target and in the base style,
+    whose images are ``<key>.png`` in ``target_folder`` and ``base_folder`` (named by the folder).
 
     Returns ``{"pixel-mse-target", "pixel-mse-base", "feature-target", "feature-base"}``; a style
     adapter should move generations towards the target (lower) and away from the base (higher).
@@ -108,13 +96,12 @@ def paired_style_distances(generated: Any, subject_keys: Sequence[str], target_s
     net = get_backbone(backbone)
     generated_features = net.features(images, "generated", cache=cache)
     results = {}
-    for role, style in (("target", target_style), ("base", base_style)):
-        truth = load_true_images(subject_keys, style, images.shape[-1], data_dir)
-        vendor = style_vendor(style, f"{role}_style")
+    for role, folder in (("target", Path(target_folder)), ("base", Path(base_folder))):
+        truth = load_true_images(subject_keys, folder, images.shape[-1])
         results[f"pixel-mse-{role}"] = bootstrap_result(
-            f"pixel MSE to true {vendor}", "pixels", pixel_mse_pairs(images, truth), generator=generator)
+            f"pixel MSE to true {folder.name}", "pixels", pixel_mse_pairs(images, truth), generator=generator)
         results[f"feature-{role}"] = bootstrap_result(
-            f"feature L2 to true {vendor}", net.name,
+            f"feature L2 to true {folder.name}", net.name,
             feature_distance_pairs(generated_features, net.features(truth, "true images", cache=cache)),
             generator=generator)
     return results
@@ -152,13 +139,13 @@ class StyleClassifier(_FeatureHeadMetric):
         super().__init__(path, cache)
 
     def p_style(self, images: Any, style: str, generator: torch.Generator | None = None) -> MetricResult:
-        vendor = style_vendor(style)
-        if vendor not in self.classes:
+        """Mean P(``style``) over ``images``, where ``style`` is one of :attr:`classes`."""
+        if style not in self.classes:
             raise ValueError(f"style: {style!r} is not a class of this classifier ({', '.join(self.classes)})")
-        probs = self.predict_proba(images)[:, self.classes.index(vendor)].double().numpy()
+        probs = self.predict_proba(images)[:, self.classes.index(style)].double().numpy()
         accuracy = self.card.get("heldout_accuracy")
         note = f"classifier held-out accuracy {accuracy:.2f}" if accuracy is not None else ""
-        return bootstrap_result(f"P(style={vendor})", self.backbone_name, probs, generator=generator, note=note)
+        return bootstrap_result(f"P(style={style})", self.backbone_name, probs, generator=generator, note=note)
 
 
 class SubjectGroupClassifier(_FeatureHeadMetric):

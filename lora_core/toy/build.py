@@ -26,31 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lora_core.config import Config, option
+from lora_core import world
 from lora_core.io import atomic_write_json
 from lora_core.toy.catalog import Subject, hash_order, load_subjects
-from lora_core.toy.sources import CATALOG_PACKAGE, VENDORS, VendorFiles, package_version
+from lora_core.toy.sources import CATALOG_PACKAGE, VendorFiles, package_version
+from lora_core.world import BASE_VENDOR, DATA_DIR, REPO_ROOT, STYLE_CAPTION_TEMPLATE, STYLE_SETS, VENDORS
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DATA_DIR = REPO_ROOT / "data"
 NODE_MODULES = REPO_ROOT / "node_modules"
-BASE_VENDOR = "noto"
-STYLE_CAPTION_TEMPLATE = "{caption}, in the style of {trigger}"
-
-
-@dataclass(frozen=True)
-class StyleSet:
-    vendor: str
-    trigger: str      # a made-up word of letters only (CLIP splits digits), one token in the tiny tokenizer
-    distance: str     # how far the style is from the base vendor, by eye and by FID
-
-
-STYLE_SETS: dict[str, StyleSet] = {
-    "twemoji": StyleSet("twemoji", "twmj", "near"),
-    "fluent3d": StyleSet("fluent3d", "flntd", "far"),
-    "openmoji": StyleSet("openmoji", "opnmj", "far"),
-    "openmoji_black": StyleSet("openmoji_black", "opnln", "far (line art)"),
-}
-TRIGGER_WORDS = tuple(s.trigger for s in STYLE_SETS.values())
 
 
 @dataclass(frozen=True)
@@ -71,11 +53,17 @@ class BuildConfig(Config):
 
 
 def fingerprint(cfg: BuildConfig, node_modules: Path) -> str:
-    """Hash of everything the output depends on: config, package versions, this code."""
-    code = b"".join((Path(__file__).parent / f).read_bytes() for f in ("build.py", "catalog.py", "sources.py"))
+    """Hash of everything the output depends on: config, package versions, the code that writes it."""
+    code = b"".join(path.read_bytes() for path in _code_files())
     versions = {p: package_version(node_modules, p) for p in _packages()}
     blob = json.dumps([cfg.to_dict(), versions, hashlib.sha256(code).hexdigest()], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _code_files() -> list[Path]:
+    """The modules whose code decides the built bytes: the builder and the world's vocabulary."""
+    here = Path(__file__).parent
+    return [here / "build.py", here / "catalog.py", here / "sources.py", Path(world.__file__)]
 
 
 def _packages() -> list[str]:

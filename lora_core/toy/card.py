@@ -75,37 +75,47 @@ def write_model_card(model_dir: Path, out_dir: Path) -> Path:
     checks_path = model_dir / "checks.json"
     checks = json.loads(checks_path.read_text()) if checks_path.exists() else None
     plot_losses(out_dir, model_dir / LOSS_FIGURE, {"vae": info["vae_steps"], "unet": info["unet_steps"]})
-    vae_rows = exported_rows(out_dir, "vae", info["vae_steps"])
-    unet_rows = exported_rows(out_dir, "unet", info["unet_steps"])
-    cfg, params = info["config"], info["parameters"]
-    if checks:
-        check_text = (
-            f"1. **VAE reconstruction** on {checks['check1_vae_heldout_images']} Noto images held out of VAE "
-            f"training: mean PSNR **{checks['check1_vae_psnr_db_mean']:.1f} dB** "
-            f"(MSE {checks['check1_vae_mse_mean']:.4f} on [0, 1] pixels)"
-            + (f", ST-LPIPS {checks['check1_vae_st_lpips_mean']:.3f}" if "check1_vae_st_lpips_mean" in checks else "")
-            + ".\n"
-            f"2. **The base draws its subjects**: {checks['check2_captions']} of its own captions, "
-            f"{checks['check2_sampler']}, one seed each. Pixel MSE to the real image "
-            f"**{checks['check2_generation_mse_mean']:.4f}**, VAE round trip of the same images "
-            f"{checks['check2_vae_round_trip_mse_mean']:.4f}: ratio **{checks['check2_ratio']:.2f}** "
-            f"(target <= {checks['check2_target_ratio']}). Against the real image of a *different* caption "
-            f"the same generations score {checks['check2_mismatched_caption_mse_mean']:.4f}."
-            + (f" The subject classifier (`models/metrics`, trained on real images) names the emoji category "
-               f"of **{checks['check2_subject_category_accuracy_generated']:.0%}** of the generations and of "
-               f"{checks['check2_subject_category_accuracy_real']:.0%} of the real images of the same captions; "
-               f"always guessing the most common category scores "
-               f"{checks['check2_subject_category_majority_baseline']:.0%}."
-               if "check2_subject_category_accuracy_generated" in checks else "")
-            + "\n\n"
-            f"![real / VAE round trip / generated](samples.png)\n\n"
-            f"Rows: real image, VAE round trip, generation from the caption (measured at UNet step "
-            f"{checks['unet_steps']}).")
-    else:
-        check_text = "Not measured for this export yet: run `python -m lora_core.toy check`."
-    config = PretrainConfig.from_dict(cfg)  # older exports lack newer keys: their defaults apply
+    losses = {phase: exported_rows(out_dir, phase, info[f"{phase}_steps"]) for phase in ("vae", "unet")}
+    config = PretrainConfig.from_dict(info["config"])  # older exports lack newer keys: their defaults apply
+    text = (_summary_section(info, config) + _data_section(info) + _training_section(info, config, losses)
+            + f"\n![loss curves]({LOSS_FIGURE})\n\n## Checks\n{_checks_text(checks)}\n\n"
+            + f"## What it can and cannot draw\n{DRAWS}\n\n" + LICENCE)
+    return atomic_write_text(model_dir / "MODEL_CARD.md", text)
+
+
+def _checks_text(checks: dict | None) -> str:
+    """Checks 1 and 2 in words, or how to measure them."""
+    if not checks:
+        return "Not measured for this export yet: run `python -m lora_core.toy check`."
+    return (
+        f"1. **VAE reconstruction** on {checks['check1_vae_heldout_images']} Noto images held out of VAE "
+        f"training: mean PSNR **{checks['check1_vae_psnr_db_mean']:.1f} dB** "
+        f"(MSE {checks['check1_vae_mse_mean']:.4f} on [0, 1] pixels)"
+        + (f", ST-LPIPS {checks['check1_vae_st_lpips_mean']:.3f}" if "check1_vae_st_lpips_mean" in checks else "")
+        + ".\n"
+        f"2. **The base draws its subjects**: {checks['check2_captions']} of its own captions, "
+        f"{checks['check2_sampler']}, one seed each. Pixel MSE to the real image "
+        f"**{checks['check2_generation_mse_mean']:.4f}**, VAE round trip of the same images "
+        f"{checks['check2_vae_round_trip_mse_mean']:.4f}: ratio **{checks['check2_ratio']:.2f}** "
+        f"(target <= {checks['check2_target_ratio']}). Against the real image of a *different* caption "
+        f"the same generations score {checks['check2_mismatched_caption_mse_mean']:.4f}."
+        + (f" The subject classifier (`models/metrics`, trained on real images) names the emoji category "
+           f"of **{checks['check2_subject_category_accuracy_generated']:.0%}** of the generations and of "
+           f"{checks['check2_subject_category_accuracy_real']:.0%} of the real images of the same captions; "
+           f"always guessing the most common category scores "
+           f"{checks['check2_subject_category_majority_baseline']:.0%}."
+           if "check2_subject_category_accuracy_generated" in checks else "")
+        + "\n\n"
+        f"![real / VAE round trip / generated](samples.png)\n\n"
+        f"Rows: real image, VAE round trip, generation from the caption (measured at UNet step "
+        f"{checks['unet_steps']}).")
+
+
+def _summary_section(info: dict, config: PretrainConfig) -> str:
+    """Title, what the model is, and its facts table."""
+    params = info["parameters"]
     status = "finished" if info["unet_finished"] else _stopped_text(config, info["unet_steps"])
-    text = f"""# tiny-sd: a tiny Stable-Diffusion-architecture model pretrained on Noto emoji
+    return f"""# tiny-sd: a tiny Stable-Diffusion-architecture model pretrained on Noto emoji
 
 The base model of the `tiny` profile of lora-style-lab. Same classes as Stable Diffusion v1.5
 (`AutoencoderKL`, `CLIPTextModel` + `CLIPTokenizer`, `UNet2DConditionModel` with cross-attention,
@@ -122,27 +132,37 @@ generator anyone should use for anything else.
 | VAE scaling factor | {info['scaling_factor']} (1 / std of latent samples over the training set) |
 | export | {info['exported']}, {status} |
 
-## Data
+"""
+
+
+def _data_section(info: dict) -> str:
+    return f"""## Data
 All {info['n_images']} Noto Color Emoji images of `emoji-datasource-google` 16.0.0 (every emoji
 and skin-tone variant; Apache-2.0, Copyright Google Inc.), composited onto white and resized to
 32 px (Lanczos). Captions from `emoji-datasource` 16.0.0 (MIT): name, skin tone, subcategory,
 category, short names, e.g. `grinning face, face smiling, smileys and emotion, grinning`. Built by
 `python -m lora_core.toy build`; sources and licences in the book's data page (`book/data.md`).
-{round(cfg['vae_heldout_fraction'] * 100)} % of the emoji (with their skin tones) are held out of VAE training
+{round(info['config']['vae_heldout_fraction'] * 100)} % of the emoji (with their skin tones) are held out of VAE training
 for check 1; the UNet sees every caption (style adapters are evaluated on unseen *styles*, not
 unseen subjects).
 
-## Training (`python -m lora_core.toy pretrain-all`, seed {cfg['seed']})
+"""
+
+
+def _training_section(info: dict, config: PretrainConfig, losses: dict[str, list[dict]]) -> str:
+    """Both phases' settings and final losses, the hardware, and how exactly a run resumes."""
+    cfg = info["config"]
+    return f"""## Training (`python -m lora_core.toy pretrain-all`, seed {cfg['seed']})
 1. **VAE**: {info['vae_steps']} steps of batch {cfg['vae_batch_size']} ({info['vae_train_minutes']} min), AdamW lr
    {cfg['vae_lr']} (warmup {cfg['warmup_steps']} steps), L1 + MSE reconstruction + KL x {cfg['vae_kl_weight']}
-   (SD's weighting), EMA {cfg['ema_decay']}. Final training loss {_last(vae_rows, 'loss'):.4f};
-   held-out MSE (EMA) {_last(vae_rows, 'eval_loss_ema'):.4f}.
+   (SD's weighting), EMA {cfg['ema_decay']}. Final training loss {_last(losses['vae'], 'loss'):.4f};
+   held-out MSE (EMA) {_last(losses['vae'], 'eval_loss_ema'):.4f}.
 2. **UNet + text encoder** from scratch on cached VAE posteriors (mean and std; a fresh latent sample
    each step): {info['unet_steps']} steps of batch {cfg['unet_batch_size']} ({info['unet_train_minutes']} min),
    AdamW lr {cfg['unet_lr']} (warmup {cfg['warmup_steps']}{_decay_text(config)}), weight decay {cfg['weight_decay']}, gradient clip
    {cfg['grad_clip']}, {round(cfg['caption_dropout'] * 100)} % empty captions (classifier-free guidance),
    min-SNR-{cfg['snr_gamma']} weighting, EMA {cfg['ema_decay']} (the shipped weights). Final training loss
-   {_last(unet_rows, 'loss'):.4f}; fixed-noise EMA loss {_last(unet_rows, 'eval_loss_ema'):.4f}.
+   {_last(losses['unet'], 'loss'):.4f}; fixed-noise EMA loss {_last(losses['unet'], 'eval_loss_ema'):.4f}.
 
 Hardware: {info['hardware']}; torch {info['torch']}. Every step's batch, noise, timesteps and
 caption dropout come from a generator seeded by (seed, phase, step), and checkpoints hold model,
@@ -150,17 +170,10 @@ EMA, optimizer and scheduler, so an interrupted run resumes to the same weights.
 `tokenizers` BPE trainer breaks ties between equally frequent merges in a different order from
 run to run (same merges, different order), so the tokenizer is built once, kept beside the
 checkpoints and shipped with the weights; reproduce the weights from that tokenizer.
+"""
 
-![loss curves]({LOSS_FIGURE})
 
-## Checks
-{check_text}
-
-## What it can and cannot draw
-{DRAWS}
-
-## Licence
+LICENCE = """## Licence
 Weights: Apache-2.0 (trained only on Noto Emoji, Apache-2.0, Copyright Google Inc.; captions from
 emoji-data by Cal Henderson, MIT). Code: this repository, Apache-2.0.
 """
-    return atomic_write_text(model_dir / "MODEL_CARD.md", text)

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 
 from lora_core.config import Config, option
 from lora_core.io import atomic_path, atomic_write_text
-from lora_core.toy.build import DATA_DIR, REPO_ROOT, STYLE_CAPTION_TEMPLATE, TRIGGER_WORDS
 from lora_core.toy.catalog import SKIN_TONES, hash_order
+from lora_core.world import DATA_DIR, REPO_ROOT, STYLE_CAPTION_TEMPLATE, TRIGGER_WORDS
 
 SCRATCH = REPO_ROOT / "scratch" / "pretrain"
 
@@ -451,60 +451,3 @@ def pretrain_unet(cfg: PretrainConfig, out_dir: Path = SCRATCH, max_steps: int |
     ends = [s for s in (max_steps, cfg.unet_end_step) if s is not None]
     stopper = Stopper(min(ends) if ends else None, until)
     return _train("unet", cfg, out_dir, model, loss_fn, eval_fn, cfg.unet_lr, stopper, checkpoint_minutes, log)
-
-
-# ---------------------------------------------------------------- CLI
-
-def add_commands(commands) -> None:
-    for name, text in (("pretrain-vae", "phase 1: the VAE"), ("pretrain-unet", "phase 2: UNet + text encoder"),
-                       ("pretrain-all", "phase 1 (unless done) then phase 2")):
-        p = commands.add_parser(name, help=text)
-        p.add_argument("--out", default=str(SCRATCH), help="checkpoint and log folder")
-        p.add_argument("--config", help="JSON file of PretrainConfig overrides")
-        p.add_argument("--vae-steps", type=int, help="VAE: stop at this many steps in total")
-        p.add_argument("--vae-minutes", type=float, default=12.0, help="VAE: stop after this many minutes")
-        p.add_argument("--steps", type=int, help="UNet: stop at this many steps in total")
-        p.add_argument("--until", help="UNet: stop at this UTC time, e.g. '2026-11-24 02:55'")
-        p.add_argument("--checkpoint-minutes", type=float, default=5.0)
-    p = commands.add_parser("export", help="write models/tiny-sd (EMA weights) and MODEL_CARD.md")
-    p.add_argument("--out", default=str(SCRATCH))
-    p.add_argument("--config", help="JSON file of PretrainConfig overrides")
-    p.add_argument("--model-dir", default=None, help="target folder (default models/tiny-sd)")
-    p = commands.add_parser("check", help="measure checks 1 (VAE PSNR, ST-LPIPS) and 2 (generation MSE, "
-                                          "subject accuracy)")
-    p.add_argument("--model-dir", default=None)
-    p.add_argument("--n", type=int, default=200, help="captions to generate for check 2")
-    p.add_argument("--out", default=str(SCRATCH))
-
-
-def _config(args) -> PretrainConfig:
-    overrides = json.loads(Path(args.config).read_text()) if getattr(args, "config", None) else {}
-    return PretrainConfig.from_dict(overrides)
-
-
-def run_command(args) -> int:
-    out = Path(args.out)
-    if args.command == "check":
-        from lora_core.toy.check import run_checks
-        run_checks(model_dir=args.model_dir, n_generate=args.n, out_dir=out)
-        return 0
-    cfg = _config(args)
-    if args.command == "export":
-        from lora_core.toy.export import export
-        export(cfg, out, args.model_dir)
-        return 0
-    out.mkdir(parents=True, exist_ok=True)
-    cfg.save_json(out / "config.json")
-    vae_done = (out / "vae.pt").exists() and load_checkpoint(out / "vae.pt").get("done", False)
-    if args.command == "pretrain-vae" or (args.command == "pretrain-all" and not vae_done):
-        state = pretrain_vae(cfg, out, args.vae_steps, args.vae_minutes, args.checkpoint_minutes)
-        if args.command == "pretrain-all" and not load_checkpoint(out / "vae.pt")["done"]:
-            return 1  # interrupted by a signal
-        del state
-    if args.command in ("pretrain-unet", "pretrain-all"):
-        until = (datetime.fromisoformat(args.until).replace(tzinfo=timezone.utc) if args.until else None)
-        if until is None and args.steps is None and cfg.unet_end_step is None:
-            raise SystemExit("pretrain-unet needs --steps, --until or a config with unet_decay_steps")
-        pretrain_unet(cfg, out, args.steps, until, args.checkpoint_minutes)
-    return 0
-

@@ -1,4 +1,5 @@
-"""Where each emoji vendor's art lives in node_modules, its licence, and how to draw one subject.
+"""Where each emoji vendor's art lives in node_modules and how to draw one subject (the vendors
+themselves, with their licences, are :data:`lora_core.world.VENDORS`).
 
 Subjects are matched across vendors by codepoint key: lowercase hex, each codepoint at least
 four digits, '-'-joined, variation selector ``fe0f`` dropped (vendors disagree on it).
@@ -10,13 +11,13 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 from PIL import Image
 
 from lora_core.images import prepare_image
+from lora_core.world import VENDORS
 
 
 def normalize_key(codepoints: str) -> str:
@@ -25,43 +26,6 @@ def normalize_key(codepoints: str) -> str:
     return "-".join(p for p in parts if p != "fe0f")
 
 
-@dataclass(frozen=True)
-class Vendor:
-    """One emoji art source: the npm package, its licence and how its files are named."""
-
-    name: str
-    package: str
-    style: str               # a few words for tables
-    license: str             # SPDX id of the art's licence
-    attribution: str         # the credit line the licence asks for
-    url: str
-    share_alike: bool = False
-
-
-VENDORS: dict[str, Vendor] = {v.name: v for v in (
-    Vendor("noto", "emoji-datasource-google", "glossy gradients (Google Noto Color Emoji)",
-           "Apache-2.0", "Noto Emoji, Copyright Google Inc., Apache License 2.0",
-           "https://github.com/googlefonts/noto-emoji"),
-    Vendor("twemoji", "emoji-datasource-twitter", "flat (Twemoji)", "CC-BY-4.0",
-           "Twemoji, Copyright 2020 Twitter, Inc and other contributors, CC-BY 4.0",
-           "https://github.com/jdecked/twemoji"),
-    Vendor("fluent3d", "@lobehub/fluent-emoji-3d", "soft 3D (Microsoft Fluent Emoji 3D)", "MIT",
-           "Fluent Emoji, Copyright (c) Microsoft Corporation, MIT License",
-           "https://github.com/microsoft/fluentui-emoji"),
-    Vendor("openmoji", "openmoji", "thick black outlines (OpenMoji colour)", "CC-BY-SA-4.0",
-           "OpenMoji, the open-source emoji and icon project, CC BY-SA 4.0 (openmoji.org)",
-           "https://openmoji.org", share_alike=True),
-    Vendor("openmoji_black", "openmoji", "line art (OpenMoji black)", "CC-BY-SA-4.0",
-           "OpenMoji, the open-source emoji and icon project, CC BY-SA 4.0 (openmoji.org)",
-           "https://openmoji.org", share_alike=True),
-    Vendor("fluent_flat", "@iconify-json/fluent-emoji-flat", "flat (Microsoft Fluent Emoji Flat)",
-           "MIT", "Fluent Emoji, Copyright (c) Microsoft Corporation, MIT License",
-           "https://github.com/microsoft/fluentui-emoji"),
-    Vendor("fluent_hc", "@iconify-json/fluent-emoji-high-contrast",
-           "black and white (Microsoft Fluent Emoji High Contrast)", "MIT",
-           "Fluent Emoji, Copyright (c) Microsoft Corporation, MIT License",
-           "https://github.com/microsoft/fluentui-emoji"),
-)}
 CATALOG_PACKAGE = "emoji-datasource"  # names, categories, short names (MIT, iamcal/emoji-data)
 
 
