@@ -14,7 +14,8 @@ A run writes ``<root>/<method>-<confighash>/``::
 A folder with ``summary.json`` is a finished run; ``load_run`` reads it back. The config hash
 covers the config only (the base is a source string, the data a folder), so the summary also
 records fingerprints of the inputs themselves; ``lora_core.train`` reuses a finished run only
-when ``changed_inputs`` finds none changed.
+when ``changed_inputs`` finds none changed. The root is resolved against the project root
+(:func:`lora_core.paths.resolve`), not the working directory.
 
 >>> import tempfile
 >>> record = RunRecord(Path(tempfile.mkdtemp()), {"steps": 3}, {})
@@ -34,8 +35,9 @@ from typing import Any
 import torch
 
 from lora_core.io import atomic_write_json, atomic_write_text
+from lora_core.paths import resolve
 
-DEFAULT_RUNS_ROOT = Path(os.environ.get("LSL_RUNS_ROOT", "runs"))
+DEFAULT_RUNS_ROOT = resolve(os.environ.get("LSL_RUNS_ROOT", "runs"))
 STATE_FILE = Path("state") / "training_state.pt"
 # summary.json key -> the input it fingerprints (lora_core.train.fingerprint, models.base_fingerprint)
 INPUT_FINGERPRINTS = {"data_fingerprint": "training images or captions",
@@ -65,7 +67,8 @@ class RunRecord:
 
 
 def run_dir_for(method: str, config_hash: str, root: str | Path | None = None) -> Path:
-    return Path(root if root is not None else DEFAULT_RUNS_ROOT) / f"{method}-{config_hash}"
+    """``<root>/<method>-<config hash>``, a relative ``root`` under the project root."""
+    return resolve(root if root is not None else DEFAULT_RUNS_ROOT) / f"{method}-{config_hash}"
 
 
 def load_run(run_dir: str | Path) -> RunRecord:

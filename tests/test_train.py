@@ -344,3 +344,26 @@ def test_prior_preservation_adds_the_weighted_loss_on_the_base_models_class_imag
                                      resolution=32)
     produced = sorted((records[1.0].run_dir / "class_images").glob("class_*.png"))
     assert [p.read_bytes() for p in produced] == [p.read_bytes() for p in expected]
+
+
+# -- relative folders -------------------------------------------------------------------------------
+
+
+def test_relative_folders_are_under_the_project_root_whatever_the_working_directory(tiny_base, tmp_path,
+                                                                                     monkeypatch):
+    """The config keeps the folders as written (so its hash does not depend on the checkout);
+    train() reads the images and writes the run under the project root (here a stand-in root),
+    not under the working directory."""
+    from lora_core import paths
+
+    root, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    _write_images(root / "images", 4)
+    elsewhere.mkdir()
+    monkeypatch.setattr(paths, "REPO_ROOT", root)
+    monkeypatch.chdir(elsewhere)
+    config = _config("images", validation_folder="images", max_train_steps=1, checkpoint_every_steps=0)
+    record = train(config, base=tiny_base, runs_root="runs", progress=False)
+    assert record.run_dir == root / "runs" / f"lora-{config.hash()}" and record.finished
+    assert record.config["data"]["folder"] == "images" and record.config["validation_folder"] == "images"
+    assert record.summary["train_images"] == 4 and record.summary["validation_images"] == 4
+    assert list(elsewhere.iterdir()) == []
