@@ -19,7 +19,8 @@ Killing a run and calling ``train`` again with the same config resumes from the 
 (``runs/<method>-<hash>/state/training_state.pt``) and ends bit-identical to an uninterrupted run:
 the data order and the noise are functions of the seed and the step, and the state holds the
 trainables, optimizer, scheduler, loss scale, noise generator and the torch/numpy/python RNG
-states.
+states. Checkpoint and export folders are written whole (a temporary folder, renamed), the state
+after its checkpoint; what a kill leaves half-written is removed when the run is touched again.
 
 >>> cfg = TrainConfig(data={"folder": "x"}, options={"rank": 8, "alpha": 16})
 >>> cfg.options.scale, cfg.lr_scheduler
@@ -57,7 +58,7 @@ from lora_core.data import DataConfig, ImageCaptionSet, load_image_caption_set, 
 from lora_core.environment import environment_info
 from lora_core.formats import provenance_metadata
 from lora_core.images import prepare_image, to_tensor
-from lora_core.io import atomic_path
+from lora_core.io import atomic_folder, atomic_path
 from lora_core.models import BaseModel, base_fingerprint, load_base
 from lora_core.optim import OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler, warmup_steps_for
 from lora_core.paths import resolve
@@ -415,14 +416,17 @@ class Run:
 
 
 def start_accelerator(config: TrainConfig, run_dir: Path, force: bool) -> Accelerator:
-    """A fresh Accelerator; the main process empties ``run_dir`` when ``force``, while the others wait."""
+    """A fresh Accelerator; the main process empties ``run_dir`` when ``force`` and otherwise
+    removes what a killed run left there, while the others wait."""
     # AcceleratorState is a process-wide singleton that refuses a second mixed_precision: clear it
     # (keeping the distributed PartialState) so one notebook can train fp16 and bf16 runs in turn
     AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(mixed_precision=config.mixed_precision)
-    if force and run_dir.exists() and accelerator.is_main_process:
-        shutil.rmtree(run_dir)
-    accelerator.wait_for_everyone()  # no process reads the folder while the main one removes it
+    if accelerator.is_main_process:
+        if force and run_dir.exists():
+            shutil.rmtree(run_dir)
+        runs.remove_debris(run_dir)
+    accelerator.wait_for_everyone()  # no process reads the folder while the main one cleans it
     return accelerator
 
 
@@ -513,7 +517,8 @@ def set_up(config: TrainConfig, run_dir: Path, inputs: Inputs, force: bool, resu
 
 def restore(run: Run, state: dict[str, Any]) -> None:
     """Continue from ``state``: trainables, optimizer, schedule, loss scale, noise generator, RNGs,
-    step and log."""
+    step and log. The main process rewrites the state's checkpoint from the restored weights, so a
+    checkpoint cut short by a kill (or written file by file by an older version) is whole again."""
     run.adapter.load_state_dict(run.base, state["adapter"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.lr_scheduler.load_state_dict(state["scheduler"])
@@ -522,6 +527,8 @@ def restore(run: Run, state: dict[str, Any]) -> None:
     run.noise_generator.set_state(state["noise_generator"])
     set_rng_states(state["rng"])
     run.start_step, run.log = state["step"], state["log"]
+    if run.accelerator.is_main_process:
+        export_adapter(run, checkpoint_dir(run.run_dir, run.start_step), run.start_step)
 
 
 def full_state(run: Run, step: int) -> dict[str, Any]:
@@ -535,15 +542,18 @@ def full_state(run: Run, step: int) -> dict[str, Any]:
 
 
 def export_adapter(run: Run, folder: Path, step: int) -> dict[str, Path]:
-    """The adapter's files in ``folder``, with provenance metadata."""
-    return run.adapter.export(run.base, folder, provenance(run.config, run.adapter, run.base, step))
+    """The adapter's files in ``folder``, written whole: into a temporary folder renamed onto
+    ``folder`` once every file is there."""
+    with atomic_folder(folder) as staging:
+        files = run.adapter.export(run.base, staging, provenance(run.config, run.adapter, run.base, step))
+    return {layout: folder / Path(path).relative_to(staging) for layout, path in files.items()}
 
 
 def save_checkpoint(run: Run, step: int) -> None:
-    """The full state of ``step``, then its adapter files."""
+    """The adapter files of ``step``, then the full state: a state of step N means checkpoint N is whole."""
+    export_adapter(run, checkpoint_dir(run.run_dir, step), step)
     with atomic_path(run.run_dir / runs.STATE_FILE) as tmp:
         torch.save(full_state(run, step), tmp)
-    export_adapter(run, checkpoint_dir(run.run_dir, step), step)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -554,8 +564,8 @@ def train(config: TrainConfig, base=None, force: bool = False, runs_root: str | 
           resume_from: str | Path | None = None, progress: bool = True) -> runs.RunRecord:
     """Train ``config`` and return its record, or the record of the finished run with the same
     config when its training images, validation images and base weights are also the same (their
-    fingerprints are in its summary); a finished run whose inputs changed is retrained in place, with
-    one line on stderr naming what changed. ``force`` retrains in any case.
+    fingerprints are in its summary) and its exported files are all there; otherwise the finished
+    run is retrained in place, with one line on stderr naming why. ``force`` retrains in any case.
 
     ``base`` (a BaseModel whose ``source`` equals ``config.base_model``) saves loading it; it is
     copied, never modified. An unfinished run in the same folder resumes from its last state;
@@ -585,12 +595,12 @@ def reusable_run(run_dir: Path, fingerprints: dict[str, str | None], force: bool
     """(the finished run to reuse, or None; whether set-up must empty ``run_dir`` first)."""
     if force or not (run_dir / "summary.json").exists():
         return None, force
-    finished = runs.load_run(run_dir)
-    changed = runs.changed_inputs(finished.summary, fingerprints)
-    if changed:
-        print(f"{run_dir}: retraining this finished run: {'; '.join(changed)}", file=sys.stderr, flush=True)
+    blockers = runs.reuse_blockers(run_dir, fingerprints)
+    if blockers:
+        print(f"{run_dir}: retraining this finished run: {'; '.join(blockers)}", file=sys.stderr, flush=True)
         return None, True
-    return finished, False
+    runs.remove_debris(run_dir)  # a kill after the summary can leave the resume state
+    return runs.load_run(run_dir), False
 
 
 def train_step(run: Run, step: int) -> dict[str, Any]:
@@ -702,14 +712,14 @@ def validation_due(config: TrainConfig, done: int, micro_per_epoch: int, total_s
 
 
 def finish(run: Run, wall: float) -> runs.RunRecord:
-    """Exports, then the summary that marks the run finished, then the resume state goes. Other
-    processes return an empty record."""
+    """Exports (written whole), then the summary that marks the run finished, then the resume
+    state goes. Other processes return an empty record."""
     run.accelerator.wait_for_everyone()
     if not run.accelerator.is_main_process:
         return runs.RunRecord(run.run_dir, {})
     exports = export_adapter(run, run.run_dir / "exports", run.total_steps)
     runs.write_summary(run.run_dir, run_summary(run, exports, wall))
-    (run.run_dir / runs.STATE_FILE).unlink(missing_ok=True)
+    shutil.rmtree(run.run_dir / runs.STATE_FILE.parent, ignore_errors=True)  # with it any temporary a kill left
     return runs.load_run(run.run_dir)
 
 

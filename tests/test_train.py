@@ -465,6 +465,94 @@ def test_the_validation_loss_does_not_depend_on_caching_the_training_latents(dat
             == real_validation_loss(tiny_base, uncached, uncached_text, config))
 
 
+# -- a kill at any write leaves nothing that survives a resume --------------------------------------
+
+# Trains the config in argv[1] under the runs root argv[2] and SIGKILLs itself at the point argv[3]:
+# "state" just after the step-4 state is written to its temporary file, before the rename;
+# "checkpoint" between the two files of checkpoint step-000004; "exports" between the two files
+# of the final export.
+KILL_WORKER = """
+import os, signal, sys
+from pathlib import Path
+import torch
+import lora_core.formats
+from lora_core.train import TrainConfig, train
+
+config, runs_root, point = TrainConfig.from_json(sys.argv[1]), sys.argv[2], sys.argv[3]
+save, save_kohya = torch.save, lora_core.formats.save_lora_kohya
+
+def save_then_die(obj, path, *args, **kwargs):
+    save(obj, path, *args, **kwargs)
+    if point == "state" and isinstance(obj, dict) and obj.get("step") == 4:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+def die_before_the_kohya_file(path, *args, **kwargs):
+    folder = Path(path).parent.name
+    if (point == "checkpoint" and "step-000004" in folder) or (point == "exports" and "exports" in folder):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return save_kohya(path, *args, **kwargs)
+
+torch.save, lora_core.formats.save_lora_kohya = save_then_die, die_before_the_kohya_file
+train(config, runs_root=runs_root, progress=False)
+"""
+
+
+def _tensors(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
+    return {path.name: load_file(path) for path in sorted(folder.glob("*.safetensors"))}
+
+
+def _same_files(expected: Path, got: Path) -> bool:
+    want, have = _tensors(expected), _tensors(got)
+    return want.keys() == have.keys() and all(
+        want[name].keys() == have[name].keys() and all(torch.equal(want[name][k], have[name][k]) for k in want[name])
+        for name in want)
+
+
+@pytest.mark.parametrize("point", ["state", "checkpoint", "exports"])
+def test_a_kill_while_writing_then_resume_ends_bit_identical_with_no_debris(finished, tiny_base, tmp_path, point):
+    config, _, uninterrupted = finished
+    config_file, worker = config.save_json(tmp_path / "run.json"), tmp_path / "worker.py"
+    worker.write_text(KILL_WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": str(REPO)}  # the worker imports this checkout, whichever one pip installed
+    killed = subprocess.run([sys.executable, str(worker), str(config_file), str(tmp_path / "runs"), point], cwd=REPO,
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    run_dir = tmp_path / "runs" / f"lora-{config.hash()}"
+    assert not (run_dir / "summary.json").exists()
+
+    resumed = train(config, base=tiny_base, runs_root=tmp_path / "runs", progress=False)
+    assert resumed.summary["resumed_from_step"] == {"state": 2, "checkpoint": 2, "exports": 4}[point]
+    assert [r["loss"] for r in resumed.metrics()] == [r["loss"] for r in uninterrupted.metrics()]
+    assert [r.get("val_loss") for r in resumed.metrics()] == [r.get("val_loss") for r in uninterrupted.metrics()]
+    assert _same_files(uninterrupted.run_dir / "exports", run_dir / "exports")
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert checkpoints == ["step-000002", "step-000004"]
+    for name in checkpoints:
+        assert _same_files(uninterrupted.run_dir / "checkpoints" / name, run_dir / "checkpoints" / name), name
+    debris = [p.relative_to(run_dir) for p in run_dir.rglob("*") if p.name.startswith(".") or "tmp" in p.name]
+    assert debris == [] and not (run_dir / "state").exists()
+
+
+def test_a_finished_run_missing_an_exported_file_is_neither_loaded_nor_reused(one_batch_dir, tiny_base, tmp_path,
+                                                                           capsys):
+    config = _config(one_batch_dir, validation_folder="", max_train_steps=1, checkpoint_every_steps=0)
+    record = train(config, base=tiny_base, runs_root=tmp_path, progress=False)
+    kohya = record.exports["kohya"]
+    expected = load_file(kohya)
+    kohya.unlink()
+    relative = kohya.relative_to(record.run_dir)
+    with pytest.raises(FileNotFoundError, match=f"not a finished run: exported file {relative} is missing"):
+        load_run(record.run_dir)
+    assert not record.finished
+    capsys.readouterr()
+    again = train(config, base=tiny_base, runs_root=tmp_path, progress=False)
+    assert capsys.readouterr().err.splitlines() == [
+        f"{record.run_dir}: retraining this finished run: exported file {relative} is missing"]
+    got = load_file(again.exports["kohya"])
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+
+
 # -- relative folders -------------------------------------------------------------------------------
 
 
