@@ -36,7 +36,7 @@ import yaml
 
 from lora_core.config import load_yaml
 from lora_core.io import atomic_path, atomic_write_json
-from lora_core.models import REPO_ROOT
+from lora_core.paths import REPO_ROOT
 from lora_core.profiles import PROFILES
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"

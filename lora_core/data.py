@@ -51,6 +51,7 @@ from PIL import Image
 
 from lora_core.config import Config, option
 from lora_core.images import ImageFileError, prepare_image, read_image, to_tensor
+from lora_core.paths import resolve
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")   # kohya's list, case-insensitive
 METADATA_FILE = "metadata.jsonl"
@@ -70,7 +71,8 @@ class DatasetError(ValueError):
 @dataclass(frozen=True)
 class DataConfig(Config):
     folder: str = field(metadata={"help": "image folder: kohya <stem>.png + <stem>.txt (optional N_name "
-                                          "repeat subfolders) or a diffusers imagefolder with metadata.jsonl"})
+                                          "repeat subfolders) or a diffusers imagefolder with metadata.jsonl; "
+                                          "a relative folder is under the project root"})
     resolution: int = option(32, "square training resolution in pixels; smaller images are refused")
     caption_template: str = option("{caption}", "caption after templating; fields {caption} and "
                                                 "{trigger}, e.g. '{caption}, in the style of {trigger}'")
@@ -166,7 +168,7 @@ class _Scan:
 
 
 def _scan(cfg: DataConfig) -> _Scan:
-    folder = Path(cfg.folder)
+    folder = resolve(cfg.folder)
     scan = _Scan()
     if not folder.is_dir():
         scan.problems.append((folder, "dataset folder does not exist"))
@@ -429,6 +431,6 @@ def dataset_report(cfg: DataConfig, tokenizer=None) -> DatasetReport:
                      "mode": image.mode, "repeats": item.repeats, "caption": templated,
                      "caption_words": len(templated.split()), "caption_lines": lines,
                      "caption_tokens": len(tokenizer.tokenize(templated)) if tokenizer else None})
-    layout = "imagefolder" if (Path(cfg.folder) / METADATA_FILE).is_file() else "kohya"
+    layout = "imagefolder" if (resolve(cfg.folder) / METADATA_FILE).is_file() else "kohya"
     max_tokens = tokenizer.model_max_length - 2 if tokenizer is not None else None
     return DatasetReport(Path(cfg.folder), layout, rows, problems, scan.ignored, max_tokens)

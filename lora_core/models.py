@@ -30,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from lora_core.paths import REPO_ROOT
+
 TOY_BASE_DIR = REPO_ROOT / "models" / "tiny-sd"
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
 

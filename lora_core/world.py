@@ -1,6 +1,6 @@
 """The toy world's vocabulary: its data folder, vendors, style sets, trigger words, caption template.
 
-A leaf module (it imports nothing of ``lora_core``), so the world's builder (``lora_core.toy``),
+A leaf module (it imports only the leaf :mod:`lora_core.paths`), so the world's builder (``lora_core.toy``),
 the experiments and the callers of the metrics share one spelling of every name without
 importing each other. The metrics themselves take folders: a caller maps a style name to its
 folder of true images here.
@@ -15,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from lora_core.paths import REPO_ROOT
+
 DATA_DIR = REPO_ROOT / "data"
 BASE_VENDOR = "noto"
 STYLE_CAPTION_TEMPLATE = "{caption}, in the style of {trigger}"

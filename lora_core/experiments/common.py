@@ -72,7 +72,7 @@ def style_folder(style: str, split: str = "train") -> str:
     >>> style_folder("openmoji", "heldout")
     'data/styles/openmoji/heldout'
     """
-    from lora_core.models import REPO_ROOT
+    from lora_core.paths import REPO_ROOT
     from lora_core.world import STYLE_SETS
 
     if style not in STYLE_SETS:
@@ -225,7 +225,7 @@ def eval_set(style: str, split: str, n: int) -> EvalSet:
         subjects = [UNSEEN_SUBJECTS[i] for i in _selection(len(UNSEEN_SUBJECTS), n)]
         return EvalSet("unseen prompts", style, tuple(style_prompt(style, s) for s in subjects), tuple(subjects),
                        tuple(GENERATION_SEED_START + i for i in range(len(subjects))))
-    from lora_core.models import REPO_ROOT
+    from lora_core.paths import REPO_ROOT
 
     folder = Path(style_folder(style, split))
     folder = folder if folder.is_absolute() else REPO_ROOT / folder

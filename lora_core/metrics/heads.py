@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import save_file
 
 from lora_core.io import atomic_path, atomic_write_json, read_safetensors
-from lora_core.models import REPO_ROOT
+from lora_core.paths import REPO_ROOT
 
 METRIC_MODELS_DIR = REPO_ROOT / "models" / "metrics"
 

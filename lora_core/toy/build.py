@@ -30,7 +30,8 @@ from lora_core import world
 from lora_core.io import atomic_write_json
 from lora_core.toy.catalog import Subject, hash_order, load_subjects
 from lora_core.toy.sources import CATALOG_PACKAGE, VendorFiles, package_version
-from lora_core.world import BASE_VENDOR, DATA_DIR, REPO_ROOT, STYLE_CAPTION_TEMPLATE, STYLE_SETS, VENDORS
+from lora_core.paths import REPO_ROOT
+from lora_core.world import BASE_VENDOR, DATA_DIR, STYLE_CAPTION_TEMPLATE, STYLE_SETS, VENDORS
 
 NODE_MODULES = REPO_ROOT / "node_modules"
 

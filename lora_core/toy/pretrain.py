@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from lora_core.config import Config, option
 from lora_core.io import atomic_path, atomic_write_text
 from lora_core.toy.catalog import SKIN_TONES, hash_order
-from lora_core.world import DATA_DIR, REPO_ROOT, STYLE_CAPTION_TEMPLATE, TRIGGER_WORDS
+from lora_core.paths import REPO_ROOT
+from lora_core.world import DATA_DIR, STYLE_CAPTION_TEMPLATE, TRIGGER_WORDS
 
 SCRATCH = REPO_ROOT / "scratch" / "pretrain"
 
