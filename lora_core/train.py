@@ -812,6 +812,22 @@ def command_line_help() -> str:
     return "\n".join(sections)
 
 
+def working_directory_paths(values: dict[str, Any]) -> dict[str, Any]:
+    """Folders typed on the command line (or in its --config file) are relative to the working
+    directory, as for any command; configs built in code keep project-relative folders.
+
+    >>> import os
+    >>> working_directory_paths({"data": {"folder": "imgs"}, "seed": 1})["data"]["folder"] == os.path.abspath("imgs")
+    True
+    """
+    values = dict(values)
+    if isinstance(values.get("data"), dict) and values["data"].get("folder"):
+        values["data"] = {**values["data"], "folder": str(Path(values["data"]["folder"]).absolute())}
+    if values.get("validation_folder"):
+        values["validation_folder"] = str(Path(values["validation_folder"]).absolute())
+    return values
+
+
 def main(argv: list[str] | None = None) -> int:
     from lora_core.cli import command_parser, read_config_file, run_command
 
@@ -825,8 +841,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def command(args) -> None:
         values = read_config_file(args.config) if args.config else {}
-        config = TrainConfig.from_dict(_merge(values, parse_overrides(args.overrides)))
-        record = train(config, force=args.force, runs_root=args.runs_root, progress=not args.no_progress)
+        config = TrainConfig.from_dict(working_directory_paths(_merge(values, parse_overrides(args.overrides))))
+        runs_root = Path(args.runs_root).absolute() if args.runs_root else None
+        record = train(config, force=args.force, runs_root=runs_root, progress=not args.no_progress)
         print(record.run_dir)
 
     return run_command(command, parser, argv, failures=(TrainingDiverged,))

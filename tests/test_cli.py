@@ -93,6 +93,13 @@ def test_python_m_train_prints_only_the_error_line(empty_image_folder, tmp_path)
     assert done.stderr == f"error: {empty_image_folder / 'b.png'}: empty file (0 bytes)\n"
 
 
+def test_a_relative_folder_on_the_command_line_is_read_from_the_working_directory(empty_image_folder, tmp_path,
+                                                                                monkeypatch, capsys):
+    monkeypatch.chdir(empty_image_folder.parent)
+    status, out = _train_cli(capsys, f"data.folder={empty_image_folder.name}", "--runs-root", "runs")
+    assert status == 2 and out.err == f"error: {empty_image_folder / 'b.png'}: empty file (0 bytes)\n"
+
+
 def _help(main, argv, capsys) -> str:
     with pytest.raises(SystemExit) as exited:
         main(argv)
