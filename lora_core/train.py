@@ -43,7 +43,8 @@ from lora_core.adapters import Adapter, get_adapter, trainable_parameters
 from lora_core.config import Config, load_yaml, option
 from lora_core.data import DataConfig, ImageCaptionSet, load_image_caption_set, split_train_validation
 from lora_core.environment import environment_info
-from lora_core.optim import OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler, warmup_steps_for
+from lora_core.optim import (OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler, step_size_estimate,
+                             warmup_steps_for)
 
 MIXED_PRECISION = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -498,7 +499,8 @@ def train(config: TrainConfig, base=None, force: bool = False, runs_root: str | 
 
         done = step + 1
         row = {"step": done, "epoch": done * accum // micro_per_epoch, "loss": step_loss,
-               "lr": next(iter(step_lrs.values())), **step_lrs, "s_per_it": time.perf_counter() - step_started}
+               "lr": next(iter(step_lrs.values())), **step_lrs, "s_per_it": time.perf_counter() - step_started,
+               **step_size_estimate(optimizer)}  # Prodigy: its d after this step
         every = config.validation_every_steps
         epoch_ended = done * accum // micro_per_epoch > step * accum // micro_per_epoch
         if val_set is not None and ((every and done % every == 0) or (not every and epoch_ended) or done == total_steps):
