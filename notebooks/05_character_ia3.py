@@ -82,6 +82,12 @@ name = result.profile.name
 show_table(result.config_table(), first=["run", "config_hash"])
 
 # %% [markdown]
+# The `sd15` profile runs S2's own settings (shown here, run only on a GPU):
+
+# %% tags=["hide-input"]
+show_table(result.study_settings_table(), first=["run", "config_hash"])
+
+# %% [markdown]
 # ## What iA3 wraps, and what it costs
 #
 # An adapter that silently wraps nothing trains nothing, so we load the first trained iA3 file
@@ -130,8 +136,9 @@ plots.step_size_figure(result.step_sizes, title=f"step sizes over training ({nam
 # images): the EfficientNet feature distance and ST-LPIPS to the true image of the same
 # expression (lower is closer), the style classifier's P(vendor style), the subject classifier
 # at subcategory level, whose classes are the expression groups (P(true group), higher is
-# better), KID-EffNet to the true held-out images, and prompt alignment (a stand-in model trained
-# here, not CLIP). Left out in this build: {glue:text}`missing_measures`.
+# better; a weak judge: {glue:text}`expression_accuracy` accuracy on held-out real images over all
+# the catalogue's subcategories), KID-EffNet to the true held-out images, and prompt alignment (a
+# stand-in model trained here, not CLIP). Left out in this build: {glue:text}`missing_measures`.
 
 # %% tags=["hide-input"]
 plots.sheet_figure(result.sample_sheet());
@@ -165,9 +172,10 @@ show_table(result.caption_comparison(), first=["measure"],
 # ## A Fréchet distance on 28 images
 #
 # S2 reported FID 77.29 with 28 real images. Here the distance is {glue:text}`fd_name`, on a pool
-# of {glue:text}`n_pool` of the vendor's own images besides the {glue:text}`n_training` training
-# images, with KID ({glue:text}`kid_name`) beside it; the generated sets are each arm's held-out
-# expressions from its first seed. Four things to see.
+# of {glue:text}`n_pool` of the {glue:text}`n_vendor` images the vendor drew (a fixed seeded
+# selection; the parameter `real_pool` takes more, at the FID network's cost per image) besides the
+# {glue:text}`n_training` training images, with KID ({glue:text}`kid_name`) beside it; the
+# generated sets are each arm's held-out expressions from its first seed. Four things to see.
 #
 # **The rank limit.** A covariance estimated from {glue:text}`n_training` images has rank
 # {glue:text}`rank_training`: {glue:text}`rank_zero_share` of its eigenvalues are exactly zero, so

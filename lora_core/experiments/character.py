@@ -128,8 +128,8 @@ def character_folder(name: str, split: str) -> str:
     if split not in ("train", "heldout"):
         raise ValueError(f"split: {split!r} is not one of train, heldout")
     folder = Path(subject_set(name).folder(split))
-    try:
-        return folder.resolve().relative_to(REPO_ROOT).as_posix()
+    try:  # not resolved: data/ may be a link, and the hash must not follow it to a machine path
+        return folder.relative_to(REPO_ROOT).as_posix()
     except ValueError:
         return folder.as_posix()
 
@@ -177,7 +177,8 @@ def character_config(profile: Profile, recipe: str, captions: str, seed: int, se
     data = DataConfig(folder=folder or character_folder(settings.subject_set, "train"),
                       resolution=profile.resolution, caption_extension=CAPTIONS[captions])
     fields = {"data": data, "base_model": profile.base_model, "seed": seed, "batch_size": profile.batch_size,
-              "max_train_steps": settings.train_steps or profile.train_steps, "mixed_precision": profile.mixed_precision}
+              "max_train_steps": settings.train_steps or profile.train_steps,
+              "mixed_precision": profile.mixed_precision}
     if recipe == "lora_adamw":
         return TrainConfig(method="lora", options={"rank": profile.lora_rank, "alpha": profile.lora_alpha},
                            learning_rate=profile.learning_rate, **fields)
@@ -279,7 +280,8 @@ def compare(first: pd.Series, second: pd.Series, better: str) -> str:
     else ``"no clear difference"``.
 
     >>> row = lambda value, low, high: pd.Series({"value": value, "ci_low": low, "ci_high": high})
-    >>> compare(row(0.8, 0.7, 0.9), row(0.5, 0.4, 0.6), "higher"), compare(row(0.8, 0.7, 0.9), row(0.5, 0.4, 0.6), "lower")
+    >>> high, low = row(0.8, 0.7, 0.9), row(0.5, 0.4, 0.6)
+    >>> compare(high, low, "higher"), compare(high, low, "lower")
     ('better', 'worse')
     >>> compare(row(0.8, 0.5, 0.9), row(0.6, 0.4, 0.7), "higher")
     'no clear difference'
@@ -323,6 +325,13 @@ def tally(comparison: pd.DataFrame) -> str:
             f"{counts.get('no clear difference', 0)} of {len(comparison)} measures")
 
 
+def optimizer_columns(configs: Sequence[TrainConfig]) -> dict[str, list]:
+    """Per config: optimizer, weight decay, betas, schedule and caption file (config_table's extra columns)."""
+    return {"optimizer": [c.optimizer for c in configs], "weight_decay": [c.weight_decay for c in configs],
+            "betas": [str(c.adam_betas) for c in configs], "schedule": [c.lr_scheduler for c in configs],
+            "captions": [c.data.caption_extension for c in configs]}
+
+
 # ---- the chapter ------------------------------------------------------------------------------
 
 @dataclass(kw_only=True)
@@ -349,15 +358,21 @@ class CharacterResult(ChapterResult):
         return training_seeds(self.profile, self.settings)
 
     def config_table(self) -> pd.DataFrame:
-        """``common.config_table`` of every run, labelled ``<recipe>, <captions> seed <seed>``."""
+        """``common.config_table`` of every run, labelled ``<recipe>, <captions> seed <seed>``, with
+        the optimizer settings the two recipes differ in."""
         from lora_core.experiments.common import config_table
 
         table = config_table({f"{arm_label(r, c)} seed {s}": config for (r, c, s), config in self.configs.items()})
-        extra = {key: {"optimizer": config.optimizer, "weight_decay": config.weight_decay,
-                       "betas": str(config.adam_betas), "schedule": config.lr_scheduler,
-                       "captions": config.data.caption_extension} for key, config in self.configs.items()}
-        return table.assign(**{column: [values[column] for values in extra.values()]
-                               for column in ("optimizer", "weight_decay", "betas", "schedule", "captions")})
+        return table.assign(**optimizer_columns(list(self.configs.values())))
+
+    def study_settings_table(self) -> pd.DataFrame:
+        """The ``sd15`` profile's run of S2's recipe: the study's own steps, optimizer and captions."""
+        from lora_core.experiments.common import config_table
+        from lora_core.profiles import get_profile
+
+        sd15 = get_profile("sd15")
+        config = character_config(sd15, *S2_ARM, 0, character_settings(sd15))
+        return config_table({f"sd15: {arm_label(*S2_ARM)} seed 0": config}).assign(**optimizer_columns([config]))
 
     def cost_summary(self) -> pd.DataFrame:
         """Mean over seeds per arm of :func:`methods.cost_table`'s columns."""
@@ -429,7 +444,8 @@ def score_character(profile: Profile, settings: CharacterSettings, base, runs_ro
 
     configs = character_configs(profile, settings)
     with quiet_libraries():
-        records = {key: train(config, base=base, runs_root=runs_root, progress=False) for key, config in configs.items()}
+        records = {key: train(config, base=base, runs_root=runs_root, progress=False)
+                   for key, config in configs.items()}
     n = settings.n_heldout or profile.n_eval_images
     eval_sets = {captions: character_eval_set(settings.subject_set, "heldout", n, captions) for captions in CAPTIONS}
     result = CharacterResult(profile, settings=settings, configs=configs, records=records, eval_sets=eval_sets)
@@ -454,10 +470,9 @@ def measure_fd(result: CharacterResult, cache=None):
     on tags and of the base (first training seed), against the vendor's pool and the 28
     training images, with the profile's FID network."""
     from lora_core.experiments import character_fd
+    from lora_core.experiments.common import data_dir
     from lora_core.metrics.cache import FeatureCache
     from lora_core.world import true_images_dir
-
-    from lora_core.experiments.common import data_dir
 
     settings, profile, seed = result.settings, result.profile, result.seeds[0]
     generated = {arm_label(recipe, captions): result.images[(recipe, captions, seed)]
@@ -520,7 +535,15 @@ def setup_facts(result: CharacterResult) -> dict[str, Any]:
     character = subject_set(settings.subject_set)
     config = result.configs[(*S2_ARM, result.seeds[0])]
     train_folder = _absolute(character_folder(settings.subject_set, "train"))
+    from lora_core.metrics.heads import load_classifier
+    from lora_core.metrics.style import SUBJECT_GROUP_PATHS
+    from lora_core.world import true_images_dir
+
+    head_path = SUBJECT_GROUP_PATHS["subcategory"]
+    accuracy = load_classifier(head_path)[1].get("heldout_accuracy") if head_path.is_file() else None
     return {"subject_set": settings.subject_set, "vendor": character.vendor, "trigger": character.trigger,
+            "n_vendor": len(list(true_images_dir(character.vendor).glob("*.png"))),
+            "expression_accuracy": f"{accuracy:.2f}" if accuracy is not None else "unknown (no classifier)",
             "n_train": len(list(train_folder.glob("*.png"))), "n_heldout": len(result.eval_sets["tags"]),
             "steps": config.max_train_steps, "s2_steps": f"{S2_STEPS:,}", "batch": config.batch_size,
             "n_seeds": len(result.seeds), "example_tags": result.eval_sets["tags"].prompts[0],
