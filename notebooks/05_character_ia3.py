@@ -200,7 +200,7 @@ show_table(result.fd.rank_table(), first=["images"])
 # %% tags=["hide-input"]
 figure = plots.interval_panels(result.fd.size_panels(), "n_real", line="line", log2_x=True,
                                xlabel="n real images", title=f"FD and KID against n ({name} profile)")
-plots.reference_line(figure, float(result.facts["s2_reported"]), "S2 reported, FID n = 28 (their data)");
+plots.reference_line(figure, result.facts["s2_reported"], "S2 reported, FID n = 28 (their data)");
 
 # %% tags=["hide-input"]
 plots.interval_panels(result.fd.generated_size_panels(), "n_generated", line="line",

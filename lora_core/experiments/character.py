@@ -614,7 +614,7 @@ def verdict_facts(methods: pd.DataFrame, captions: pd.DataFrame, facts: Mapping[
                f"its covariance has rank {facts['rank_training']}, and the 1/m extrapolation leaves the real "
                f"side's bias in place ({facts['fd_inf_rescued_small']} same-style draws reach 0). What the 28 "
                f"images do support is KID with its interval: {facts['kid_arm_training']} for S2's recipe here, "
-               f"{facts['kid_arm_reading']}. S2's {facts['s2_reported']} is a number without a floor; it says "
+               f"{facts['kid_arm_reading']}. S2's {facts['s2_reported']:g} is a number without a floor; it says "
                f"nothing by itself about how close the character came.")
     return {"method_tally": method_tally, "caption_tally": caption_tally, "found_method": found_method,
             "found_captions": found_captions, "verdict": verdict}
