@@ -144,6 +144,17 @@ def base_fingerprint(base: BaseModel) -> str:
     return _BASE_FINGERPRINTS[key][1]
 
 
+def mark_applied(base: BaseModel, digest: str) -> str:
+    """Fold ``digest`` (the content of a weights file applied to ``base`` in place) into
+    :func:`base_fingerprint` of ``base``, and return the new fingerprint. For adapters that wrap
+    modules' ``forward`` instead of adding weights to the modules (LyCORIS networks live outside
+    the UNet's and text encoder's state dicts): without it an adapted copy fingerprints like its
+    base, and generation caches keyed by the fingerprint hand back the base's images."""
+    combined = hashlib.sha256(f"{base_fingerprint(base)}|{digest}".encode()).hexdigest()
+    _BASE_FINGERPRINTS[id(base)] = (weakref.ref(base), combined)
+    return combined
+
+
 def build_tiny_random(seed: int = 0, tokenizer_dir: str | Path | None = None) -> BaseModel:
     """The tiny SD architecture with seeded random weights (labelled ``random_weights``)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel

@@ -301,3 +301,75 @@ def timings_figure(timings: pd.DataFrame, profile: str):
                  fontsize=9)
     figure.tight_layout()
     return figure
+
+
+def reference_line(figure, value: float, label: str, axis: int = 0):
+    """A dotted horizontal line at ``value`` on panel ``axis`` of ``figure``, in its legend: a
+    reported number beside measured ones.
+
+    >>> figure = interval_panels(pd.DataFrame({"panel": ["FD"], "n": [28], "value": [2.0], "ci_low": [1.0],
+    ...                                        "ci_high": [3.0]}), "n")
+    >>> reference_line(figure, 2.5, "reported").axes[0].get_legend_handles_labels()[1]
+    ['reported']
+    """
+    ax = figure.axes[axis]
+    ax.axhline(value, color="black", linestyle=":", lw=1, label=label)
+    ax.legend(fontsize=6)
+    return figure
+
+
+STEP_SIZE_PANELS = {"d": "Prodigy's estimate d", "step_size": "step: d x lr (Prodigy), lr (AdamW)"}
+
+
+def step_size_figure(curves: pd.DataFrame, title: str | None = None):
+    """Step sizes over training, on a log scale: Prodigy's estimate ``d`` and the per-coordinate
+    step ``step_size`` both Adam-type optimizers take; one colour per ``arm``, one line per
+    ``seed`` (``line_panels``). Runs without a ``d`` (AdamW) appear in the second panel only.
+
+    >>> curves = pd.DataFrame({"arm": ["p", "p", "a", "a"], "seed": 0, "step": [1, 2, 1, 2],
+    ...                        "d": [1e-6, 1e-4, None, None], "step_size": [1e-6, 1e-4, 1e-3, 1e-3]})
+    >>> [ax.get_yscale() for ax in step_size_figure(curves).axes]
+    ['log', 'log']
+    """
+    frame = curves.melt(id_vars=["arm", "seed", "step"], value_vars=list(STEP_SIZE_PANELS), var_name="quantity")
+    frame = frame.dropna(subset=["value"]).assign(quantity=lambda f: f["quantity"].map(STEP_SIZE_PANELS))
+    figure = line_panels(frame, "step", "value", panel="quantity", line="arm", units="seed", title=title,
+                         ylabel="step size")
+    for ax in figure.axes:
+        ax.set_yscale("log")
+    return figure
+
+
+def inverse_size_figure(points: pd.DataFrame, fits: pd.DataFrame, ylabel: str = "FD", title: str | None = None):
+    """Chong & Forsyth's extrapolation drawn: per ``case`` and ``draw``, the measured values
+    against 1/m (mean over draws at each m), the fitted line ``fd_inf + slope / m`` down to
+    1/m = 0 and there the intercept with its 95% interval (``ci_low``, ``ci_high``).
+
+    >>> fits = pd.DataFrame({"case": ["a"], "draw": [0], "fd_inf": [1.0], "slope": [10.0], "ci_low": [0.5],
+    ...                      "ci_high": [1.5]})
+    >>> points = pd.DataFrame({"case": ["a"] * 2, "draw": [0, 0], "m": [10, 20], "fd": [2.0, 1.5]})
+    >>> inverse_size_figure(points, fits).axes[0].get_xlabel()
+    '1 / m (generated images)'
+    """
+    import matplotlib.pyplot as plt
+
+    figure, ax = plt.subplots(figsize=(6.0, 3.6))
+    colours = {case: f"C{i}" for i, case in enumerate(dict.fromkeys(fits["case"]))}
+    for (case, draw), fit in fits.groupby(["case", "draw"], sort=False):
+        row = fit.iloc[0]
+        measured = points[(points["case"] == case) & (points["draw"] == draw)].groupby("m")["fd"].mean()
+        inverse = 1.0 / measured.index.to_numpy(dtype=float)
+        ax.plot(inverse, measured.to_numpy(), "o", ms=3, color=colours[case], label=case if draw == 0 else None)
+        line = np.linspace(0.0, inverse.max(), 20)
+        ax.plot(line, row["fd_inf"] + row["slope"] * line, "-", lw=0.8, color=colours[case])
+        ax.errorbar([0.0], [row["fd_inf"]], yerr=[[max(0.0, row["fd_inf"] - row["ci_low"])],
+                                                  [max(0.0, row["ci_high"] - row["fd_inf"])]],
+                    color=colours[case], capsize=3, marker="_")
+    ax.axhline(0.0, color="grey", lw=0.5)
+    ax.set_xlabel("1 / m (generated images)")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=6)
+    if title:
+        ax.set_title(title, fontsize=9)
+    figure.tight_layout()
+    return figure
