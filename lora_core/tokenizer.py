@@ -100,5 +100,5 @@ def load_clip_tokenizer(folder: str | Path):
     else:
         expected = len(json.loads((folder / "tokenizer.json").read_text())["model"]["vocab"])
     if len(tokenizer) < expected:
-        raise RuntimeError(f"{folder}: CLIPTokenizer loaded {len(tokenizer)} tokens, vocab.json has {expected}")
+        raise RuntimeError(f"{folder}: CLIPTokenizer loaded {len(tokenizer)} tokens, its saved vocabulary has {expected}")
     return tokenizer
