@@ -127,3 +127,16 @@ def test_this_build_has_no_gpu_results_and_the_appendix_says_so():
     if any(GPU_RESULTS_DIR.glob("bench_gpu_*.json")):
         pytest.skip("GPU results are committed")
     assert gpu_benchmarks()[2] == NO_GPU
+
+
+def test_the_carried_wheels_are_the_pins_and_their_needs_without_torchs_stack(bench):
+    from lora_core.platforms import required_pins
+
+    wheels = bench("download_gpu_wheels")
+    wanted = wheels.closure()
+    pins = {wheels._canonical(name): version for name, version in required_pins(ROOT / "requirements-gpu.txt").items()}
+    for name in ("diffusers", "transformers", "huggingface-hub", "peft", "accelerate", "safetensors", "tokenizers"):
+        assert wanted[name] == pins[name]
+    assert not {"torch", "torchvision", "triton", "numpy", "pillow"} & set(wanted)
+    assert not any(name.startswith("nvidia-") for name in wanted)
+    assert {"hf-xet", "httpx2", "regex"} <= set(wanted)  # what the pinned hub and transformers need
