@@ -192,15 +192,17 @@ class RestartNeeded(RuntimeError):
 
 def prepare(profile: str = "tiny", *, platform: str | None = None, repo_dir: Path = REPO_ROOT,
             run: Callable[..., Any] = subprocess.run, mount: Callable[[], bool] = mount_drive,
-            device=None) -> Any:
+            device=None, installed: Callable[[str], str | None] = _installed) -> Any:
     """Set up this session for ``profile`` (see the module docstring); returns the profile to run:
     for ``sd15`` the :class:`~lora_core.profiles.Profile` planned for this GPU, else ``profile``.
     Raises :class:`lora_core.gpu.UnusableGPU` when ``sd15`` meets no usable GPU, and
-    :class:`RestartNeeded` when the install upgraded modules this kernel had already imported."""
+    :class:`RestartNeeded` when the install upgraded modules this kernel had already imported.
+    ``run``, ``mount``, ``device`` and ``installed`` (a package's installed version) stand in for the
+    platform in tests."""
     platform = platform or detect_platform()
     mounted = platform == "colab" and mount()
-    plan = plan_setup(platform, repo_dir, drive_mounted=mounted, data_ready=(repo_dir / "data" / "styles").is_dir(),
-                      npm_available=shutil.which("npm") is not None)
+    plan = plan_setup(platform, repo_dir, drive_mounted=mounted, installed=installed,
+                      data_ready=(repo_dir / "data" / "styles").is_dir(), npm_available=shutil.which("npm") is not None)
     run_setup(plan, run)
     os.chdir(repo_dir)   # the chapters read data/ and write runs relative to the repository
     print(f"[set-up] {platform}: runs in {plan.runs_root if platform != 'local' else 'runs/'}", *plan.notes,

@@ -13,11 +13,7 @@ from lora_core.platforms import SetupPlan, detect_platform, plan_setup, prepare
 
 ROOT = Path(__file__).resolve().parent.parent
 PLATFORM_TORCH = {"torch": "2.8.0+cu128", "torchvision": "0.23.0+cu128"}
-
-
-def fresh_platform(name):
-    """What a fresh Colab or Kaggle image has installed: its torch and torchvision, not this project."""
-    return lambda package: PLATFORM_TORCH.get(package)
+FRESH_IMAGE = PLATFORM_TORCH.get  # a fresh Colab or Kaggle image's installed versions: its torch, not this project
 
 
 @pytest.mark.parametrize("environ, modules, expected", [
@@ -38,7 +34,7 @@ def _package_names(command):
 
 
 def test_kaggle_installs_the_project_beside_its_own_torch_and_keeps_runs_in_kaggle_working():
-    plan = plan_setup("kaggle", ROOT, installed=fresh_platform("kaggle"))
+    plan = plan_setup("kaggle", ROOT, installed=FRESH_IMAGE)
     requirements, constraints = ROOT / "requirements-gpu.txt", ROOT / "scratch" / "platform-constraints.txt"
     assert plan.commands == (
         (sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "-e", str(ROOT)),
@@ -59,9 +55,9 @@ def test_the_gpu_requirements_never_name_torch_or_torchvision():
 
 
 def test_colab_keeps_runs_in_drive_and_says_when_drive_is_missing():
-    mounted = plan_setup("colab", ROOT, drive_mounted=True, installed=fresh_platform("colab"))
+    mounted = plan_setup("colab", ROOT, drive_mounted=True, installed=FRESH_IMAGE)
     assert mounted.runs_root == Path("/content/drive/MyDrive/lora-style-lab/runs") and not mounted.notes
-    unmounted = plan_setup("colab", ROOT, drive_mounted=False, installed=fresh_platform("colab"))
+    unmounted = plan_setup("colab", ROOT, drive_mounted=False, installed=FRESH_IMAGE)
     assert unmounted.runs_root == Path("/content/lora-style-lab-output/runs")
     assert unmounted.notes == ("Google Drive is not mounted: runs go to /content/lora-style-lab-output, which a "
                                "new session loses",)
@@ -80,7 +76,7 @@ def test_a_second_run_of_the_cell_installs_nothing_and_missing_data_is_built():
 
 
 def test_local_changes_nothing():
-    plan = plan_setup("local", ROOT, installed=fresh_platform("local"))
+    plan = plan_setup("local", ROOT, installed=FRESH_IMAGE)
     assert plan == SetupPlan("local", ROOT, ROOT, notes=("not on Colab or Kaggle: nothing installed",))
 
 
@@ -111,14 +107,18 @@ def test_prepare_on_kaggle_installs_unsets_offline_and_moves_the_runs_root(fake_
     import huggingface_hub.constants as hub_constants
 
     cpu = example_device("cpu")
-    assert prepare("tiny", repo_dir=fake_kaggle.clone, run=fake_kaggle.run, device=cpu) == "tiny"
+    assert prepare("tiny", repo_dir=fake_kaggle.clone, run=fake_kaggle.run, device=cpu,
+                   installed=FRESH_IMAGE) == "tiny"
     assert [command[3:5] for command, _ in fake_kaggle.commands] == [["install", "--quiet"]] * 2
+    assert fake_kaggle.commands[1][0][-3:] == [str(fake_kaggle.clone / "requirements-gpu.txt"), "-c",
+                                               str(fake_kaggle.clone / "scratch" / "platform-constraints.txt")]
     assert all(kwargs == {"cwd": fake_kaggle.clone, "check": True} for _, kwargs in fake_kaggle.commands)
     assert "HF_HUB_OFFLINE" not in platforms.os.environ and hub_constants.HF_HUB_OFFLINE is False
     output = fake_kaggle.working / "lora-style-lab-output"
     assert runs.run_dir_for("lora", "0123456789ab") == output / "runs" / "lora-0123456789ab"
     assert Path.cwd() == fake_kaggle.clone
-    assert (fake_kaggle.clone / "scratch" / "platform-constraints.txt").read_text().startswith("torch==")
+    assert (fake_kaggle.clone / "scratch" / "platform-constraints.txt").read_text() == (
+        "torch==2.8.0+cu128\ntorchvision==0.23.0+cu128\n")
 
 
 def test_a_run_interrupted_on_kaggle_resumes_in_kaggle_working(fake_kaggle, tiny_base, one_thread, monkeypatch):
