@@ -213,7 +213,9 @@ def stage_book(root: Path) -> None:
     shutil.copy2(REPO_ROOT / "_config.yml", root / "_config.yml")
     shutil.copytree(BOOK_DIR, root / "book", dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("notebooks"))
-    for name in ("models", "lora_core"):  # book/data.md includes models/tiny-sd/MODEL_CARD.md and its figures
+    # models: book/data.md includes models/tiny-sd/MODEL_CARD.md and its figures; lora_core: the
+    # config's Sphinx extension (lora_core.pairing)
+    for name in ("models", "lora_core"):
         if not (root / name).exists():
             (root / name).symlink_to(REPO_ROOT / name, target_is_directory=True)
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock

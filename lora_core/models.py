@@ -265,11 +265,12 @@ def _load_single_file(path: Path, config: str | Path | None, dtype: torch.dtype)
 
     # An A1111/kohya checkpoint named alone (a profile's base_model) is read as SD v1.5: its configs
     # and tokenizer come from SD v1.5's hub id (a few kB; the weights are the file's).
-    given, config = config, config if config is not None else HUB_ID
+    config_given = config is not None
+    config = config if config_given else HUB_ID
     try:
         check_single_file(path, config)  # a clear key/shape report instead of diffusers' meta-tensor error
     except OSError as error:  # the hub's "offline, not cached" and "not found" errors
-        if given is not None:
+        if config_given:
             raise
         raise ValueError(f"{path}: a single-file checkpoint needs config= (a diffusers folder or hub id with the "
                          "same architecture), because it stores weights, not configs; without it SD v1.5's "

@@ -79,9 +79,8 @@ PROFILES: dict[str, Profile] = {
         description="Stable Diffusion v1.5 at 512 px on one GPU with the studies' settings",
         base_model="stable-diffusion-v1-5/stable-diffusion-v1-5", resolution=512, train_steps=1000,
         batch_size=4, gradient_accumulation_steps=1, optimizer="adamw8bit", checkpoint_every_steps=100,
-        learning_rate=1e-4,
-        lora_rank=16, lora_alpha=16.0, inference_steps=30, guidance_scale=7.5, n_eval_images=100, n_seeds=3,
-        mixed_precision="fp16", device="cuda", lpips_backbone="lpips-alex",
+        learning_rate=1e-4, lora_rank=16, lora_alpha=16.0, inference_steps=30, guidance_scale=7.5,
+        n_eval_images=100, n_seeds=3, mixed_precision="fp16", device="cuda", lpips_backbone="lpips-alex",
         alignment_backbone="clip-vit-large-patch14",
     ),
 }
