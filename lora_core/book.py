@@ -207,14 +207,17 @@ def build_html(root: Path = REPO_ROOT, strict: bool = True) -> Path:
 
 def stage_book(root: Path) -> None:
     """Copy the book's sources (config, toc, prose pages) to ``root`` for a build elsewhere; the
-    shipped models they include are linked, not copied."""
+    shipped models they include and the package (whose Sphinx extension the config loads from the
+    book's root) are linked, not copied."""
     root.mkdir(parents=True, exist_ok=True)
     shutil.copy2(REPO_ROOT / "_config.yml", root / "_config.yml")
     shutil.copytree(BOOK_DIR, root / "book", dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("notebooks"))
-    models = root / "models"  # book/data.md includes models/tiny-sd/MODEL_CARD.md and its figures
-    if not models.exists():
-        models.symlink_to(REPO_ROOT / "models", target_is_directory=True)
+    # models: book/data.md includes models/tiny-sd/MODEL_CARD.md and its figures; lora_core: the
+    # config's Sphinx extension (lora_core.pairing)
+    for name in ("models", "lora_core"):
+        if not (root / name).exists():
+            (root / name).symlink_to(REPO_ROOT / name, target_is_directory=True)
 
 
 def run_book(profile: str, overrides: dict[str, Any], only: list[str] | None = None,

@@ -12,8 +12,12 @@ sets, ``sd15`` is Stable Diffusion v1.5 at 512 px with the studies' settings.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from lora_core.config import Config, option
+
+if TYPE_CHECKING:
+    from lora_core.gpu import DeviceProperties, Plan, StudySettings
 
 
 @dataclass(frozen=True)
@@ -25,7 +29,12 @@ class Profile(Config):
                                          ".safetensors file")
     resolution: int = option(32, "training and generation resolution in pixels (square)")
     train_steps: int = option(150, "optimizer steps per adapter training run")
-    batch_size: int = option(16, "images per optimizer step")
+    batch_size: int = option(16, "images per micro-batch (times gradient_accumulation_steps per optimizer step)")
+    gradient_accumulation_steps: int = option(1, "micro-batches per optimizer step")
+    gradient_checkpointing: bool = option(False, "recompute activations in backward (less memory, more compute)")
+    optimizer: str = option("adamw", "adamw, adamw8bit (bitsandbytes) or prodigy")
+    checkpoint_every_steps: int = option(0, "full resume state every N optimizer steps (0: none); a re-run "
+                                            "after a dead session resumes from the last one")
     learning_rate: float = option(1e-4, "default UNet learning rate")
     lora_rank: int = option(16, "default LoRA rank r")
     lora_alpha: float = option(16.0, "default LoRA alpha (scale = alpha / rank)")
@@ -62,15 +71,20 @@ PROFILES: dict[str, Profile] = {
         lora_rank=16, lora_alpha=16.0, inference_steps=20, guidance_scale=4.0, n_eval_images=50,
         n_seeds=3,
     ),
+    # The memory plan of a 16 GB T4 (lora_core.gpu.plan_for; tests keep them equal), which fits
+    # every card the studies used. The Colab/Kaggle set-up cell takes the plan of the card it finds
+    # (sd15_for): the same images per step, split into micro-batches where the memory is smaller.
     "sd15": Profile(
         name="sd15",
         description="Stable Diffusion v1.5 at 512 px on one GPU with the studies' settings",
         base_model="stable-diffusion-v1-5/stable-diffusion-v1-5", resolution=512, train_steps=1000,
-        batch_size=1, learning_rate=1e-4, lora_rank=16, lora_alpha=16.0, inference_steps=30,
-        guidance_scale=7.5, n_eval_images=100, n_seeds=3, mixed_precision="fp16", device="cuda",
-        lpips_backbone="lpips-alex", alignment_backbone="clip-vit-large-patch14",
+        batch_size=4, gradient_accumulation_steps=1, optimizer="adamw8bit", checkpoint_every_steps=100,
+        learning_rate=1e-4, lora_rank=16, lora_alpha=16.0, inference_steps=30, guidance_scale=7.5,
+        n_eval_images=100, n_seeds=3, mixed_precision="fp16", device="cuda", lpips_backbone="lpips-alex",
+        alignment_backbone="clip-vit-large-patch14",
     ),
 }
+SD15_IMAGES_PER_STEP = 4  # the diffusers LoRA example's 1 x 4 accumulation
 
 
 def get_profile(name: str, **overrides) -> Profile:
@@ -78,3 +92,28 @@ def get_profile(name: str, **overrides) -> Profile:
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}. Valid profiles: {', '.join(PROFILES)}")
     return PROFILES[name].replace(**overrides) if overrides else PROFILES[name]
+
+
+def sd15_study_settings() -> "StudySettings":
+    """The step every ``sd15`` plan must fit: a rank-16 LoRA on SD v1.5 at 512 px, four images."""
+    from lora_core.gpu import StudySettings
+
+    sd15 = PROFILES["sd15"]
+    return StudySettings(method="lora", resolution=sd15.resolution, images_per_step=SD15_IMAGES_PER_STEP,
+                         rank=sd15.lora_rank, optimizer="adamw8bit")
+
+
+def sd15_for(device: "DeviceProperties") -> tuple[Profile, "Plan"]:
+    """The ``sd15`` profile planned for ``device`` (``lora_core.gpu.plan_for``), and the plan that
+    says why. On the CPU: float32, plain AdamW and the whole step in one micro-batch.
+
+    >>> from lora_core.gpu import DeviceProperties
+    >>> profile, plan = sd15_for(DeviceProperties("cpu", None, 0, "2.13.0+cpu", None))
+    >>> profile.batch_size, profile.mixed_precision, profile.device
+    (4, 'no', 'cpu')
+    """
+    from lora_core.gpu import plan_for
+
+    plan = plan_for(device, sd15_study_settings())
+    settings = {key: value for key, value in plan.train_settings().items() if key in Profile.help()}
+    return PROFILES["sd15"].replace(**settings, device="cuda" if device.is_cuda else "cpu"), plan

@@ -104,7 +104,10 @@ def _train_fields(profile: Profile, style: str, seed: int, overrides: dict[str, 
     fields = {"data": DataConfig(folder=style_folder(style, "train"), resolution=profile.resolution),
               "base_model": profile.base_model, "seed": seed, "max_train_steps": profile.train_steps,
               "batch_size": profile.batch_size, "learning_rate": profile.learning_rate,
-              "mixed_precision": profile.mixed_precision}
+              "mixed_precision": profile.mixed_precision, "optimizer": profile.optimizer,
+              "gradient_accumulation_steps": profile.gradient_accumulation_steps,
+              "gradient_checkpointing": profile.gradient_checkpointing,
+              "checkpoint_every_steps": profile.checkpoint_every_steps}
     fields.update(overrides)
     return fields
 
