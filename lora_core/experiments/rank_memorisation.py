@@ -71,7 +71,7 @@ class RankSettings(Config):
     full_seeds: int = option(1, "training seeds of the full fine-tune (DreamBooth), the memorisation reference")
     n_concrete: int = option(25, "held-out captions prompted (S5: 50 prompts in two groups)")
     n_abstract: int = option(25, "abstract ideas prompted (prompt_groups.ABSTRACT_IDEAS, at most 25)")
-    n_memorisation: int = option(30, "training captions generated per model and seed for the copy measures")
+    n_memorisation: int = option(20, "training captions generated per model and seed for the copy measures")
     n_reference: int = option(0, "training and held-out real images behind the copy thresholds; 0 = all")
     n_cells: int = option(3, "k-means cells of the data-copying test (fewer when generations cannot fill 20 each)")
     validate: bool = option(True, "validation loss on the held-out images (all of them, 4 fixed timesteps)")
@@ -275,26 +275,30 @@ class RankResult(ChapterResult):
 
 # ---- predicted cost from counts ---------------------------------------------------------------------
 
-# Seconds per unit on one core of this machine kind, idle (tiny UNet fwd+bwd of 16 images 0.20 s
-# and a CFG forward of 32 in 0.11 s, /work/shared/ENVIRONMENT.md; the others measured beside them
-# as ratios): a step of LoRA on S5's six modules and of the full fine-tune (UNet and text
-# encoder), one validation sample at one timestep, one image generated (CFG, the profile's steps),
-# one image through EfficientNet-Lite0, one training image loaded and encoded for the latent cache.
-UNIT_SECONDS = {"lora_step": 0.25, "full_step": 0.35, "validation_sample": 0.005, "generated_image_per_step": 0.0075,
-                "featured_image": 0.02, "cached_image": 0.003}
+# Seconds per unit on one idle core of this machine kind: each unit was timed in one process beside
+# the tiny UNet's forward and backward pass of 16 images (one thread), and scaled by that pass's
+# idle time, 0.20 s (/work/shared/ENVIRONMENT.md), so machine load cancels out. Units: an optimizer
+# step of LoRA on S5's six modules (rank 16 and 64 alike) and of the full fine-tune (UNet and text
+# encoder), one validation sample at one timestep, one generated image per denoising step (CFG),
+# one image through EfficientNet-Lite0 at 224 px, one training image loaded and encoded for a run.
+UNIT_SECONDS = {"lora_step": 0.20, "full_step": 0.30, "validation_sample": 0.0037, "generated_image_per_step": 0.0084,
+                "featured_image": 0.033, "cached_image": 0.0035}
 
 
 def predicted_cost(profile: Profile, settings: RankSettings, n_train: int, n_held_out: int,
-                   n_depicting: int = 75, units: dict[str, float] = UNIT_SECONDS) -> pd.DataFrame:
+                   units: dict[str, float] = UNIT_SECONDS) -> pd.DataFrame:
     """The chapter's cost on a fresh build (nothing cached) from its counts: runs x steps x s/step,
     validation samples, images generated and scored, latent caching.
 
     >>> from lora_core.profiles import get_profile
     >>> table = predicted_cost(get_profile("tiny"), rank_settings(get_profile("tiny")), 1500, 411)
     >>> table[["item", "count"]].values.tolist()[:2], round(float(table["seconds"].sum()))
-    ([['LoRA steps', 900], ['full fine-tune steps', 150]], 507)
+    ([['LoRA steps', 900], ['full fine-tune steps', 150]], 477)
     """
+    from lora_core.experiments.prompt_groups import ABSTRACT_IDEAS
+
     batch = settings.batch_size or profile.batch_size
+    n_depicting = sum(len(idea.depicted_by) for idea in ABSTRACT_IDEAS[:settings.n_abstract])
     steps = settings.epochs * math.ceil(n_train / batch) if settings.epochs else profile.train_steps
     validations = (settings.epochs if settings.epochs else 1) if settings.validate else 0
     lora_runs = len(settings.ranks) * len(seeds_of(profile, settings))
