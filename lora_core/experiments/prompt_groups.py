@@ -150,6 +150,7 @@ def set_folder(name: str, split: str) -> str:
 
 
 def absolute_folder(folder: str) -> Path:
+    """A folder as :func:`set_folder` spells it, made absolute (relative ones lie under the repository)."""
     from lora_core.models import REPO_ROOT
 
     return Path(folder) if Path(folder).is_absolute() else REPO_ROOT / folder
