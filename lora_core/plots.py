@@ -373,3 +373,80 @@ def inverse_size_figure(points: pd.DataFrame, fits: pd.DataFrame, ylabel: str = 
         ax.set_title(title, fontsize=9)
     figure.tight_layout()
     return figure
+
+
+def band_panels(frame: pd.DataFrame, x: str, panel: str | None = None, line: str | None = None,
+                title: str | None = None, xlabel: str | None = None, ylabel: str | None = None):
+    """``value`` against ``x`` as a line with its 95% interval (``ci_low``, ``ci_high``) as a band:
+    one panel per value of ``panel``, one colour per value of ``line`` (legend). For curves with
+    many points (loss over steps), where :func:`interval_panels`' error bars would crowd.
+
+    >>> curves = pd.DataFrame({"step": [1, 2, 1, 2], "value": [1.0, 0.5, 0.9, 0.6], "ci_low": [0.8, 0.4, 0.8, 0.5],
+    ...                        "ci_high": [1.2, 0.6, 1.0, 0.7], "rank": ["r16", "r16", "r64", "r64"]})
+    >>> axes = band_panels(curves, "step", line="rank").axes
+    >>> len(axes[0].lines), len(axes[0].collections), axes[0].get_legend_handles_labels()[1]
+    (2, 2, ['r16', 'r64'])
+    """
+    panels = _groups(frame, panel)
+    figure, axes = _panels(len(panels), width=3.6 if len(panels) > 1 else 5.0)
+    for ax, (name, rows) in zip(axes, panels):
+        for label, points in _groups(rows, line):
+            points = points.sort_values(x)
+            drawn = ax.plot(points[x], points["value"], lw=1.0, label=label)[0]
+            ax.fill_between(points[x], points["ci_low"], points["ci_high"], color=drawn.get_color(), alpha=0.2, lw=0)
+        ax.set_title(name or "", fontsize=8)
+        if ylabel:
+            ax.set_ylabel(ylabel)
+    return _finish(figure, axes, title, xlabel or x, False, frame, x)
+
+
+def histogram_panels(frame: pd.DataFrame, value: str, panel: str, reference: str, threshold: float | None = None,
+                     title: str | None = None, xlabel: str | None = None, bins: int = 30):
+    """One panel per value of ``panel`` except ``reference``: the distribution of ``value`` (density),
+    over the reference rows' distribution in grey, with a dashed vertical line at ``threshold``.
+
+    >>> rows = pd.DataFrame({"who": ["real"] * 3 + ["model"] * 3, "cos": [0.1, 0.2, 0.3, 0.2, 0.4, 0.9]})
+    >>> figure = histogram_panels(rows, "cos", "who", reference="real", threshold=0.5)
+    >>> [ax.get_title() for ax in figure.axes], figure.axes[0].get_legend_handles_labels()[1]
+    (['model'], ['real', 'model', 'threshold 0.5'])
+    """
+    groups = [(name, rows) for name, rows in _groups(frame, panel) if name != reference]
+    figure, axes = _panels(len(groups), width=3.0 if len(groups) > 1 else 4.5, sharey=True)
+    edges = np.histogram_bin_edges(frame[value].dropna(), bins=bins)
+    background = frame.loc[frame[panel] == reference, value]
+    for ax, (name, rows) in zip(axes, groups):
+        ax.hist(background, bins=edges, density=True, color="lightgrey", label=str(reference))
+        ax.hist(rows[value], bins=edges, density=True, histtype="step", lw=1.4, label=str(name))
+        if threshold is not None:
+            ax.axvline(threshold, color="black", ls="--", lw=0.8, label=f"threshold {_fmt(threshold)}")
+        ax.set_title(str(name), fontsize=8)
+    axes[0].set_ylabel("density")
+    return _finish(figure, axes, title, xlabel or value, False, frame, value)
+
+
+def stacked_bars(counts: pd.DataFrame, label: str, title: str | None = None, xlabel: str = "count",
+                 colours: Mapping[str, str] | None = None):
+    """One horizontal bar per row of ``counts`` (named by its ``label`` column), stacked from the
+    other columns in their order (the legend, below the bars; ``colours`` by column name):
+    verdict counts per study, for instance.
+
+    >>> counts = pd.DataFrame({"study": ["S1", "S2"], "confirmed": [2, 0], "not confirmed": [1, 3]})
+    >>> figure = stacked_bars(counts, "study", colours={"confirmed": "tab:green"})
+    >>> len(figure.axes[0].patches), figure.axes[0].get_legend_handles_labels()[1]
+    (4, ['confirmed', 'not confirmed'])
+    """
+    import matplotlib.pyplot as plt
+
+    figure, ax = plt.subplots(figsize=(6.0, 0.45 * max(len(counts), 2) + 1.6))
+    left = np.zeros(len(counts))
+    for column in [c for c in counts.columns if c != label]:
+        values = counts[column].to_numpy(dtype=float)
+        ax.barh(counts[label].astype(str), values, left=left, label=str(column), color=(colours or {}).get(column))
+        left += values
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=4, frameon=False)
+    if title:
+        ax.set_title(title, fontsize=9)
+    figure.tight_layout()
+    return figure
