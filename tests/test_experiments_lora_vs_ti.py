@@ -276,3 +276,18 @@ def test_set_folder_names_an_unknown_set_and_an_unbuilt_one(landmarks, tmp_path,
     monkeypatch.setattr(world, "SUBJECT_SETS", {"landmarks": FakeSubjectSet("fluent3d", TRIGGER, tmp_path)})
     with pytest.raises(FileNotFoundError, match=r"train: no images; build the data sets with `python -m lora_core.toy"):
         set_folder("landmarks", "train")
+
+
+def test_study_facts_say_why_a_claim_is_not_established():
+    from lora_core.experiments.lora_vs_ti import study_facts
+    from lora_core.user_study.s4 import read_s4
+
+    study = read_s4(n_resamples=200)
+    facts = study_facts(study)
+    assert facts["n_established"] == 2 and facts["unestablished"].startswith("50% said neither method kept the "
+                                                                               "landmark (needs a control")
+    assert facts["simulated_summary"].startswith("SIMULATED panel, not data")
+    weak = study.verdicts.assign(established=[True, False, False])
+    weak.loc[1, "what the claim would need"] = "-"
+    facts = study_facts(type(study)(study.reported, study.simulated, study.power, weak))
+    assert "80% found LoRA's style closest to the originals (not above chance in both readings)" in facts["unestablished"]

@@ -393,12 +393,12 @@ def study_facts(study) -> dict[str, Any]:
     established = verdicts[verdicts["established"]]
     names = "; ".join(established["S4's claim"]) or "none"
     missing = verdicts[~verdicts["established"]]
-    unestablished = "; ".join(f"{claim} (needs {need})" for claim, need in
-                              zip(missing["S4's claim"], missing["what the claim would need"])) or "none"
+    unestablished = "; ".join(f"{claim} ({'needs ' + need if need != '-' else 'not above chance in both readings'})"
+                              for claim, need in zip(missing["S4's claim"], missing["what the claim would need"]))
     return {"n_established": len(established), "established_claims": names, "unestablished": unestablished,
             "simulated_summary": study.simulated.summary(),
             "found_s4": (f"Read as 50 participants, S4's study could establish {len(established)} of its "
-                         f"{len(verdicts)} claims ({names}); not: {unestablished}.")}
+                         f"{len(verdicts)} claims ({names})" + (f"; not: {unestablished}." if unestablished else "."))}
 
 
 # ---- the chapter ---------------------------------------------------------------------------------
