@@ -127,7 +127,8 @@ def test_validation_folder_is_written_once_and_named_by_its_content(landmark_fol
 
 def test_both_methods_train_on_equal_terms_and_timing_runs_differ_only_in_caching(landmarks):
     plan = plan_chapter(SMOKE, chapter_settings(SMOKE, n_seeds=2))
-    assert plan.batch_size == scaled_batch_size(12, 1, SMOKE.train_steps) and plan.steps_per_epoch == 12 // plan.batch_size
+    assert plan.batch_size == scaled_batch_size(12, 1, SMOKE.train_steps)
+    assert plan.steps_per_epoch == 12 // plan.batch_size
     assert (REPO_ROOT / plan.validation).is_dir() or Path(plan.validation).is_dir()
     shared = ("data", "validation_folder", "base_model", "seed", "batch_size", "mixed_precision", "cache_latents",
               "attention", "gradient_checkpointing", "optimizer", "lr_scheduler", "max_grad_norm", "loss_type")
@@ -136,7 +137,8 @@ def test_both_methods_train_on_equal_terms_and_timing_runs_differ_only_in_cachin
         assert {name: getattr(lora, name) for name in shared} == {name: getattr(ti, name) for name in shared}
         assert lora.cache_latents and lora.attention == "sdpa" and lora.seed == seed
         assert (lora.epochs, ti.epochs) == (1, 2) and lora.options.dropout == 0.1
-        assert ti.options.trigger_word == TRIGGER and ti.learning_rate == pytest.approx(5e-3 * SMOKE.learning_rate / 1e-4)
+        assert ti.options.trigger_word == TRIGGER
+        assert ti.learning_rate == pytest.approx(5e-3 * SMOKE.learning_rate / 1e-4)  # S1's TI lr, the profile's scale
     assert list(plan.timing) == [(variant, r) for r in (0, 1) for variant in lora_vs_ti.TIMING_VARIANTS]
     for (variant, r), config in plan.timing.items():
         method, cached = lora_vs_ti.TIMING_VARIANTS[variant]
@@ -240,7 +242,8 @@ def test_kit_folder_link_and_book_config_agree():
 def test_chapter_runs_in_smoke_and_builds_the_kit_from_its_own_images(landmarks, tiny_base, tmp_path, one_thread):
     from lora_core.user_study.kit import load_manifest
 
-    result = lora_vs_ti.run_lora_vs_ti("smoke", base=tiny_base, runs_root=tmp_path / "runs", executed_dir=tmp_path / "book")
+    runs, book_dir = tmp_path / "runs", tmp_path / "book"
+    result = lora_vs_ti.run_lora_vs_ti("smoke", base=tiny_base, runs_root=runs, executed_dir=book_dir)
     assert result.epochs.groupby("method")["epoch"].max().to_dict() == {"lora": 1, "textual_inversion": 2}
     assert result.epochs["val_loss"].notna().all()  # one validation at every epoch end
     assert result.timing.groupby("variant")["cached_latents"].first().to_dict() == {
@@ -262,7 +265,7 @@ def test_chapter_runs_in_smoke_and_builds_the_kit_from_its_own_images(landmarks,
     assert result.config_table()["steps"].tolist() == [result.plan.steps_per_epoch, 2 * result.plan.steps_per_epoch]
     assert list(result.results_table().columns) == ["LoRA", "TI", "base (no adapter)", "true held-out image"]
     assert set(result.aggregated["method"]) == {"lora", "textual_inversion", "base", "true image"}
-    again = lora_vs_ti.run_lora_vs_ti("smoke", base=tiny_base, runs_root=tmp_path / "runs", executed_dir=tmp_path / "book")
+    again = lora_vs_ti.run_lora_vs_ti("smoke", base=tiny_base, runs_root=runs, executed_dir=book_dir)
     assert again.facts["kit_id"] == result.facts["kit_id"]  # same runs, same images, same kit
     assert torch.equal(again.images[("lora", 0)], result.images[("lora", 0)])
 
@@ -290,4 +293,5 @@ def test_study_facts_say_why_a_claim_is_not_established():
     weak = study.verdicts.assign(established=[True, False, False])
     weak.loc[1, "what the claim would need"] = "-"
     facts = study_facts(type(study)(study.reported, study.simulated, study.power, weak))
-    assert "80% found LoRA's style closest to the originals (not above chance in both readings)" in facts["unestablished"]
+    assert "80% found LoRA's style closest to the originals (not above chance in both readings)" in \
+        facts["unestablished"]

@@ -110,7 +110,8 @@ class EqualTermsSettings(Config):
 
 
 # smoke: seconds (one seed, the fewest epochs that still show a best epoch); tiny: S4's epochs,
-# the batch from the profile's step budget, within 6 minutes on 2 cores; sd15: S4's own settings (batch 1, about 14 of 115 images for validation).
+# the batch from the profile's step budget, within 6 minutes on 2 cores; sd15: S4's own settings
+# (batch 1, about 14 of 115 images for validation).
 EQUAL_TERMS = {"smoke": EqualTermsSettings(lora_epochs=1, ti_epochs=2, n_validation=4, n_seeds=1, timing_steps=3,
                                             n_sheet_rows=3),
                "tiny": EqualTermsSettings(),
@@ -580,30 +581,37 @@ def run_lora_vs_ti(profile: Profile | str = "tiny", *, base=None, runs_root: str
     settings = resolve_profile(profile)
     plan = plan_chapter(settings, chapter_settings(settings, subject_set=subject_set, n_eval=n_eval, n_seeds=n_seeds))
     base = base if base is not None else load_base(settings.base_model)
-    clock, seconds = time.perf_counter(), {}
-
-    def lap(part: str) -> None:
-        nonlocal clock
-        seconds[part], clock = time.perf_counter() - clock, time.perf_counter()
-
+    clock = Stopwatch()
     with quiet_libraries():
         records = {key: train(config, base=base, runs_root=runs_root, progress=False)
                    for key, config in plan.configs.items()}
-        lap("training")
+        clock.lap("training")
         timing_records = {key: train(config, base=base, runs_root=runs_root, progress=False)
                           for key, config in plan.timing.items()}
-    lap("timing runs")
+    clock.lap("timing runs")
     result = LoraVsTiResult(settings, plan=plan, eval_set=chapter_eval_set(plan), records=records,
-                            timing_records=timing_records, seconds=seconds)
+                            timing_records=timing_records, seconds=clock.seconds)
     result.images = generate_runs(base, records, result.eval_set, settings)
-    lap("generation")
+    clock.lap("generation")
     score_chapter(result)
-    lap("measures")
+    clock.lap("measures")
     result.kit = write_kit(kit_images(result), plan.held_out.kit_keys, resolve(executed_dir) / KIT_FOLDER,
                            plan.settings.n_attention)
     result.study = read_s4(settings.n_bootstrap)
-    lap("study")
+    clock.lap("study")
     return read_lora_vs_ti(result)
+
+
+@dataclass
+class Stopwatch:
+    """Seconds per named part of a computation, each lap from the end of the previous one."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    last: float = field(default_factory=time.perf_counter)
+
+    def lap(self, part: str) -> None:
+        now = time.perf_counter()
+        self.seconds[part], self.last = now - self.last, now
 
 
 def chapter_eval_set(plan: ChapterPlan) -> EvalSet:
@@ -663,7 +671,8 @@ def read_lora_vs_ti(result: LoraVsTiResult) -> LoraVsTiResult:
                      lora_steps=plan.settings.lora_epochs * plan.steps_per_epoch,
                      ti_steps=plan.settings.ti_epochs * plan.steps_per_epoch, train_steps=result.profile.train_steps,
                      lora_dropout=plan.settings.lora_dropout, timing_steps=plan.settings.timing_steps,
-                     n_rounds=len({r for _, r in result.timing_records}), missing_measures=unavailable_text(result.unavailable),
+                     n_rounds=len({r for _, r in result.timing_records}),
+                     missing_measures=unavailable_text(result.unavailable),
                      kit_id=manifest["kit_id"], n_kit_subjects=len(plan.held_out.kit_keys),
                      n_kit_images=3 * len(plan.held_out.kit_keys), n_kit_sets=len(manifest["page"]["trials"]),
                      n_attention=plan.settings.n_attention, example_prompt=result.eval_set.prompts[0],

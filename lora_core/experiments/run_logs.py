@@ -97,7 +97,8 @@ def speed_ratios(timing: pd.DataFrame, ratios: Mapping[str, tuple[str, str]]) ->
         if missing:
             raise ValueError(f"speed_ratios: no timing runs of {missing} (variants: {list(by_round.columns)})")
         values = (by_round[numerator] / by_round[denominator]).dropna()
-        merged = aggregate_over_seeds([MetricResult(name, "wall clock", 1, float(v), float(v), float(v)) for v in values])
+        merged = aggregate_over_seeds([MetricResult(name, "wall clock", 1, float(v), float(v), float(v))
+                                       for v in values])
         rows.append({"ratio": name, "value": merged.value, "ci_low": merged.ci_low, "ci_high": merged.ci_high,
                      "rounds": len(values)})
     return pd.DataFrame(rows)

@@ -164,8 +164,10 @@ def claim_verdicts(reported: pd.DataFrame, simulated: pd.DataFrame) -> pd.DataFr
 
     >>> reported = s4_reported_analysis(n_resamples=200)
     >>> simulated = reported.assign(verdict="not told apart from chance")
-    >>> claim_verdicts(reported, reported)["established"].tolist(), claim_verdicts(reported, simulated)["established"].tolist()
-    ([True, True, False], [False, False, False])
+    >>> claim_verdicts(reported, reported)["established"].tolist()
+    [True, True, False]
+    >>> claim_verdicts(reported, simulated)["established"].tolist()
+    [False, False, False]
     """
     by_question = simulated.set_index("question")
     rows = []
