@@ -43,6 +43,9 @@ NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 BOOK_DIR = REPO_ROOT / "book"
 EXECUTED_DIR = BOOK_DIR / "notebooks"
 TIMINGS_FILE = EXECUTED_DIR / "_timings.json"
+# Files chapters write for the built book to serve as they are (the study kit of chapter 7):
+# _config.yml's html_extra_path, relative to the book's root
+EXTRA_DIR = Path("book") / "notebooks" / "_extra"
 KERNEL_NAME = "python3"
 # Parameters the runner itself provides to the notebooks that declare them (machine-specific:
 # never recorded as a chapter's parameters, so re-run commands do not carry them).
@@ -195,6 +198,7 @@ def build_html(root: Path = REPO_ROOT, strict: bool = True) -> Path:
     Warnings are errors (``-W``), as QuantEcon's books build: a broken reference or a missing
     page fails the build instead of shipping.
     """
+    (root / EXTRA_DIR).mkdir(parents=True, exist_ok=True)  # Sphinx warns (an error here) about a missing extra path
     command = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(root),
                "--config", str(root / "_config.yml"), "--toc", str(root / "book" / "_toc.yml")]
     if strict:

@@ -450,3 +450,58 @@ def stacked_bars(counts: pd.DataFrame, label: str, title: str | None = None, xla
         ax.set_title(title, fontsize=9)
     figure.tight_layout()
     return figure
+
+
+def marked_line_panels(frame: pd.DataFrame, x: str, y: str, panel: str, line: str, units: str | None,
+                       marks: pd.DataFrame, title: str | None = None, xlabel: str | None = None,
+                       ylabel: str | None = None):
+    """:func:`line_panels` with a star at every row of ``marks`` (columns ``panel``, ``line``, ``x``
+    and ``y`` named as for ``frame``) in its line's colour: each run's best epoch on its curve.
+
+    >>> curves = pd.DataFrame({"epoch": [1, 2, 3] * 2, "loss": [3.0, 2.0, 2.5, 3.0, 2.5, 2.0],
+    ...                        "method": ["TI"] * 3 + ["LoRA"] * 3, "kind": ["val"] * 6})
+    >>> best = pd.DataFrame({"epoch": [2, 3], "loss": [2.0, 2.0], "method": ["TI", "LoRA"], "kind": ["val"] * 2})
+    >>> axis = marked_line_panels(curves, "epoch", "loss", "kind", "method", None, best).axes[0]
+    >>> [(l.get_marker(), l.get_color()) for l in axis.lines[2:]]
+    [('*', 'C0'), ('*', 'C1')]
+    """
+    figure = line_panels(frame, x, y, panel=panel, line=line, units=units, title=title, xlabel=xlabel, ylabel=ylabel)
+    axes = {ax.get_title(): ax for ax in figure.axes}
+    colours = {value: f"C{i}" for i, (value, _) in enumerate(_groups(frame, line))}
+    for _, mark in marks.iterrows():
+        axes[str(mark[panel])].plot([mark[x]], [mark[y]], marker="*", markersize=11, markeredgecolor="black",
+                                    color=colours[mark[line]], linestyle="none")
+    return figure
+
+
+def proportion_panels(table: pd.DataFrame, row: str, panel: str = "question", title: str | None = None):
+    """One panel per ``panel`` value (a study's question): per ``row`` (which analysis), the share
+    ``proportion`` as a point, its Wilson interval over answers (thin) and its participant-level
+    cluster interval (thick), and the share a random answerer gives (``chance``, dashed).
+
+    >>> rows = pd.DataFrame({"question": ["buy", "buy"], "analysis": ["reported", "SIMULATED"],
+    ...                      "proportion": [0.9, 0.85], "wilson_low": [0.79, 0.8], "wilson_high": [0.96, 0.9],
+    ...                      "cluster_low": [0.8, 0.7], "cluster_high": [0.97, 0.95], "chance": [0.5, 0.5]})
+    >>> axis = proportion_panels(rows, "analysis").axes[0]
+    >>> axis.get_title(), [t.get_text() for t in axis.get_yticklabels()]
+    ('buy', ['reported', 'SIMULATED'])
+    """
+    panels = _groups(table, panel)
+    figure, axes = _panels(len(panels), width=3.4, height=0.5 * table[row].nunique() + 1.4, sharey=True)
+    for ax, (name, rows) in zip(axes, panels):
+        positions = np.arange(len(rows))
+        ax.hlines(positions, rows["wilson_low"], rows["wilson_high"], color="C0", linewidth=1, label="Wilson (answers)")
+        ax.hlines(positions, rows["cluster_low"], rows["cluster_high"], color="C0", linewidth=4, alpha=0.45,
+                  label="cluster bootstrap (participants)")
+        ax.plot(rows["proportion"], positions, "o", color="C0")
+        ax.axvline(rows["chance"].iloc[0], color="grey", linestyle="--", linewidth=1, label="chance")
+        ax.set_yticks(positions, labels=list(rows[row]))
+        ax.set_xlim(0, 1)
+        ax.set_title(str(name), fontsize=8)
+        ax.set_xlabel("share of answers")
+    axes[0].invert_yaxis()
+    axes[-1].legend(fontsize=6, loc="lower left")
+    if title:
+        figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    return figure

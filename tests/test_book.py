@@ -94,13 +94,6 @@ def test_injected_parameters_cell_is_kept_but_removed_from_the_page(notebook_dir
     assert not any("remove-cell" in c["metadata"].get("tags", []) for c in cells if c is not injected[0])
 
 
-@pytest.fixture(scope="module")
-def smoke_book(tmp_path_factory):
-    """Every notebook executed in the smoke profile and the HTML built, in a temporary root."""
-    root = tmp_path_factory.mktemp("book")
-    return root, run_book("smoke", {}, root=root)
-
-
 def test_smoke_book_builds_with_every_chapter_and_figure(smoke_book):
     tmp_path, runs = smoke_book
     assert [r.name for r in runs] == toc_notebooks()

@@ -72,14 +72,26 @@ def style_folder(style: str, split: str = "train") -> str:
     >>> style_folder("openmoji", "heldout")
     'data/styles/openmoji/heldout'
     """
-    from lora_core.paths import REPO_ROOT
     from lora_core.world import STYLE_SETS
 
     if style not in STYLE_SETS:
         raise ValueError(f"style: unknown style set {style!r}. Valid: {', '.join(STYLE_SETS)}")
     if split not in SPLITS:
         raise ValueError(f"split: {split!r} is not one of {', '.join(SPLITS)}")
-    folder = data_dir() / "styles" / style / split
+    return repo_relative(data_dir() / "styles" / style / split)
+
+
+def repo_relative(folder: str | Path) -> str:
+    """``folder`` relative to the repository when it lies inside it, else as given (absolute):
+    run configs that name it then hash alike wherever the repository is checked out.
+
+    >>> from lora_core.paths import REPO_ROOT
+    >>> repo_relative(REPO_ROOT / "data" / "sets"), repo_relative("/elsewhere/images")
+    ('data/sets', '/elsewhere/images')
+    """
+    from lora_core.paths import REPO_ROOT
+
+    folder = Path(folder)
     try:
         return folder.relative_to(REPO_ROOT).as_posix()
     except ValueError:
@@ -236,11 +248,18 @@ def eval_set(style: str, split: str, n: int) -> EvalSet:
     if not files:
         raise FileNotFoundError(f"{folder}: no captions; build the toy world with `python -m lora_core.toy build`")
     files = [files[i] for i in _selection(len(files), n)]
-    prompts = [f.read_text(encoding="utf-8").splitlines()[0].strip() for f in files]
-    suffix = style_prompt(style, "")
-    captions = [p[: -len(suffix)] if p.endswith(suffix) else p for p in prompts]
-    return EvalSet(SPLITS[split], style, tuple(prompts), tuple(captions),
-                   tuple(GENERATION_SEED_START + i for i in range(len(files))), tuple(f.stem for f in files))
+    return captioned_eval_set(SPLITS[split], style, files, style_prompt(style, ""))
+
+
+def captioned_eval_set(name: str, style: str, caption_files: list[Path], suffix: str) -> EvalSet:
+    """An evaluation set of the subjects whose kohya captions (``<key>.txt``) are ``caption_files``,
+    in that order: the caption is the prompt, the caption without ``suffix`` (the style's trigger
+    phrase) the subject text, the file stem the subject key."""
+    prompts = [f.read_text(encoding="utf-8").splitlines()[0].strip() for f in caption_files]
+    captions = [p[: -len(suffix)] if suffix and p.endswith(suffix) else p for p in prompts]
+    return EvalSet(name, style, tuple(prompts), tuple(captions),
+                   tuple(GENERATION_SEED_START + i for i in range(len(caption_files))),
+                   tuple(f.stem for f in caption_files))
 
 
 def eval_sets(style: str, profile: Profile) -> dict[str, EvalSet]:
