@@ -37,6 +37,7 @@ from unittest import mock
 import torch
 
 from lora_core.config import Config, option
+from lora_core.profiles import PROFILES, SD15_IMAGES_PER_STEP, Profile
 
 GIB = 2**30
 CUDA_CONTEXT_BYTES = GIB // 2   # CUDA context, cuBLAS and cuDNN handles: outside torch's allocator
@@ -560,10 +561,29 @@ def _next_divisor(study: StudySettings, batch: int) -> int:
     return min(b for b in range(batch + 1, study.images_per_step + 1) if study.images_per_step % b == 0)
 
 
+def sd15_study_settings() -> StudySettings:
+    """The step every ``sd15`` plan must fit: a rank-16 LoRA on SD v1.5 at 512 px, four images."""
+    sd15 = PROFILES["sd15"]
+    return StudySettings(method="lora", resolution=sd15.resolution, images_per_step=SD15_IMAGES_PER_STEP,
+                         rank=sd15.lora_rank, optimizer="adamw8bit")
+
+
+def sd15_for(device: DeviceProperties) -> tuple[Profile, Plan]:
+    """The ``sd15`` profile planned for ``device`` (``lora_core.gpu.plan_for``), and the plan that
+    says why. On the CPU: float32, plain AdamW and the whole step in one micro-batch.
+
+    >>> profile, plan = sd15_for(DeviceProperties("cpu", None, 0, "2.13.0+cpu", None))
+    >>> profile.batch_size, profile.mixed_precision, profile.device
+    (4, 'no', 'cpu')
+    """
+    plan = plan_for(device, sd15_study_settings())
+    settings = {key: value for key, value in plan.train_settings().items() if key in Profile.help()}
+    return PROFILES["sd15"].replace(**settings, device="cuda" if device.is_cuda else "cpu"), plan
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print this machine's device check and the sd15 LoRA plan for it and for :data:`CARDS`."""
     from lora_core.cli import command_parser, run_command
-    from lora_core.profiles import sd15_study_settings
 
     parser = command_parser("python -m lora_core.gpu", "The GPU check and the sd15 memory plans.")
 

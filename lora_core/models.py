@@ -34,6 +34,7 @@ import torch
 from lora_core.paths import REPO_ROOT
 
 TOY_BASE_DIR = REPO_ROOT / "models" / "tiny-sd"
+SD15_HUB_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # what a single-file checkpoint named alone is read as
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
 
 # The tiny SD architecture: the same classes as SD v1.5, scaled down. 32 px images,
@@ -273,12 +274,11 @@ def _load_single_file(path: Path, config: str | Path | None, dtype: torch.dtype)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint")
     from lora_core.formats import check_single_file
-    from lora_core.sd15 import HUB_ID
 
     # An A1111/kohya checkpoint named alone (a profile's base_model) is read as SD v1.5: its configs
     # and tokenizer come from SD v1.5's hub id (a few kB; the weights are the file's).
     config_given = config is not None
-    config = config if config_given else HUB_ID
+    config = config if config_given else SD15_HUB_ID
     try:
         check_single_file(path, config)  # a clear key/shape report instead of diffusers' meta-tensor error
     except OSError as error:  # the hub's "offline, not cached" and "not found" errors
@@ -286,7 +286,7 @@ def _load_single_file(path: Path, config: str | Path | None, dtype: torch.dtype)
             raise
         raise ValueError(f"{path}: a single-file checkpoint needs config= (a diffusers folder or hub id with the "
                          "same architecture), because it stores weights, not configs; without it SD v1.5's "
-                         f"({HUB_ID}) are read from the hub, which failed: {str(error).split('. ')[0]}") from error
+                         f"({SD15_HUB_ID}) are read from the hub, which failed: {str(error).split('. ')[0]}") from error
     local = Path(str(config)).exists() or os.environ.get("HF_HUB_OFFLINE") == "1"
     # feature_extractor=None: SD v1.5's model_index.json names CLIPFeatureExtractor, which
     # transformers 5 no longer has (from_single_file fails on it); we never use it, nor the safety checker

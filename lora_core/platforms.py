@@ -15,7 +15,7 @@ with a set-up cell that clones the repository when ``lora_core`` is not importab
    ``/kaggle/working`` on Kaggle. Training writes its full state there every
    ``checkpoint_every_steps``, so after a dead session re-running the cells resumes the run;
 5. checks the GPU (:func:`lora_core.gpu.check_device`) and, for the ``sd15`` profile, returns the
-   profile planned for the card (:func:`lora_core.profiles.sd15_for`).
+   profile planned for the card (:func:`lora_core.gpu.sd15_for`).
 
 Elsewhere (``local``) it installs nothing and changes nothing but reports the device.
 
@@ -219,7 +219,7 @@ def checked_profile(profile: Any, device=None) -> Any:
     """Print the device check; for ``sd15`` require a usable GPU and return the profile planned for
     it with the plan's reasons, else return ``profile`` unchanged."""
     from lora_core import gpu
-    from lora_core.profiles import sd15_for
+    from lora_core.gpu import sd15_for
 
     device = device or gpu.read_device_properties()
     if profile != "sd15":

@@ -12,12 +12,8 @@ sets, ``sd15`` is Stable Diffusion v1.5 at 512 px with the studies' settings.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from lora_core.config import Config, option
-
-if TYPE_CHECKING:
-    from lora_core.gpu import DeviceProperties, Plan, StudySettings
 
 
 @dataclass(frozen=True)
@@ -73,7 +69,7 @@ PROFILES: dict[str, Profile] = {
     ),
     # The memory plan of a 16 GB T4 (lora_core.gpu.plan_for; tests keep them equal), which fits
     # every card the studies used. The Colab/Kaggle set-up cell takes the plan of the card it finds
-    # (sd15_for): the same images per step, split into micro-batches where the memory is smaller.
+    # (lora_core.gpu.sd15_for): the same images per step, split into micro-batches where the memory is smaller.
     "sd15": Profile(
         name="sd15",
         description="Stable Diffusion v1.5 at 512 px on one GPU with the studies' settings",
@@ -92,28 +88,3 @@ def get_profile(name: str, **overrides) -> Profile:
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}. Valid profiles: {', '.join(PROFILES)}")
     return PROFILES[name].replace(**overrides) if overrides else PROFILES[name]
-
-
-def sd15_study_settings() -> "StudySettings":
-    """The step every ``sd15`` plan must fit: a rank-16 LoRA on SD v1.5 at 512 px, four images."""
-    from lora_core.gpu import StudySettings
-
-    sd15 = PROFILES["sd15"]
-    return StudySettings(method="lora", resolution=sd15.resolution, images_per_step=SD15_IMAGES_PER_STEP,
-                         rank=sd15.lora_rank, optimizer="adamw8bit")
-
-
-def sd15_for(device: "DeviceProperties") -> tuple[Profile, "Plan"]:
-    """The ``sd15`` profile planned for ``device`` (``lora_core.gpu.plan_for``), and the plan that
-    says why. On the CPU: float32, plain AdamW and the whole step in one micro-batch.
-
-    >>> from lora_core.gpu import DeviceProperties
-    >>> profile, plan = sd15_for(DeviceProperties("cpu", None, 0, "2.13.0+cpu", None))
-    >>> profile.batch_size, profile.mixed_precision, profile.device
-    (4, 'no', 'cpu')
-    """
-    from lora_core.gpu import plan_for
-
-    plan = plan_for(device, sd15_study_settings())
-    settings = {key: value for key, value in plan.train_settings().items() if key in Profile.help()}
-    return PROFILES["sd15"].replace(**settings, device="cuda" if device.is_cuda else "cpu"), plan

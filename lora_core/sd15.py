@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-HUB_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+from lora_core.models import SD15_HUB_ID as HUB_ID
+
 RESOLUTION = 512
 
 # unet/config.json (the keys that differ from diffusers' defaults are the architecture; the rest is

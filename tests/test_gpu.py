@@ -220,7 +220,8 @@ def test_cpu_plan_is_fp32_in_one_micro_batch():
 
 
 def test_the_sd15_profile_is_the_t4_plan_and_follows_the_card():
-    from lora_core.profiles import PROFILES, sd15_for
+    from lora_core.gpu import sd15_for
+    from lora_core.profiles import PROFILES
 
     profile, plan = sd15_for(T4)
     assert profile == PROFILES["sd15"], "the static sd15 profile must be the T4's plan"
