@@ -27,7 +27,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import torch
 
@@ -280,27 +280,32 @@ def generation_cache_dir() -> Path:
 def quiet_libraries() -> Iterator[None]:
     """diffusers and transformers at ERROR level and without progress bars, then back as they
     were. Loading a UNet-only LoRA logs "No LoRA keys associated to CLIPTextModel" per file, a
-    saved model logs dtype notes and progress bars per load: expected here, and they would bury a
-    notebook's output."""
+    saved model logs dtype notes and progress bars per load and save (diffusers' and transformers'
+    "Loading weights", "Writing model shards"): expected here, and they would bury a notebook's output."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
     levels = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
-    bars = diffusers_logging.is_progress_bar_enabled()
+    bars = diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
     diffusers_logging.set_verbosity_error(), transformers_logging.set_verbosity_error()
-    diffusers_logging.disable_progress_bar()
+    diffusers_logging.disable_progress_bar(), transformers_logging.disable_progress_bar()
     try:
         yield
     finally:
         diffusers_logging.set_verbosity(levels[0]), transformers_logging.set_verbosity(levels[1])
-        if bars:
+        if bars[0]:
             diffusers_logging.enable_progress_bar()
+        if bars[1]:
+            transformers_logging.enable_progress_bar()
 
 
-def generate_eval_images(base, prompts, seeds, profile: Profile, adapter: str | Path | None = None,
-                         batch_size: int | None = None, cache_dir: str | Path | None = None) -> torch.Tensor:
+def generate_eval_images(base, prompts, seeds, profile: Profile, adapter: str | Path | Mapping | None = None,
+                         batch_size: int | None = None, cache_dir: str | Path | None = None,
+                         **cell_settings) -> torch.Tensor:
     """uint8 (N, 3, R, R) images of ``prompts`` with their own ``seeds`` (DDIM, the profile's steps
-    and guidance), with a LoRA file (``adapter``) or without (the base).
+    and guidance), with a LoRA file (``adapter``), several at their weights (``{file: weight}``,
+    active together) or without (the base). ``cell_settings`` are other ``generate.Cell`` fields
+    (``negative_prompt``, ``clip_skip``, ``steps``, ``guidance_scale``) for every image.
 
     Results are cached in ``data/cache/generated`` under a key made of the base weights, the
     adapter file's content (tensors and metadata, not the header's byte order:
@@ -310,17 +315,19 @@ def generate_eval_images(base, prompts, seeds, profile: Profile, adapter: str | 
     from safetensors.torch import save_file
 
     from lora_core.formats import content_digest
-    from lora_core.generate import Cell, generate_cells
+    from lora_core.generate import Cell, adapter_entry, generate_cells
     from lora_core.io import atomic_path, read_safetensors
     from lora_core.metrics.preprocess import as_uint8_images
 
     if len(prompts) != len(seeds):
         raise ValueError(f"prompts and seeds must pair up: {len(prompts)} prompts, {len(seeds)} seeds")
-    adapters = ((str(adapter), 1.0),) if adapter is not None else ()
-    cells = [Cell(prompt=p, seed=int(s), steps=profile.inference_steps, guidance_scale=profile.guidance_scale,
-                  adapters=adapters, adapter=Path(str(adapter)).stem if adapter else "none")
-             for p, s in zip(prompts, seeds)]
-    key_source = json.dumps({"base": base_fingerprint(base), "adapter": content_digest(adapter) if adapter else None,
+    adapters, label = adapter_entry(adapter)
+    settings = {"steps": profile.inference_steps, "guidance_scale": profile.guidance_scale, **cell_settings}
+    cells = [Cell(prompt=p, seed=int(s), adapters=adapters, adapter=label, **settings) for p, s in zip(prompts, seeds)]
+    # one file at weight 1 keeps the key it always had (caches stay valid); weights enter the key otherwise
+    adapter_key = (content_digest(adapters[0][0]) if len(adapters) == 1 and adapters[0][1] == 1.0
+                   else [[content_digest(path), weight] for path, weight in adapters] or None)
+    key_source = json.dumps({"base": base_fingerprint(base), "adapter": adapter_key,
                              "cells": [c.replace(adapters=(), adapter="").to_dict() for c in cells],
                              "resolution": base.resolution}, sort_keys=True)
     folder = Path(cache_dir) if cache_dir is not None else generation_cache_dir()
