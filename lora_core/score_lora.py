@@ -164,18 +164,16 @@ def sweep_images(base, adapters: Mapping[str | Path, float], sets: Mapping[str, 
                  profile: Profile, cache_dir: str | Path | None = None,
                  **cell_settings) -> dict[tuple[str, float], torch.Tensor]:
     """uint8 images of every set at every weight ``w``: the ``adapters`` (LoRA files, each at its
-    own weight) all scaled by ``w``; ``w = 0`` is the base. One generation per weight for all sets
-    (cached on disk by ``common.generate_eval_images``)."""
-    from lora_core.experiments.common import generate_eval_images, quiet_libraries
+    own weight) all scaled by ``w``; ``w = 0`` is the base. All weights are generated together, so
+    each file is loaded once (cached on disk by ``common.generate_eval_sets``, one entry per weight)."""
+    from lora_core.experiments.common import EvalRequest, generate_eval_sets
 
-    prompts = [p for evalset in sets.values() for p in evalset.prompts]
-    seeds = [s for evalset in sets.values() for s in evalset.seeds]
+    prompts = tuple(p for evalset in sets.values() for p in evalset.prompts)
+    seeds = tuple(s for evalset in sets.values() for s in evalset.seeds)
+    requests = [EvalRequest(prompts, seeds, {str(path): w * own for path, own in adapters.items()} if w else None,
+                            cell_settings) for w in weights]
     images = {}
-    for w in weights:
-        scaled = {str(path): w * own for path, own in adapters.items()} if w else None
-        with quiet_libraries():
-            generated = generate_eval_images(base, prompts, seeds, profile, adapter=scaled,
-                                             cache_dir=cache_dir, **cell_settings)
+    for w, generated in zip(weights, generate_eval_sets(base, requests, profile, cache_dir=cache_dir)):
         start = 0
         for name, evalset in sets.items():
             images[(name, w)] = generated[start:start + len(evalset)]

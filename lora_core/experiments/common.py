@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -299,45 +299,83 @@ def quiet_libraries() -> Iterator[None]:
             transformers_logging.enable_progress_bar()
 
 
+@dataclass(frozen=True)
+class EvalRequest:
+    """One set of images to generate: ``prompts`` with their own ``seeds``, with a LoRA file
+    (``adapter``), several at their weights (``{file: weight}``, active together) or without
+    (``None``: the base), and other ``generate.Cell`` fields for every image (``settings``:
+    ``negative_prompt``, ``clip_skip``, ``steps``, ``guidance_scale``; the profile's steps and
+    guidance by default)."""
+
+    prompts: tuple[str, ...]
+    seeds: tuple[int, ...]
+    adapter: Any = None
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.prompts) != len(self.seeds):
+            raise ValueError(f"prompts and seeds must pair up: {len(self.prompts)} prompts, {len(self.seeds)} seeds")
+
+    def cells(self, profile: Profile) -> list:
+        from lora_core.generate import Cell, adapter_entry
+
+        adapters, label = adapter_entry(self.adapter)
+        settings = {"steps": profile.inference_steps, "guidance_scale": profile.guidance_scale, **self.settings}
+        return [Cell(prompt=p, seed=int(s), adapters=adapters, adapter=label, **settings)
+                for p, s in zip(self.prompts, self.seeds)]
+
+    def cache_path(self, base, cells: list, folder: Path) -> Path:
+        """Where these images are cached: a key made of the base weights, the adapter files' content
+        (``formats.content_digest``) and weights, and every cell's prompt, seed and settings."""
+        from lora_core.formats import content_digest
+
+        adapters = cells[0].adapters if cells else ()
+        # one file at weight 1 keeps the key it always had (caches stay valid); weights enter the key otherwise
+        adapter_key = (content_digest(adapters[0][0]) if len(adapters) == 1 and adapters[0][1] == 1.0
+                       else [[content_digest(path), weight] for path, weight in adapters] or None)
+        key_source = json.dumps({"base": base_fingerprint(base), "adapter": adapter_key,
+                                 "cells": [c.replace(adapters=(), adapter="").to_dict() for c in cells],
+                                 "resolution": base.resolution}, sort_keys=True)
+        return folder / f"{hashlib.sha256(key_source.encode()).hexdigest()[:32]}.safetensors"
+
+
+def generate_eval_sets(base, requests: list[EvalRequest], profile: Profile, batch_size: int | None = None,
+                       cache_dir: str | Path | None = None) -> list[torch.Tensor]:
+    """uint8 (N, 3, R, R) images of each request (DDIM), in one ``generate.generate_cells`` call for
+    all requests not cached yet, so a LoRA file the requests share (at several weights, say) is
+    loaded once. Each request is cached in ``data/cache/generated`` on its own key
+    (:meth:`EvalRequest.cache_path`), so re-running a notebook for a new plot, or after retraining
+    the same config, regenerates nothing."""
+    from safetensors.torch import save_file
+
+    from lora_core.generate import generate_cells
+    from lora_core.io import atomic_path, read_safetensors
+    from lora_core.metrics.preprocess import as_uint8_images
+
+    folder = Path(cache_dir) if cache_dir is not None else generation_cache_dir()
+    planned = [(cells, request.cache_path(base, cells, folder)) for request in requests
+               for cells in [request.cells(profile)]]
+    missing = [i for i, (_, path) in enumerate(planned) if not path.is_file()]
+    made = {}
+    if missing:
+        with quiet_libraries():
+            grid = generate_cells(base, [c for i in missing for c in planned[i][0]],
+                                  batch_size=batch_size or profile.generation_batch_size)
+        images = as_uint8_images(grid.images, "generated")
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in missing:
+            made[i], images = images[:len(planned[i][0])], images[len(planned[i][0]):]
+            with atomic_path(planned[i][1]) as tmp:
+                save_file({"images": made[i].contiguous()}, str(tmp))
+    return [made[i] if i in made else read_safetensors(path)[0]["images"] for i, (_, path) in enumerate(planned)]
+
+
 def generate_eval_images(base, prompts, seeds, profile: Profile, adapter: str | Path | Mapping | None = None,
                          batch_size: int | None = None, cache_dir: str | Path | None = None,
                          **cell_settings) -> torch.Tensor:
     """uint8 (N, 3, R, R) images of ``prompts`` with their own ``seeds`` (DDIM, the profile's steps
     and guidance), with a LoRA file (``adapter``), several at their weights (``{file: weight}``,
-    active together) or without (the base). ``cell_settings`` are other ``generate.Cell`` fields
-    (``negative_prompt``, ``clip_skip``, ``steps``, ``guidance_scale``) for every image.
-
-    Results are cached in ``data/cache/generated`` under a key made of the base weights, the
-    adapter file's content (tensors and metadata, not the header's byte order:
-    ``formats.content_digest``), the prompts, seeds and sampler settings, so re-running a notebook
-    for a new plot, or after retraining the same config, regenerates nothing.
-    """
-    from safetensors.torch import save_file
-
-    from lora_core.formats import content_digest
-    from lora_core.generate import Cell, adapter_entry, generate_cells
-    from lora_core.io import atomic_path, read_safetensors
-    from lora_core.metrics.preprocess import as_uint8_images
-
-    if len(prompts) != len(seeds):
-        raise ValueError(f"prompts and seeds must pair up: {len(prompts)} prompts, {len(seeds)} seeds")
-    adapters, label = adapter_entry(adapter)
-    settings = {"steps": profile.inference_steps, "guidance_scale": profile.guidance_scale, **cell_settings}
-    cells = [Cell(prompt=p, seed=int(s), adapters=adapters, adapter=label, **settings) for p, s in zip(prompts, seeds)]
-    # one file at weight 1 keeps the key it always had (caches stay valid); weights enter the key otherwise
-    adapter_key = (content_digest(adapters[0][0]) if len(adapters) == 1 and adapters[0][1] == 1.0
-                   else [[content_digest(path), weight] for path, weight in adapters] or None)
-    key_source = json.dumps({"base": base_fingerprint(base), "adapter": adapter_key,
-                             "cells": [c.replace(adapters=(), adapter="").to_dict() for c in cells],
-                             "resolution": base.resolution}, sort_keys=True)
-    folder = Path(cache_dir) if cache_dir is not None else generation_cache_dir()
-    path = folder / f"{hashlib.sha256(key_source.encode()).hexdigest()[:32]}.safetensors"
-    if path.is_file():
-        return read_safetensors(path)[0]["images"]
-    with quiet_libraries():
-        grid = generate_cells(base, cells, batch_size=batch_size or profile.generation_batch_size)
-    images = as_uint8_images(grid.images, "generated")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        save_file({"images": images.contiguous()}, str(tmp))
-    return images
+    active together) or without (the base); ``cell_settings`` are other ``generate.Cell`` fields.
+    Cached as :func:`generate_eval_sets` caches (one request)."""
+    request = EvalRequest(tuple(prompts), tuple(int(s) for s in seeds), adapter, cell_settings)
+    return generate_eval_sets(base, [request], profile, batch_size, cache_dir)[0]
