@@ -16,6 +16,7 @@ from lora_core.data import DataConfig, load_image_caption_set
 from lora_core.experiments import kohya_character as chapter
 from lora_core.experiments import kohya_recipe as recipe_module
 from lora_core.experiments import kohya_tests
+from lora_core.experiments.common import style_lora_config
 from lora_core.experiments.evaluate import reported_table
 from lora_core.experiments.kohya_recipe import (HUBER_ARM, LOSS_ARMS, S3_ARM, TWIN_ARM, KohyaRecipe, character_config,
                                                 epoch_files, kohya_recipe, kohya_training_folder, same_training)
@@ -92,6 +93,20 @@ def test_character_config_is_s3_recipe_with_a_checkpoint_every_epoch():
     assert character_config(TINY, recipe, "x", 1, HUBER_ARM).loss_type == "huber"
     with pytest.raises(ValueError, match="arm: 'l1' is not one of"):
         character_config(TINY, recipe, "x", 1, "l1")
+
+
+def test_every_run_of_the_chapter_builds_for_sd15_with_s3_settings():
+    settings = chapter.character_settings(SD15)
+    configs = chapter.chapter_configs(SD15, settings, kohya_recipe(SD15, 20), "data/cache/kohya/person_character/100_repeats")
+    seeds = settings.seeds(SD15)
+    assert len(configs) == 2 * len(seeds) + 2 + 1 + len(settings.other_bases) == 12
+    s3 = configs[(S3_ARM, 0)]
+    assert (s3.base_model, s3.data.resolution, s3.mixed_precision) == (SD15.base_model, 512, "fp16")
+    assert (s3.epochs, s3.batch_size, s3.checkpoint_every_steps, s3.learning_rate) == (4, 2, 1000, 1e-4)
+    short_s3, short_twin = (configs[(label, 0)] for label in chapter.TWIN_PAIR)
+    assert short_s3.epochs == short_twin.epochs == 1 and (short_twin.huber_c, short_twin.huber_schedule) == (1.0, "constant")
+    assert configs[("foreign twemoji", 0)].hash() == style_lora_config(SD15, "twemoji", 0).hash()   # chapter 1's run
+    assert all(configs[("base " + style, 0)].method == "dreambooth" for style in settings.other_bases)
 
 
 # ---- the kohya folder ---------------------------------------------------------------------------

@@ -69,7 +69,7 @@ class CharacterSettings(Config):
     n_seeds: int = option(0, "training seeds 0..n-1 of each loss arm; 0 = the profile's")
     heldout_seeds: int = option(1, "generation seeds per held-out member (each paired to its true image)")
     n_new_prompts: int = option(3, "new prompts with the trigger word (prompt following)")
-    n_unrelated: int = option(3, "unrelated prompts without the trigger word (base preservation)")
+    n_unrelated: int = option(2, "unrelated prompts without the trigger word (base preservation)")
     foreign_style: str = option("twemoji", "style set of the foreign kohya LoRA of test 2 (chapter 1's style LoRA)")
     other_bases: tuple[str, ...] = option(("fluent3d", "openmoji_black"),
                                           "style sets the other bases of test 3 are fine-tuned on")
@@ -100,7 +100,7 @@ CHARACTER_SIZES = {"smoke": CharacterSettings(weights=(0.0, 0.5, 1.0), n_seeds=1
                                               other_bases=("fluent3d",), strip_members=1),
                    "tiny": CharacterSettings(),
                    "sd15": CharacterSettings(heldout_seeds=4, n_new_prompts=8, n_unrelated=8,
-                                             other_bases=("fluent3d", "openmoji_black", "openmoji"))}
+                                             other_bases=("fluent3d", "openmoji_black", "twemoji"))}
 
 
 def character_settings(profile: Profile, **overrides) -> CharacterSettings:
@@ -264,7 +264,7 @@ def plan_counts(profile: Profile, settings: CharacterSettings, recipe: KohyaReci
 
     >>> plan = plan_counts(get_profile("tiny"), CHARACTER_SIZES["tiny"], kohya_recipe(get_profile("tiny"), 20), 4)
     >>> plan["lora_steps"], plan["style_steps"], plan["dreambooth_steps"], plan["images"], plan["step_images"]
-    (1040, 150, 60, 710, 60)
+    (1040, 150, 60, 649, 60)
     """
     seeds, weights = len(settings.seeds(profile)), len([w for w in settings.weights if w > 0])
     heldout = n_heldout * settings.heldout_seeds
