@@ -38,7 +38,7 @@ import torch
 
 from lora_core.config import Config, option
 from lora_core.experiments.chapter import ChapterResult, resolve_profile
-from lora_core.experiments.common import UNSEEN_SUBJECTS, EvalSet, data_dir, quiet_libraries
+from lora_core.experiments.common import UNSEEN_SUBJECTS, EvalSet, data_dir, quiet_libraries, repo_relative
 from lora_core.experiments.kohya_recipe import (HUBER_ARM, S3_ARM, TWIN_ARM, KohyaRecipe,
                                                 character_config, epoch_files, kohya_recipe, kohya_training_folder,
                                                 recipe_table)
@@ -46,7 +46,7 @@ from lora_core.experiments.kohya_tests import (NEW_SCENES, ORIGINAL, S3_BEST_STE
                                                Scorer, base_conventions, character_sets, foreign_copy,
                                                scaled_guidance, scaled_steps, score_bases, score_merge, score_steps,
                                                score_weight_epoch, single_file_base, with_suffix)
-from lora_core.paths import REPO_ROOT, resolve
+from lora_core.paths import resolve
 from lora_core.profiles import Profile, get_profile
 from lora_core.train import TrainConfig
 from lora_core.score_lora import (CHARACTER, WEIGHTS, BestRange, best_weight_range, compare_ranges,
@@ -109,15 +109,6 @@ def character_settings(profile: Profile, **overrides) -> CharacterSettings:
 
 
 # ---- the character's data and configs ---------------------------------------------------------
-
-def config_folder(folder: Path) -> str:
-    """``folder`` relative to the repository when inside it (run hashes then do not depend on
-    where the repository is checked out)."""
-    try:
-        return folder.relative_to(REPO_ROOT).as_posix()
-    except ValueError:
-        return folder.as_posix()
-
 
 def subject_spec(settings: CharacterSettings):
     from lora_core.world import SUBJECT_SETS
@@ -300,7 +291,7 @@ def run_kohya_character(profile: Profile | str = "tiny", *, base=None, runs_root
     recipe = kohya_recipe(settings, len(list(train_folder.glob("*.png"))))
     folder = kohya_training_folder(train_folder, recipe.repeats, spec.trigger, chosen.class_word,
                                    data_dir() / "cache" / "kohya" / chosen.subject_set)
-    configs = chapter_configs(settings, chosen, recipe, config_folder(folder))
+    configs = chapter_configs(settings, chosen, recipe, repo_relative(folder))
     base = base if base is not None else load_base(settings.base_model)
     with quiet_libraries():
         records = {key: train(config, base=base, runs_root=runs_root, progress=False) for key, config in configs.items()}

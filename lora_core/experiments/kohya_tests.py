@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from lora_core.experiments.common import (GENERATION_SEED_START, UNSEEN_SUBJECTS, EvalRequest, EvalSet,
-                                          generate_eval_sets, quiet_libraries)
+                                          captioned_eval_set, generate_eval_sets, quiet_libraries)
 from lora_core.experiments.kohya_recipe import S3_ARM
 from lora_core.paths import resolve
 from lora_core.profiles import Profile, get_profile
@@ -65,17 +65,13 @@ def character_sets(spec, heldout_seeds: int, class_word: str, n_new: int, n_unre
     (``class_word`` in ``n_new`` scenes the set never shows, with the trigger) and ``unrelated``
     (``n_unrelated`` subjects, no trigger). ``spec`` is a ``lora_core.world.SubjectSet``."""
     files = [f for f in caption_files(spec, "heldout") for _ in range(heldout_seeds)]
-    prompts = tuple(f.read_text(encoding="utf-8").splitlines()[0].strip() for f in files)
-    suffix = spec.caption("")
-    captions = tuple(p.removesuffix(suffix) for p in prompts)
     new = tuple(f"{class_word} {scene}" for scene in NEW_SCENES[:n_new])
     unrelated = UNSEEN_SUBJECTS[:n_unrelated]
 
     def seeds(n: int) -> tuple[int, ...]:
         return tuple(GENERATION_SEED_START + i for i in range(n))
 
-    return {CHARACTER: EvalSet("held-out members", spec.vendor, prompts, captions, seeds(len(files)),
-                               tuple(f.stem for f in files)),
+    return {CHARACTER: captioned_eval_set("held-out members", spec.vendor, files, spec.caption("")),
             NEW: EvalSet(NEW, spec.vendor, tuple(spec.caption(c) for c in new), new, seeds(len(new))),
             UNRELATED: EvalSet(UNRELATED, "-", unrelated, unrelated, seeds(len(unrelated)))}
 
