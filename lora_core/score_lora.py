@@ -385,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = command_parser("python -m lora_core.score_lora", __doc__.split("\n")[0], _help)
     parser.add_argument("lora", help="the LoRA file (.safetensors; kohya/A1111, diffusers or peft layout)")
-    parser.add_argument("--images", required=True, help="folder of your reference images (captions <stem>.txt optional)")
+    parser.add_argument("--images", required=True,
+                        help="folder of your reference images (captions <stem>.txt optional)")
     parser.add_argument("--prompts", help="text file, one prompt per line (default: the images' captions)")
     parser.add_argument("--profile", default="tiny", choices=list(PROFILES), help="scale and metric backbones")
     parser.add_argument("--base", help="base model (default: the profile's; see lora_core.models.load_base)")

@@ -95,7 +95,7 @@ show_table(result.config_table(), first=["run", "config_hash"])
 #
 # S3 set the loss to l2 and also gave a huber threshold and schedule. kohya applies those only to
 # the huber and smooth-l1 losses, so S3's setting must train exactly as l2 with any other huber
-# settings. Both ran here from the same seed: {glue:text}`steps_compared` step losses compared,
+# settings. Both ran here from the same seed for a quarter epoch: {glue:text}`steps_compared` step losses compared,
 # the largest difference {glue:text}`max_loss_difference`, and the exported weights are
 # {glue:text}`weights_text`. The second arm trains what S3 probably meant, huber loss with the snr
 # schedule; the learning-rate panels show the 4 cosine cycles after the 10% warmup.

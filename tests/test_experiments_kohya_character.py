@@ -97,14 +97,17 @@ def test_character_config_is_s3_recipe_with_a_checkpoint_every_epoch():
 
 def test_every_run_of_the_chapter_builds_for_sd15_with_s3_settings():
     settings = chapter.character_settings(SD15)
-    configs = chapter.chapter_configs(SD15, settings, kohya_recipe(SD15, 20), "data/cache/kohya/person_character/100_repeats")
+    folder = "data/cache/kohya/person_character/100_repeats"
+    configs = chapter.chapter_configs(SD15, settings, kohya_recipe(SD15, 20), folder)
     seeds = settings.seeds(SD15)
     assert len(configs) == 2 * len(seeds) + 2 + 1 + len(settings.other_bases) == 12
     s3 = configs[(S3_ARM, 0)]
     assert (s3.base_model, s3.data.resolution, s3.mixed_precision) == (SD15.base_model, 512, "fp16")
     assert (s3.epochs, s3.batch_size, s3.checkpoint_every_steps, s3.learning_rate) == (4, 2, 1000, 1e-4)
     short_s3, short_twin = (configs[(label, 0)] for label in chapter.TWIN_PAIR)
-    assert short_s3.epochs == short_twin.epochs == 1 and (short_twin.huber_c, short_twin.huber_schedule) == (1.0, "constant")
+    assert short_s3.max_train_steps == short_twin.max_train_steps == 250 and short_s3.epochs == short_twin.epochs == 0
+    assert (short_twin.huber_c, short_twin.huber_schedule) == (1.0, "constant")
+    assert short_s3.replace(max_train_steps=s3.max_train_steps, epochs=4) == s3   # otherwise S3's run
     assert configs[("foreign twemoji", 0)].hash() == style_lora_config(SD15, "twemoji", 0).hash()   # chapter 1's run
     assert all(configs[("base " + style, 0)].method == "dreambooth" for style in settings.other_bases)
 
@@ -223,7 +226,8 @@ def test_character_sets_pair_every_held_out_member_and_keep_triggers_where_they_
     sets = kohya_tests.character_sets(person_set, heldout_seeds=2, class_word="woman", n_new=2, n_unrelated=3)
     held_out = sets[kohya_tests.CHARACTER]
     assert held_out.subject_keys == ("1f469-200d-1f3a8", "1f469-200d-1f3a8", "1f469-200d-1f3eb", "1f469-200d-1f3eb")
-    assert held_out.prompts[0] == "woman artist, person role, wenja" and held_out.captions[0] == "woman artist, person role"
+    assert held_out.prompts[0] == "woman artist, person role, wenja"
+    assert held_out.captions[0] == "woman artist, person role"
     assert len(set(held_out.seeds)) == 4
     assert sets[kohya_tests.NEW].prompts == ("woman holding a flower, wenja", "woman with a dog, wenja")
     assert sets[kohya_tests.NEW].captions == ("woman holding a flower", "woman with a dog")
@@ -245,11 +249,12 @@ def test_clearly_better_needs_disjoint_intervals_on_the_better_side():
 
 
 def test_epoch_ranges_read_each_epoch_with_the_base_at_weight_zero():
+    TO_TRUTH = "feature_to_target"
     grid = pd.concat([
-        rows((0.0, "feature_to_target", "openmoji", 30, 29, 31, "lower"), (0.5, "feature_to_target", "openmoji", 25, 24, 26, "lower"),
-             (1.0, "feature_to_target", "openmoji", 20, 19, 21, "lower"), epoch=1),
-        rows((0.0, "feature_to_target", "openmoji", 30, 29, 31, "lower"), (0.5, "feature_to_target", "openmoji", 20, 19, 22, "lower"),
-             (1.0, "feature_to_target", "openmoji", 20.5, 19, 22, "lower"), epoch=2)])
+        rows((0.0, TO_TRUTH, "openmoji", 30, 29, 31, "lower"), (0.5, TO_TRUTH, "openmoji", 25, 24, 26, "lower"),
+             (1.0, TO_TRUTH, "openmoji", 20, 19, 21, "lower"), epoch=1),
+        rows((0.0, TO_TRUTH, "openmoji", 30, 29, 31, "lower"), (0.5, TO_TRUTH, "openmoji", 20, 19, 22, "lower"),
+             (1.0, TO_TRUTH, "openmoji", 20.5, 19, 22, "lower"), epoch=2)])
     ranges = chapter.epoch_ranges(grid)
     assert ranges[1].values == (1.0,) and ranges[2].text == "0.5-1"
 
@@ -296,7 +301,8 @@ def test_plan_counts_are_the_images_the_four_tests_generate(person_set, monkeypa
                                       settings.n_new_prompts, settings.n_unrelated)
     held_out = sets[kohya_tests.CHARACTER]
     merged = kohya_tests.with_suffix(held_out, ", in the style of opnln", "merged")
-    scorer = kohya_tests.Scorer(object(), TINY, CountingEvaluator(), "openmoji", torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
+    references = torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
+    scorer = kohya_tests.Scorer(object(), TINY, CountingEvaluator(), "openmoji", references)
     seeds = settings.seeds(TINY)
     files = {(arm, seed): {e: Path(f"{arm}-{seed}-{e}.safetensors") for e in range(1, recipe.epochs + 1)}
              for arm in (S3_ARM, HUBER_ARM) for seed in seeds}
@@ -327,10 +333,11 @@ def synthetic_result(rows):
 
 
 def test_merge_facts_name_the_weights_where_each_lora_is_clearly_present():
-    merge, fid, style = kohya_tests.TESTS[1], "feature_to_target", "p_target_style"
+    merge, to_truth, style = kohya_tests.TESTS[1], "feature_to_target", "p_target_style"
     result = synthetic_result([
-        (merge, fid, "openmoji", 30, 29, 31, "lower", {"weight": 0.0}), (merge, fid, "openmoji", 25, 24, 26, "lower", {"weight": 0.5}),
-        (merge, fid, "openmoji", 29.5, 28, 31, "lower", {"weight": 1.0}),
+        (merge, to_truth, "openmoji", 30, 29, 31, "lower", {"weight": 0.0}),
+        (merge, to_truth, "openmoji", 25, 24, 26, "lower", {"weight": 0.5}),
+        (merge, to_truth, "openmoji", 29.5, 28, 31, "lower", {"weight": 1.0}),
         (merge, style, "twemoji", 0.1, 0.05, 0.15, "higher", {"weight": 0.0}),
         (merge, style, "twemoji", 0.3, 0.25, 0.35, "higher", {"weight": 0.5}),
         (merge, style, "twemoji", 0.5, 0.45, 0.55, "higher", {"weight": 1.0})])
@@ -339,15 +346,15 @@ def test_merge_facts_name_the_weights_where_each_lora_is_clearly_present():
 
 
 def test_base_and_step_facts_read_survival_and_the_best_steps():
-    bases, steps, fid = kohya_tests.TESTS[2], kohya_tests.TESTS[3], "feature_to_target"
+    bases, steps, to_truth = kohya_tests.TESTS[2], kohya_tests.TESTS[3], "feature_to_target"
     result = synthetic_result([
-        (bases, fid, "openmoji", 30, 29, 31, "lower", {"base": "original base", "weight": 0.0}),
-        (bases, fid, "openmoji", 25, 24, 26, "lower", {"base": "original base", "weight": 0.75}),
-        (bases, fid, "openmoji", 30, 29, 31, "lower", {"base": "twemoji fine-tune", "weight": 0.0}),
-        (bases, fid, "openmoji", 29, 27, 31, "lower", {"base": "twemoji fine-tune", "weight": 0.75}),
-        (steps, fid, "openmoji", 24, 23.5, 24.5, "lower", {"steps": 2}),
-        (steps, fid, "openmoji", 22, 21.5, 22.5, "lower", {"steps": 3}),
-        (steps, fid, "openmoji", 22.2, 21.8, 22.6, "lower", {"steps": 4})])
+        (bases, to_truth, "openmoji", 30, 29, 31, "lower", {"base": "original base", "weight": 0.0}),
+        (bases, to_truth, "openmoji", 25, 24, 26, "lower", {"base": "original base", "weight": 0.75}),
+        (bases, to_truth, "openmoji", 30, 29, 31, "lower", {"base": "twemoji fine-tune", "weight": 0.0}),
+        (bases, to_truth, "openmoji", 29, 27, 31, "lower", {"base": "twemoji fine-tune", "weight": 0.75}),
+        (steps, to_truth, "openmoji", 24, 23.5, 24.5, "lower", {"steps": 2}),
+        (steps, to_truth, "openmoji", 22, 21.5, 22.5, "lower", {"steps": 3}),
+        (steps, to_truth, "openmoji", 22.2, 21.8, 22.6, "lower", {"steps": 4})])
     facts = chapter.base_facts(result)
     assert (facts["bases_kept"], facts["n_bases_kept"], facts["n_bases"]) == ("original base", 1, 2)
     facts = chapter.step_facts(result)   # smoke: 2 steps where sd15 takes 30, so S3's 50-60 scale to 3-4

@@ -59,9 +59,9 @@ def test_one_lora_in_kohya_and_diffusers_layout_gets_the_same_report(lora_files,
     # its training text ("a red car on a road") may get other token ids from one load to the next
     reports = {}
     for layout, path in lora_files.items():
-        status, out, err = run([str(path), "--images", str(references), "--profile", "smoke", "--base", str(tiny_base_dir),
-                                "--out", str(tmp_path / layout), "--cache-dir", str(tmp_path / "cache"), "--set", *SMALL],
-                               capsys)
+        status, out, err = run([str(path), "--images", str(references), "--profile", "smoke",
+                                "--base", str(tiny_base_dir), "--out", str(tmp_path / layout),
+                                "--cache-dir", str(tmp_path / "cache"), "--set", *SMALL], capsys)
         assert status == 0, err
         assert "best weight range:" in out
         reports[layout] = json.loads((tmp_path / layout / score_lora.REPORT_FILE).read_text())
@@ -107,17 +107,18 @@ def table(rows):
 
 
 def test_best_range_keeps_weights_indistinguishable_from_the_best_on_both_measures():
-    rows = table([(0.0, "fid", 0.10, 0.05, 0.15, "higher"), (0.25, "fid", 0.40, 0.30, 0.50, "higher"),
-                  (0.5, "fid", 0.60, 0.52, 0.68, "higher"), (1.0, "fid", 0.70, 0.65, 0.75, "higher"),
+    rows = table([(0.0, "fidelity", 0.10, 0.05, 0.15, "higher"), (0.25, "fidelity", 0.40, 0.30, 0.50, "higher"),
+                  (0.5, "fidelity", 0.60, 0.52, 0.68, "higher"), (1.0, "fidelity", 0.70, 0.65, 0.75, "higher"),
                   (0.0, "alignment", 0.50, 0.45, 0.55, "higher"), (0.25, "alignment", 0.48, 0.43, 0.53, "higher"),
                   (0.5, "alignment", 0.46, 0.42, 0.50, "higher"), (1.0, "alignment", 0.30, 0.25, 0.35, "higher")])
     # fidelity: 0.5 and 1.0 overlap the best (1.0); alignment: 0, 0.25, 0.5 overlap the best (0)
-    assert score_lora.best_weight_range(rows, "fid").values == (0.5,)
-    assert score_lora.best_weight_range(rows, "fid", keep=()).values == (0.5, 1.0)
-    assert score_lora.best_weight_range(rows[rows.measure == "fid"], "fid").text == "0.5-1"   # no alignment: left out
+    assert score_lora.best_weight_range(rows, "fidelity").values == (0.5,)
+    assert score_lora.best_weight_range(rows, "fidelity", keep=()).values == (0.5, 1.0)
+    no_alignment = rows[rows.measure == "fidelity"]   # a keep measure that is missing is left out of the rule
+    assert score_lora.best_weight_range(no_alignment, "fidelity").text == "0.5-1"
     lower = rows.assign(better="lower")   # the best is now the smallest value
-    assert score_lora.indistinguishable_from_best(lower[lower.measure == "fid"]) == [0.0]
-    assert score_lora.best_weight_range(lower, "fid") is None   # only weight 0, which is not a LoRA weight
+    assert score_lora.indistinguishable_from_best(lower[lower.measure == "fidelity"]) == [0.0]
+    assert score_lora.best_weight_range(lower, "fidelity") is None   # only weight 0, which is not a LoRA weight
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -28,7 +28,6 @@ images and over training seeds:
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -58,7 +57,7 @@ CHARACTER_MEASURE = "feature_to_target"   # character fidelity: EffNet distance 
 GRID_MEASURES = ("feature_to_target", "p_target_style", "subject_group_p", "fidelity_cosine", "alignment",
                  "st_lpips_to_base")
 ARM_MEASURES = ("feature_to_target", "p_target_style", "alignment", "st_lpips_to_base")
-TWIN_PAIR = (f"{S3_ARM}, 1 epoch", f"{TWIN_ARM}, 1 epoch")   # the runs that show the huber settings do nothing
+TWIN_PAIR = (f"{S3_ARM}, short", f"{TWIN_ARM}, short")   # the runs that show the huber settings do nothing
 
 
 @dataclass(frozen=True)
@@ -68,18 +67,19 @@ class CharacterSettings(Config):
     weights: tuple[float, ...] = option(WEIGHTS, "LoRA weights of tests 1 and 2 (S3's test 1), 0 = the base")
     n_seeds: int = option(0, "training seeds 0..n-1 of each loss arm; 0 = the profile's")
     heldout_seeds: int = option(1, "generation seeds per held-out member (each paired to its true image)")
-    n_new_prompts: int = option(3, "new prompts with the trigger word (prompt following)")
+    n_new_prompts: int = option(2, "new prompts with the trigger word (prompt following)")
     n_unrelated: int = option(2, "unrelated prompts without the trigger word (base preservation)")
     foreign_style: str = option("twemoji", "style set of the foreign kohya LoRA of test 2 (chapter 1's style LoRA)")
     other_bases: tuple[str, ...] = option(("fluent3d", "openmoji_black"),
                                           "style sets the other bases of test 3 are fine-tuned on")
-    base_steps_share: float = option(0.2, "each other base: DreamBooth for this share of the profile's train_steps")
+    base_steps_share: float = option(0.15, "each other base: DreamBooth for this share of the profile's train_steps")
     test_weight: float = option(0.75, "LoRA weight of tests 3 and 4 (the top of S3's best range)")
     strip_members: int = option(2, "held-out members in the picture strips")
 
     def __post_init__(self) -> None:
         if 0.0 not in self.weights or len(self.weights) < 2 or any(not 0.0 <= w <= 1.0 for w in self.weights):
-            raise ValueError(f"CharacterSettings: weights must include 0 and another weight in [0, 1], got {self.weights}")
+            raise ValueError(f"CharacterSettings: weights must include 0 and another weight in [0, 1], "
+                             f"got {self.weights}")
         if not 0.0 < self.test_weight <= 1.0 or not 0.0 < self.base_steps_share <= 1.0:
             raise ValueError(f"CharacterSettings: test_weight and base_steps_share must be in (0, 1], got "
                              f"{self.test_weight} and {self.base_steps_share}")
@@ -118,10 +118,19 @@ def subject_spec(settings: CharacterSettings):
     return SUBJECT_SETS[settings.subject_set]
 
 
+def twin_steps(recipe: KohyaRecipe) -> int:
+    """Steps of each run of :data:`TWIN_PAIR`: a quarter epoch (at least 2), enough to see every loss.
+
+    >>> twin_steps(kohya_recipe(get_profile("tiny"), 20)), twin_steps(kohya_recipe(get_profile("sd15"), 20))
+    (10, 250)
+    """
+    return max(2, recipe.steps_per_epoch // 4)
+
+
 def chapter_configs(profile: Profile, settings: CharacterSettings, recipe: KohyaRecipe,
                     folder: str) -> dict[tuple[str, int], TrainConfig]:
-    """``{(run, seed): config}``: both loss arms at every seed; one epoch of S3's l2 and of its twin
-    with other huber settings (:data:`TWIN_PAIR`), which must train identically; the foreign LoRA
+    """``{(run, seed): config}``: both loss arms at every seed; a quarter epoch of S3's l2 and of its
+    twin with other huber settings (:data:`TWIN_PAIR`), which must train identically; the foreign LoRA
     (chapter 1's style LoRA of that set, ``common.style_lora_config``, so the run is shared) and a
     DreamBooth fine-tune per other base (chapter 3's DreamBooth, ``common.method_config``, shortened)."""
     from lora_core.experiments.common import method_config, style_lora_config
@@ -129,9 +138,9 @@ def chapter_configs(profile: Profile, settings: CharacterSettings, recipe: Kohya
     seeds = settings.seeds(profile)
     configs = {(arm, seed): character_config(profile, recipe, folder, seed, arm)
                for arm in (S3_ARM, HUBER_ARM) for seed in seeds}
-    one_epoch = dataclasses.replace(recipe, epochs=1)
     for label, arm in zip(TWIN_PAIR, (S3_ARM, TWIN_ARM)):
-        configs[(label, seeds[0])] = character_config(profile, one_epoch, folder, seeds[0], arm)
+        configs[(label, seeds[0])] = character_config(profile, recipe, folder, seeds[0], arm).replace(
+            epochs=0, max_train_steps=twin_steps(recipe))
     configs[("foreign " + settings.foreign_style, 0)] = style_lora_config(profile, settings.foreign_style, 0)
     steps = max(2, round(profile.train_steps * settings.base_steps_share))
     for style in settings.other_bases:
@@ -210,7 +219,8 @@ class KohyaCharacterResult(ChapterResult):
         from lora_core.experiments.evaluate import measure_panels
 
         rows = measure_panels(self.grid() if test == TESTS[0] else self.test(test), measures)
-        return rows.assign(line=[f"{line} {value:g}" if isinstance(value, float) else str(value) for value in rows[line]])
+        labels = [f"{line} {value:g}" if isinstance(value, float) else str(value) for value in rows[line]]
+        return rows.assign(line=labels)
 
     def arm_panels(self, measures: Sequence[str] = ARM_MEASURES) -> pd.DataFrame:
         """Test 1 at the last epoch for both loss arms (the base at weight 0 in each)."""
@@ -255,7 +265,7 @@ def plan_counts(profile: Profile, settings: CharacterSettings, recipe: KohyaReci
 
     >>> plan = plan_counts(get_profile("tiny"), CHARACTER_SIZES["tiny"], kohya_recipe(get_profile("tiny"), 20), 4)
     >>> plan["lora_steps"], plan["style_steps"], plan["dreambooth_steps"], plan["images"], plan["step_images"]
-    (1040, 150, 60, 649, 60)
+    (980, 150, 44, 588, 60)
     """
     seeds, weights = len(settings.seeds(profile)), len([w for w in settings.weights if w > 0])
     heldout = n_heldout * settings.heldout_seeds
@@ -264,7 +274,7 @@ def plan_counts(profile: Profile, settings: CharacterSettings, recipe: KohyaReci
     test1 = per_sweep * (1 + weights * seeds * (recipe.epochs + 1))
     test2 = heldout * (1 + weights * seeds)
     test3 = heldout * (1 + len(settings.other_bases)) * (1 + seeds)
-    return {"lora_steps": recipe.total_steps * 2 * seeds + 2 * recipe.steps_per_epoch, "style_steps": profile.train_steps,
+    return {"lora_steps": recipe.total_steps * 2 * seeds + 2 * twin_steps(recipe), "style_steps": profile.train_steps,
             "dreambooth_steps": dreambooth * len(settings.other_bases), "images": test1 + test2 + test3,
             "step_images": heldout * seeds * len(S3_INFERENCE_STEPS)}
 
@@ -294,7 +304,8 @@ def run_kohya_character(profile: Profile | str = "tiny", *, base=None, runs_root
     configs = chapter_configs(settings, chosen, recipe, repo_relative(folder))
     base = base if base is not None else load_base(settings.base_model)
     with quiet_libraries():
-        records = {key: train(config, base=base, runs_root=runs_root, progress=False) for key, config in configs.items()}
+        records = {key: train(config, base=base, runs_root=runs_root, progress=False)
+                   for key, config in configs.items()}
     sets = character_sets(spec, chosen.heldout_seeds, chosen.class_word, chosen.n_new_prompts, chosen.n_unrelated)
     result = KohyaCharacterResult(settings, settings=chosen, recipe=recipe, configs=configs, records=records, sets=sets)
     result.same_training = same_training(*(records[(label, chosen.seeds(settings)[0])] for label in TWIN_PAIR))
@@ -366,7 +377,8 @@ def read_kohya_character(result: KohyaCharacterResult) -> KohyaCharacterResult:
                      epochs=recipe.epochs, unet_lr=recipe.unet_lr, text_encoder_lr=recipe.text_encoder_lr,
                      rank=recipe.rank, alpha=recipe.alpha, n_seeds=len(chosen.seeds(result.profile)),
                      eight_bit_share=eight_bit_share(last_file), test_weight=chosen.test_weight,
-                     guidance=scaled_guidance(result.profile), steps_scaled=", ".join(map(str, scaled_steps(result.profile))),
+                     guidance=scaled_guidance(result.profile),
+                     steps_scaled=", ".join(map(str, scaled_steps(result.profile))),
                      missing_measures=_missing(result.unavailable), foreign_style=chosen.foreign_style,
                      **{f"planned_{key}": value for key, value in plan_counts(
                          result.profile, chosen, recipe, len(set(result.sets[CHARACTER].subject_keys))).items()},
@@ -416,8 +428,8 @@ def arm_facts(result: KohyaCharacterResult) -> dict[str, Any]:
     verdict = ("huber clearly closer" if clearly_better(huber, l2) else "huber clearly farther"
                if clearly_better(l2, huber) else "no clear difference")
     return {"arm_l2": interval_text(l2), "arm_huber": interval_text(huber), "arm_verdict": verdict,
-            "found_arms": (f"Huber loss with the snr schedule against S3's l2, at the last epoch and weight {top:g}: the "
-                           f"held-out members' distance to their true images is {huber['value']:.3g} against "
+            "found_arms": (f"Huber loss with the snr schedule against S3's l2, at the last epoch and weight {top:g}: "
+                           f"the held-out members' distance to their true images is {huber['value']:.3g} against "
                            f"{l2['value']:.3g}, {verdict}.")}
 
 
