@@ -47,9 +47,9 @@ from lora_core.experiments.kohya_tests import (NEW_SCENES, ORIGINAL, S3_BEST_STE
                                                score_weight_epoch, single_file_base, with_suffix)
 from lora_core.paths import resolve
 from lora_core.profiles import Profile, get_profile
-from lora_core.train import TrainConfig
 from lora_core.score_lora import (CHARACTER, WEIGHTS, BestRange, best_weight_range, compare_ranges,
                                   indistinguishable_from_best)
+from lora_core.train import TrainConfig
 
 S3_BEST_WEIGHTS = (0.5, 0.75)
 CHARACTER_MEASURE = "feature_to_target"   # character fidelity: EffNet distance to the member's true image
@@ -283,7 +283,7 @@ def run_kohya_character(profile: Profile | str = "tiny", *, base=None, runs_root
                         weights: Sequence[float] = (), n_seeds: int = 0, test_weight: float = 0.75,
                         foreign_style: str = "twemoji", other_bases: Sequence[str] = ()) -> KohyaCharacterResult:
     """Chapter 6: lay the character set out as a kohya repeat folder, train S3's recipe (both loss
-    arms at every seed, the l2 twin, the foreign LoRA, the other bases) or reuse the runs, and
+    arms at every seed, the short l2 pair, the foreign LoRA, the other bases) or reuse the runs, and
     run the four tests (module docstring). ``weights`` (), ``n_seeds`` 0 and ``other_bases`` () are
     the profile's (:data:`CHARACTER_SIZES`)."""
     from lora_core.experiments.evaluate import Evaluator, aggregate_seeds
@@ -362,7 +362,7 @@ def range_text(found: BestRange | None) -> str:
 
 
 def read_kohya_character(result: KohyaCharacterResult) -> KohyaCharacterResult:
-    """Chapter 6's facts: the set-up and recipe, the l2 twin, the loss arms and each test's
+    """Chapter 6's facts: the set-up and recipe, the short l2 pair, the loss arms and each test's
     reading, with the ``found_*`` sentences of the finding box. A measure that is missing (no
     heads, no alignment model) makes its sentence say it cannot be judged."""
     from lora_core.experiments.kohya_recipe import eight_bit_share, repeat_folder_name
