@@ -452,6 +452,21 @@ def stacked_bars(counts: pd.DataFrame, label: str, title: str | None = None, xla
     return figure
 
 
+def shade_span(figure, low: float, high: float, label: str):
+    """Shade ``low..high`` along the x axis of every panel of ``figure`` (a range a study reported,
+    e.g. S3's best LoRA weights), named once in the first panel's legend; returns the figure.
+
+    >>> rows = pd.DataFrame({"weight": [0.0, 1.0], "value": [1.0, 2.0], "ci_low": [0.5, 1.5], "ci_high": [1.5, 2.5]})
+    >>> figure = shade_span(interval_panels(rows, "weight", panel=None), 0.5, 0.75, "S3's best")
+    >>> figure.axes[0].get_legend_handles_labels()[1]
+    ["S3's best"]
+    """
+    for index, ax in enumerate(figure.axes):
+        ax.axvspan(low, high, color="gold", alpha=0.25, zorder=0, label=label if index == 0 else None)
+    figure.axes[0].legend(fontsize=6)
+    return figure
+
+
 def marked_line_panels(frame: pd.DataFrame, x: str, y: str, panel: str, line: str, units: str | None,
                        marks: pd.DataFrame, title: str | None = None, xlabel: str | None = None,
                        ylabel: str | None = None):
