@@ -127,6 +127,7 @@ FIRST_SCREEN = (1280, 800)
 ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])/(?:tmp|work|home|root)(?=/|\b)")
 PAGE_FACTS = """
 const height = window.innerHeight, article = document.querySelector("article.bd-article");
+if (article === null) return null;
 const visible = e => e.checkVisibility({visibilityProperty: true}) && !e.closest("details:not([open])")
     && e.getBoundingClientRect().height > 0;
 const top = e => e.getBoundingClientRect().top + window.scrollY;
@@ -177,6 +178,7 @@ def test_pages_lead_with_their_finding_and_show_no_machine_path(smoke_book, brow
     for page in sorted(html_dir.glob("book/*.html")) + chapters:
         browser.get(page.as_uri())
         facts = browser.execute_script(PAGE_FACTS)
+        assert facts is not None, f"{page.name}: no article on the page (was it built?)"
         paths = sorted(set(m.group(0) for m in ABSOLUTE_PATH.finditer(facts["text"])))
         assert not paths, f"{page.name}: machine paths {paths}"
         assert not facts["page_scrolls_sideways"], f"{page.name}: the page is wider than the window"
