@@ -127,7 +127,6 @@ FIRST_SCREEN = (1280, 800)
 ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])/(?:tmp|work|home|root)(?=/|\b)")
 PAGE_FACTS = """
 const height = window.innerHeight, article = document.querySelector("article.bd-article");
-if (article === null) return null;
 const visible = e => e.checkVisibility({visibilityProperty: true}) && !e.closest("details:not([open])")
     && e.getBoundingClientRect().height > 0;
 const top = e => e.getBoundingClientRect().top + window.scrollY;
@@ -172,13 +171,22 @@ def browser():
     driver.quit()
 
 
+def _page_facts(browser, page, timeout_s: float = 120.0) -> dict:
+    """PAGE_FACTS of ``page`` once it is parsed: on a loaded machine chromedriver can hand back a
+    large file:// page while its article is still being parsed, so wait for it."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(page.as_uri())
+    WebDriverWait(browser, timeout_s).until(lambda b: b.execute_script(
+        "return document.readyState === 'complete' && document.querySelector('article.bd-article') !== null"))
+    return browser.execute_script(PAGE_FACTS)
+
+
 def test_pages_lead_with_their_finding_and_show_no_machine_path(smoke_book, browser):
     html_dir = smoke_book[0] / "_build" / "html"
     chapters = [html_dir / "book" / "notebooks" / f"{name}.html" for name in toc_notebooks()]
     for page in sorted(html_dir.glob("book/*.html")) + chapters:
-        browser.get(page.as_uri())
-        facts = browser.execute_script(PAGE_FACTS)
-        assert facts is not None, f"{page.name}: no article on the page (was it built?)"
+        facts = _page_facts(browser, page)
         paths = sorted(set(m.group(0) for m in ABSOLUTE_PATH.finditer(facts["text"])))
         assert not paths, f"{page.name}: machine paths {paths}"
         assert not facts["page_scrolls_sideways"], f"{page.name}: the page is wider than the window"
