@@ -83,10 +83,10 @@ def seed_interval(columns_by_seed: Mapping[Any, np.ndarray], statistic: Callable
     for columns in columns_by_seed.values():
         value = statistic(columns)
         if not math.isfinite(value):
-            return MetricResult(metric, "style judge", len(columns), NOT_MEASURED, NOT_MEASURED, NOT_MEASURED,
+            return MetricResult(metric, "per subject", len(columns), NOT_MEASURED, NOT_MEASURED, NOT_MEASURED,
                                 "not finite on the full sample")
         replicates = bootstrap_replicates(columns, statistic, n_resamples, torch.Generator().manual_seed(seed))
-        per_seed.append(MetricResult(metric, "style judge", len(columns), value, *unbounded_percentiles(replicates),
+        per_seed.append(MetricResult(metric, "per subject", len(columns), value, *unbounded_percentiles(replicates),
                                      "bootstrap over subjects"))
     return per_seed[0] if len(per_seed) == 1 else aggregate_over_seeds(per_seed)
 
