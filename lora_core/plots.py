@@ -520,3 +520,50 @@ def proportion_panels(table: pd.DataFrame, row: str, panel: str = "question", ti
         figure.suptitle(title, fontsize=9)
     figure.tight_layout()
     return figure
+
+
+def _error_bars(points: pd.DataFrame, column: str) -> np.ndarray:
+    """(2, N) distances from ``column`` to its ``_low`` and ``_high`` ends for ``errorbar``; an end
+    that is infinite or missing (an unbounded interval) draws no bar on that side."""
+    value = points[column].to_numpy(dtype=float)
+    ends = np.stack([value - points[f"{column}_low"].to_numpy(dtype=float),
+                     points[f"{column}_high"].to_numpy(dtype=float) - value])
+    return np.where(np.isfinite(ends), np.clip(ends, 0.0, None), 0.0)
+
+
+def tradeoff_figure(points: pd.DataFrame, x: str = "subject_lost", y: str = "style_gained", label: str = "label",
+                    hue: str | None = "arm", xlabel: str | None = None, ylabel: str | None = None,
+                    title: str | None = None, x_guide: tuple[float, str] | None = None,
+                    y_guide: tuple[float, str] | None = None):
+    """One point per row: ``y`` against ``x`` with both 95% intervals as error bars (columns
+    ``<x>_low``, ``<x>_high``, ``<y>_low``, ``<y>_high``), the row's ``label`` text beside it, one
+    colour per ``hue`` value (legend); dotted guide lines at ``x_guide`` and ``y_guide``, each a
+    ``(value, legend text)`` pair (a target's bounds).
+
+    >>> points = pd.DataFrame({"label": ["r8", "r16"], "arm": ["fixed", "tied"], "subject_lost": [0.2, 0.05],
+    ...                        "subject_lost_low": [0.1, 0.0], "subject_lost_high": [0.3, 0.1],
+    ...                        "style_gained": [0.8, 0.4], "style_gained_low": [0.6, -np.inf],
+    ...                        "style_gained_high": [1.0, 0.5]})
+    >>> axis = tradeoff_figure(points, x_guide=(0.1, "at most 0.1 lost"), y_guide=(0.75, "target")).axes[0]
+    >>> [t.get_text() for t in axis.texts], axis.get_legend_handles_labels()[1]
+    (['r8', 'r16'], ['at most 0.1 lost', 'target', 'fixed', 'tied'])
+    """
+    import matplotlib.pyplot as plt
+
+    figure, ax = plt.subplots(figsize=(6.0, 4.2))
+    for name, group in _groups(points, hue):
+        ax.errorbar(group[x], group[y], xerr=_error_bars(group, x), yerr=_error_bars(group, y), marker="o",
+                    linestyle="none", capsize=2, label=None if name is None else str(name))
+        for _, row in group.iterrows():
+            ax.annotate(str(row[label]), (row[x], row[y]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    for guide, draw in ((x_guide, ax.axvline), (y_guide, ax.axhline)):
+        if guide is not None:
+            draw(guide[0], color="black", linestyle=":", lw=1, label=guide[1])
+    ax.set_xlabel(xlabel or x)
+    ax.set_ylabel(ylabel or y)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
+    figure.tight_layout()
+    return figure
