@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from lora_core import blend, score_lora
+from lora_core.experiments import lora_sweep
 from lora_core.experiments.common import generate_eval_images
 from lora_core.formats import save_lora_diffusers, save_lora_kohya
 from lora_core.generate import Cell, generate_cells
@@ -78,8 +79,8 @@ def test_one_lora_in_kohya_and_diffusers_layout_gets_the_same_report(lora_files,
 
 
 def test_sweep_images_are_generate_cells_at_each_weight(tiny_base, lora_files, tmp_path):
-    sets = score_lora.sweep_sets(["a red heart"], score_lora.ScoreSettings(images_per_prompt=1, n_unrelated=1))
-    images = score_lora.sweep_images(tiny_base, {lora_files["kohya"]: 1.0}, sets, (0.0, 0.5), SMOKE,
+    sets = lora_sweep.sweep_sets(["a red heart"], lora_sweep.ScoreSettings(images_per_prompt=1, n_unrelated=1))
+    images = lora_sweep.sweep_images(tiny_base, {lora_files["kohya"]: 1.0}, sets, (0.0, 0.5), SMOKE,
                                      cache_dir=tmp_path, clip_skip=2, negative_prompt="a cat")
     for w in (0.0, 0.5):
         adapters = ((str(lora_files["kohya"]), w),) if w else ()
@@ -89,7 +90,7 @@ def test_sweep_images_are_generate_cells_at_each_weight(tiny_base, lora_files, t
         expected = as_uint8_images(generate_cells(tiny_base, cells, batch_size=1).images, "expected")
         generated = torch.cat([images[(name, w)] for name in sets])
         assert (generated.int() - expected.int()).abs().max() <= 1   # batch rounding: one 8-bit level at most
-    assert not torch.equal(images[(score_lora.CHARACTER, 0.0)], images[(score_lora.CHARACTER, 0.5)])
+    assert not torch.equal(images[(lora_sweep.CHARACTER, 0.0)], images[(lora_sweep.CHARACTER, 0.5)])
 
 
 def test_one_file_at_weight_1_keeps_its_cache_key_and_weights_and_settings_enter_it(tiny_base, lora_files, tmp_path):
@@ -112,13 +113,13 @@ def test_best_range_keeps_weights_indistinguishable_from_the_best_on_both_measur
                   (0.0, "alignment", 0.50, 0.45, 0.55, "higher"), (0.25, "alignment", 0.48, 0.43, 0.53, "higher"),
                   (0.5, "alignment", 0.46, 0.42, 0.50, "higher"), (1.0, "alignment", 0.30, 0.25, 0.35, "higher")])
     # fidelity: 0.5 and 1.0 overlap the best (1.0); alignment: 0, 0.25, 0.5 overlap the best (0)
-    assert score_lora.best_weight_range(rows, "fidelity").values == (0.5,)
-    assert score_lora.best_weight_range(rows, "fidelity", keep=()).values == (0.5, 1.0)
+    assert lora_sweep.best_weight_range(rows, "fidelity").values == (0.5,)
+    assert lora_sweep.best_weight_range(rows, "fidelity", keep=()).values == (0.5, 1.0)
     no_alignment = rows[rows.measure == "fidelity"]   # a keep measure that is missing is left out of the rule
-    assert score_lora.best_weight_range(no_alignment, "fidelity").text == "0.5-1"
+    assert lora_sweep.best_weight_range(no_alignment, "fidelity").text == "0.5-1"
     lower = rows.assign(better="lower")   # the best is now the smallest value
-    assert score_lora.indistinguishable_from_best(lower[lower.measure == "fidelity"]) == [0.0]
-    assert score_lora.best_weight_range(lower, "fidelity") is None   # only weight 0, which is not a LoRA weight
+    assert lora_sweep.indistinguishable_from_best(lower[lower.measure == "fidelity"]) == [0.0]
+    assert lora_sweep.best_weight_range(lower, "fidelity") is None   # only weight 0, which is not a LoRA weight
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -128,7 +129,7 @@ def test_best_range_keeps_weights_indistinguishable_from_the_best_on_both_measur
 ])
 def test_settings_refuse_bad_values(bad, message):
     with pytest.raises(ValueError, match=message):
-        score_lora.ScoreSettings(**bad)
+        lora_sweep.ScoreSettings(**bad)
 
 
 def test_a_lora_for_another_architecture_is_one_line_naming_the_file(references, tmp_path, capsys):
@@ -174,4 +175,4 @@ def test_help_lists_every_setting(capsys):
     with pytest.raises(SystemExit):
         score_lora.main(["--help"])
     text = capsys.readouterr().out
-    assert all(f"{key}=" in text for key in score_lora.ScoreSettings.help())
+    assert all(f"{key}=" in text for key in lora_sweep.ScoreSettings.help())

@@ -22,7 +22,7 @@ here). :func:`expected_facts` lists every claim's facts; the coordinator reconci
 * S2, a 28-image FID measures the result -> ``05_character_ia3`` -> ``fd_separates`` (seen):
   "separates" / "does not separate"
 * S3, weight 0.5-0.75 best -> ``06_kohya_character`` -> ``best_range_vs_s3`` (seen): the words of
-  ``score_lora.compare_ranges`` ("the same as", "inside", "overlapping", "outside (above)", ...)
+  ``lora_sweep.compare_ranges`` ("the same as", "inside", "overlapping", "outside (above)", ...)
 * S3, 50-60 steps best -> ``06_kohya_character`` -> ``steps_vs_s3`` (asked): the same words for the
   steps range against S3's, scaled
 * S3, the LoRA carries over to other bases -> ``06_kohya_character`` -> ``n_bases_kept`` and

@@ -7,8 +7,8 @@ images and over training seeds:
 1. **weight x epoch**: every epoch checkpoint at LoRA weights 0-1 (0 = the base), scored for
    character fidelity (paired to the true images of held-out members of the character; the style
    and subject classifiers), prompt following on new prompts and base preservation on unrelated
-   prompts (:func:`score_lora.sweep_scores`, the measures ``python -m lora_core.score_lora`` gives
-   any user); the best weight range from the numbers (:func:`score_lora.best_weight_range`)
+   prompts (:func:`lora_sweep.sweep_scores`, the measures ``python -m lora_core.score_lora`` gives
+   any user); the best weight range from the numbers (:func:`lora_sweep.best_weight_range`)
    against S3's "0.5-0.75". A second arm trains huber loss with the snr schedule instead of l2.
 2. **merge with a foreign LoRA**: chapter 1's style LoRA of another vendor (its run is shared),
    exported in the kohya layout, copied without this project's metadata and loaded back like a
@@ -47,7 +47,7 @@ from lora_core.experiments.kohya_tests import (NEW_SCENES, ORIGINAL, S3_BEST_STE
                                                score_weight_epoch, single_file_base, with_suffix)
 from lora_core.paths import resolve
 from lora_core.profiles import Profile, get_profile
-from lora_core.score_lora import (CHARACTER, WEIGHTS, BestRange, best_weight_range, compare_ranges,
+from lora_core.experiments.lora_sweep import (CHARACTER, WEIGHTS, BestRange, best_weight_range, compare_ranges,
                                   indistinguishable_from_best)
 from lora_core.train import TrainConfig
 
@@ -289,7 +289,7 @@ def run_kohya_character(profile: Profile | str = "tiny", *, base=None, runs_root
     from lora_core.experiments.evaluate import Evaluator, aggregate_seeds
     from lora_core.experiments.kohya_recipe import same_training
     from lora_core.models import load_base
-    from lora_core.score_lora import reference_images, reference_paths
+    from lora_core.experiments.lora_sweep import reference_images, reference_paths
     from lora_core.train import train
 
     settings = resolve_profile(profile)

@@ -3,7 +3,7 @@ file, other bases as single-file checkpoints, and the generation and scoring of 
 
 Every test adds tidy rows (``evaluate.results_frame`` columns with the test's labels) to one
 :class:`Scorer`; chapter 6 (:mod:`~lora_core.experiments.kohya_character`) aggregates them over
-training seeds and reads them. Images are generated through ``score_lora.sweep_images`` (cached
+training seeds and reads them. Images are generated through ``lora_sweep.sweep_images`` (cached
 by content), so a re-run generates nothing.
 
 >>> from lora_core.profiles import get_profile
@@ -24,7 +24,7 @@ from lora_core.experiments.common import (GENERATION_SEED_START, UNSEEN_SUBJECTS
 from lora_core.experiments.kohya_recipe import S3_ARM
 from lora_core.paths import resolve
 from lora_core.profiles import Profile, get_profile
-from lora_core.score_lora import CHARACTER, UNRELATED, sweep_images, sweep_scores
+from lora_core.experiments.lora_sweep import CHARACTER, UNRELATED, sweep_images, sweep_scores
 
 NEW = "new prompts"
 # Scenes no member of the character set shows: prompt following with the trigger word
