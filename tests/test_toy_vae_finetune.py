@@ -92,3 +92,5 @@ def test_export_writes_the_ema_vae_keeps_the_scaling_factor_and_adds_the_card_se
     assert card.index("## Phase 3") < card.index("## Checks")
     vae_finetune.export_vae(CFG, runs[0], model_dir, log=lambda _: None)   # again: the section is replaced
     assert (model_dir / "MODEL_CARD.md").read_text().count("## Phase 3") == 1
+    assert "_name_or_path" not in json.loads((model_dir / "vae" / "config.json").read_text())
+    assert sorted(p.name for p in model_dir.iterdir() if p.name.startswith(".")) == []  # no staging left

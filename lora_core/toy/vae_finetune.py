@@ -198,8 +198,14 @@ def export_vae(cfg: VaeFinetuneConfig, out_dir: Path = SCRATCH, model_dir: str |
     report = vendor_report(vae.eval(), frozen, cfg)
     staging = Path(tempfile.mkdtemp(prefix=".vae.", dir=model_dir))
     vae.to(torch.float16).save_pretrained(staging, safe_serialization=True)
-    shutil.rmtree(model_dir / "vae")
+    config_path = staging / "config.json"  # no machine path in a shipped config
+    atomic_write_json(config_path, {k: v for k, v in json.loads(config_path.read_text()).items()
+                                    if k != "_name_or_path"})
+    retired = model_dir / ".vae.retired"
+    shutil.rmtree(retired, ignore_errors=True)
+    os.replace(model_dir / "vae", retired)
     os.replace(staging, model_dir / "vae")
+    shutil.rmtree(retired)
     info_path = model_dir / "export_info.json"
     info = json.loads(info_path.read_text())
     info["vae_finetune"] = {"exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
