@@ -383,6 +383,9 @@ def test_the_chapter_runs_and_every_number_its_page_quotes_is_a_fact(face_set, t
     source = (NOTEBOOK_DIR / "05_character_ia3.py").read_text()
     quoted = {name.split(":")[0] for name in re.findall(r"\{glue:text\}`([^`]+)`", source)}
     assert quoted <= set(result.facts), sorted(quoted - set(result.facts))
+    from lora_core.experiments.claims import CHARACTER, facts_read_from
+
+    assert facts_read_from(CHARACTER) <= set(result.facts)   # what chapter 9 reads
     assert set(result.aggregated.arm) == {"base, tags", "base, sentences", "iA3 + Prodigy, tags",
                                           "LoRA + AdamW, tags", "iA3 + Prodigy, sentences"}
     assert (result.aggregated[result.aggregated.recipe != "base"].n_seeds == 2).all()

@@ -358,5 +358,5 @@ def test_base_and_step_facts_read_survival_and_the_best_steps():
     facts = chapter.base_facts(result)
     assert (facts["bases_kept"], facts["n_bases_kept"], facts["n_bases"]) == ("original base", 1, 2)
     facts = chapter.step_facts(result)   # smoke: 2 steps where sd15 takes 30, so S3's 50-60 scale to 3-4
-    assert (facts["steps_range"], facts["steps_s3_scaled"]) == ("3-4", "3-4")
+    assert (facts["steps_range"], facts["steps_s3_scaled"], facts["steps_vs_s3"]) == ("3-4", "3-4", "the same as")
     assert "the same as S3's best 50-60" in facts["found_steps"]

@@ -258,6 +258,12 @@ def test_chapter_runs_in_smoke_and_builds_the_kit_from_its_own_images(landmarks,
             shown = np.asarray(Image.open(kit / "images" / f"{by_role[(role, key)]}.png"))
             assert np.array_equal(shown, images[i].permute(1, 2, 0).numpy()), (role, key)
     json.dumps(result.facts)  # every fact is a plain value that glue can show
+    from lora_core.experiments.claims import LANDMARKS, facts_read_from, parse_interval
+
+    assert facts_read_from(LANDMARKS) <= set(result.facts)   # what chapter 9 reads
+    assert parse_interval(result.facts["val_loss_gap"])[0] == pytest.approx(
+        result.best.groupby("method")["best_val_loss"].mean().pipe(lambda m: m["lora"] - m["textual_inversion"]),
+        abs=1e-3)
     tables = [result.config_table(), result.config_table("sd15"), result.equal_terms_table(), result.best_table(),
               result.costs_per_run(), result.timing_panel(), result.measure_panels(), result.results_table(),
               result.beside_s4(), result.cost_counts(), result.study_panel(), *result.epoch_curves()]

@@ -479,6 +479,17 @@ def expected_facts(claims: Sequence[Claim] = CLAIMS) -> pd.DataFrame:
 
 # ---- the chapter ----------------------------------------------------------------------------------------
 
+def facts_read_from(chapter: str) -> set[str]:
+    """Every glued name the claims read from ``chapter`` (its ``requires`` too): what that chapter
+    must glue for chapter 9 to judge it.
+
+    >>> sorted(facts_read_from(KOHYA))
+    ['best_range_vs_s3', 'n_bases', 'n_bases_kept', 'steps_vs_s3']
+    """
+    return {name for claim in CLAIMS if claim.chapter == chapter
+            for name in (*claim.facts, *claim.requires[:1])}
+
+
 @dataclass(kw_only=True)
 class ClaimsResult(ChapterResult):
     """The claims table and its counts. Facts: ``n_claims``, ``n_<verdict>`` for each verdict

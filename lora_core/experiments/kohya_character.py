@@ -477,5 +477,6 @@ def step_facts(result: KohyaCharacterResult) -> dict[str, Any]:
     found = BestRange(tuple(kept)) if kept else None
     words = compare_ranges(found, s3_scaled) if found else "not comparable with"
     return {"steps_range": range_text(found), "steps_s3_scaled": f"{s3_scaled[0]}-{s3_scaled[1]}",
+            "steps_vs_s3": words,
             "found_steps": (f"Character fidelity is indistinguishable from its best at {range_text(found)} inference "
                             f"steps, {words} S3's best 50-60 scaled to {s3_scaled[0]}-{s3_scaled[1]}.")}

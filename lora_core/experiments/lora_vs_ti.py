@@ -213,12 +213,13 @@ def plan_chapter(profile: Profile, settings: EqualTermsSettings, write: bool = T
 
 def overfit_facts(best: pd.DataFrame) -> dict[str, str]:
     """For each method: its best epochs over seeds (``<method>_best_epochs``) and in how many
-    seeds the validation loss rose after the best (``<method>_rises``); ``found_overfit`` reads
+    seeds the validation loss rose after the best (``<method>_rises``); ``val_loss_gap``
+    (:func:`best_val_loss_gap`); ``found_overfit`` reads
     them against S4 (TI best at epoch 8 of 15 and rising after it; LoRA best at its last epoch).
 
     >>> best = pd.DataFrame({"method": ["lora", "lora", "textual_inversion", "textual_inversion"], "seed": [0, 1, 0, 1],
     ...                      "epochs": [10, 10, 15, 15], "best_epoch": [10, 9, 8, 15],
-    ...                      "rises_after_best": [False, True, True, False]})
+    ...                      "rises_after_best": [False, True, True, False], "best_val_loss": [0.06, 0.05, 0.07, 0.08]})
     >>> facts = overfit_facts(best)
     >>> facts["textual_inversion_best_epochs"], facts["textual_inversion_rises"]
     ('8, 15 of 15', '1 of 2')
@@ -229,11 +230,30 @@ def overfit_facts(best: pd.DataFrame) -> dict[str, str]:
         epochs = ", ".join(str(e) for e in runs["best_epoch"])
         facts[f"{method}_best_epochs"] = f"{epochs} of {runs['epochs'].max()}" if len(runs) else "not trained"
         facts[f"{method}_rises"] = f"{int(runs['rises_after_best'].sum())} of {len(runs)}"
+    facts["val_loss_gap"] = best_val_loss_gap(best)
     facts["found_overfit"] = (f"TI's validation loss rose after its best epoch in {facts['textual_inversion_rises']} "
                               f"seeds (best at epoch {facts['textual_inversion_best_epochs']}; S4: 8 of 15, then "
                               f"rising); LoRA's in {facts['lora_rises']} (best at epoch {facts['lora_best_epochs']}; "
                               "S4: 10 of 10).")
     return facts
+
+
+def best_val_loss_gap(best: pd.DataFrame) -> str:
+    """LoRA's best validation loss minus TI's, paired by seed, as ``value [low, high]`` (a 95%
+    t-interval over seeds; the value alone for one seed), the form chapter 9 reads.
+
+    >>> best = pd.DataFrame({"method": ["lora", "lora", "textual_inversion", "textual_inversion"], "seed": [0, 1, 0, 1],
+    ...                      "best_val_loss": [0.05, 0.06, 0.07, 0.07]})
+    >>> best_val_loss_gap(best)
+    '-0.015 [-0.0785, 0.0485]'
+    """
+    from lora_core.experiments.evaluate import ci_text
+    from lora_core.experiments.rank_costs import paired_gap
+
+    if set(best["method"]) < set(METHODS):
+        return "not measured"
+    gap = paired_gap(best.rename(columns={"method": "model"}), "best_val_loss", *METHODS)
+    return ci_text(gap.value, gap.ci_low, gap.ci_high)
 
 
 def cost_facts(ratios: pd.DataFrame, s4_ratio: float) -> dict[str, Any]:
