@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from lora_core.metrics.backbones import get_backbone
+from lora_core.formats.safetensors_file import save_safetensors
 from lora_core.metrics.cache import FeatureCache, content_key
 from lora_core.metrics.distributions import (FrechetDistance, InceptionScore, KernelDistance, distribution_report,
                                              fd_result, feature_statistics, frechet_distance,
@@ -390,7 +391,11 @@ def test_feature_cache_hits_in_memory_and_on_disk(tmp_path):
     first = backbone.features(images, cache=cache)
     assert backbone.features(images.float() / 255, cache=cache).equal(first)      # same pixels, same key
     assert (cache.misses, cache.hits) == (1, 1)
-    assert len(list(tmp_path.glob("pixels-8-features-*.safetensors"))) == 1
+    [written] = tmp_path.glob("pixels-8-features-*.safetensors")
+    key = content_key(images, "pixels-8", "features")   # same content, same bytes: the canonical writer's
+    canonical = save_safetensors(tmp_path / "canonical", {"features": first},
+                                 {"key": key, "backbone": "pixels-8", "kind": "features"})
+    assert written.read_bytes() == canonical.read_bytes()
     fresh = FeatureCache(tmp_path)
     assert backbone.features(images, cache=fresh).equal(first) and fresh.hits == 1 and fresh.misses == 0
     assert content_key(images, "pixels-8", "features") != content_key(images, "effnet-lite0", "features")

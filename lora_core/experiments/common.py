@@ -346,10 +346,9 @@ def generate_eval_sets(base, requests: list[EvalRequest], profile: Profile, batc
     loaded once. Each request is cached in ``data/cache/generated`` on its own key
     (:meth:`EvalRequest.cache_path`), so re-running a notebook for a new plot, or after retraining
     the same config, regenerates nothing."""
-    from safetensors.torch import save_file
-
+    from lora_core.formats.safetensors_file import save_safetensors
     from lora_core.generate import generate_cells
-    from lora_core.io import atomic_path, read_safetensors
+    from lora_core.io import read_safetensors
     from lora_core.metrics.preprocess import as_uint8_images
 
     folder = Path(cache_dir) if cache_dir is not None else generation_cache_dir()
@@ -365,8 +364,7 @@ def generate_eval_sets(base, requests: list[EvalRequest], profile: Profile, batc
         folder.mkdir(parents=True, exist_ok=True)
         for i in missing:
             made[i], images = images[:len(planned[i][0])], images[len(planned[i][0]):]
-            with atomic_path(planned[i][1]) as tmp:
-                save_file({"images": made[i].contiguous()}, str(tmp))
+            save_safetensors(planned[i][1], {"images": made[i].contiguous()})
     return [made[i] if i in made else read_safetensors(path)[0]["images"] for i, (_, path) in enumerate(planned)]
 
 

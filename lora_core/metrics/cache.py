@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors.torch import save_file
 
-from lora_core.io import atomic_path, read_safetensors
+from lora_core.formats.safetensors_file import save_safetensors
+from lora_core.io import read_safetensors
 
 
 def content_key(images_uint8: torch.Tensor, backbone_name: str, kind: str) -> str:
@@ -67,8 +67,7 @@ class FeatureCache:
         values = compute(images_uint8).detach().cpu().contiguous()
         self._memory[key] = values
         if path is not None:
-            with atomic_path(path) as tmp:
-                save_file({kind: values}, str(tmp), metadata={"key": key, "backbone": backbone.name, "kind": kind})
+            save_safetensors(path, {kind: values}, metadata={"key": key, "backbone": backbone.name, "kind": kind})
         return values.clone()
 
     @staticmethod
