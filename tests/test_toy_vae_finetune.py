@@ -94,3 +94,20 @@ def test_export_writes_the_ema_vae_keeps_the_scaling_factor_and_adds_the_card_se
     assert (model_dir / "MODEL_CARD.md").read_text().count("## Phase 3") == 1
     assert "_name_or_path" not in json.loads((model_dir / "vae" / "config.json").read_text())
     assert sorted(p.name for p in model_dir.iterdir() if p.name.startswith(".")) == []  # no staging left
+
+
+def test_a_recheck_replaces_only_the_cards_checks_and_says_why_the_ratio_moved(tmp_path):
+    from lora_core.toy.card import write_checks_section
+
+    checks = {"check1_vae_heldout_images": 260, "check1_vae_psnr_db_mean": 23.58, "check1_vae_mse_mean": 0.0051,
+              "check2_captions": 200, "check2_sampler": "DDIM", "check2_generation_mse_mean": 0.0208,
+              "check2_vae_round_trip_mse_mean": 0.0066, "check2_ratio": 3.17, "check2_target_ratio": 2.5,
+              "check2_mismatched_caption_mse_mean": 0.15, "unet_steps": 7, "vae_steps": 3}
+    card = "# card\n## Phase 3\nkept\n\n## Checks\n1. old numbers\n\n## What it can and cannot draw\nkept too\n"
+    for finetuned, said in ((0, False), (1500, True)):
+        (tmp_path / "MODEL_CARD.md").write_text(card)
+        (tmp_path / "checks.json").write_text(json.dumps({**checks, "vae_finetune_steps": finetuned}))
+        text = write_checks_section(tmp_path).read_text()
+        assert "old numbers" not in text and "PSNR **23.6 dB**" in text and "ratio **3.17**" in text
+        assert text.startswith("# card\n## Phase 3\nkept\n\n## Checks\n1. ") and text.endswith("draw\nkept too\n")
+        assert ("set against phase 1's VAE" in text) is said

@@ -70,7 +70,7 @@ def run_checks(model_dir: str | Path | None = None, n_generate: int = 200, out_d
     """Measure both checks on ``model_dir`` (default ``models/tiny-sd``); writes ``checks.json``."""
     from lora_core.models import load_base
     from lora_core.profiles import get_profile
-    from lora_core.toy.card import write_model_card
+    from lora_core.toy.card import write_checks_section, write_model_card
     from lora_core.toy.export import EXPORT_INFO
     from lora_core.toy.pretrain import PretrainConfig, load_base_images, vae_heldout_keys
 
@@ -101,6 +101,7 @@ def run_checks(model_dir: str | Path | None = None, n_generate: int = 200, out_d
     subjects = subject_accuracy(generated, real[gidx], chosen)
     results = {
         "unet_steps": info["unet_steps"], "vae_steps": info["vae_steps"],
+        "vae_finetune_steps": info.get("vae_finetune", {}).get("steps", 0),
         "check1_vae_heldout_images": len(heldout),
         "check1_vae_psnr_db_mean": psnr(vae_mse_heldout).mean().item(),
         "check1_vae_psnr_db_of_mean_mse": psnr(vae_mse_heldout.mean()).item(),
@@ -119,6 +120,8 @@ def run_checks(model_dir: str | Path | None = None, n_generate: int = 200, out_d
     atomic_write_json(model_dir / CHECKS_FILE, results)
     if out_dir is not None and (Path(out_dir) / "vae_loss.jsonl").exists():
         write_model_card(model_dir, Path(out_dir))
+    elif (model_dir / "MODEL_CARD.md").exists():
+        write_checks_section(model_dir)
     log(json.dumps(results, indent=2))
     return results
 
