@@ -21,6 +21,7 @@ Command line (``make book`` runs the first)::
 """
 from __future__ import annotations
 
+import filecmp
 import json
 import os
 import shutil
@@ -35,7 +36,7 @@ from typing import Any
 import yaml
 
 from lora_core.config import load_yaml
-from lora_core.io import atomic_path, atomic_write_json
+from lora_core.io import atomic_folder, atomic_path, atomic_write_json
 from lora_core.paths import REPO_ROOT
 from lora_core.profiles import PROFILES
 
@@ -46,6 +47,10 @@ TIMINGS_FILE = EXECUTED_DIR / "_timings.json"
 # Files chapters write for the built book to serve as they are (the study kit of chapter 7):
 # _config.yml's html_extra_path, relative to the book's root
 EXTRA_DIR = Path("book") / "notebooks" / "_extra"
+# MathJax 3 from npm (package.json), served from the built book itself so math shows offline
+# (_config.yml's mathjax_path): the bundle and the parts it loads on demand.
+MATHJAX_SOURCE = REPO_ROOT / "node_modules" / "mathjax" / "es5"
+MATHJAX_PARTS = ("tex-mml-chtml.js", "input", "output/chtml", "ui", "a11y")
 KERNEL_NAME = "python3"
 # Parameters the runner itself provides to the notebooks that declare them (machine-specific:
 # never recorded as a chapter's parameters, so re-run commands do not carry them).
@@ -199,6 +204,7 @@ def build_html(root: Path = REPO_ROOT, strict: bool = True) -> Path:
     page fails the build instead of shipping.
     """
     (root / EXTRA_DIR).mkdir(parents=True, exist_ok=True)  # Sphinx warns (an error here) about a missing extra path
+    stage_mathjax(root / EXTRA_DIR / "mathjax")
     command = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(root),
                "--config", str(root / "_config.yml"), "--toc", str(root / "book" / "_toc.yml")]
     if strict:
@@ -207,6 +213,20 @@ def build_html(root: Path = REPO_ROOT, strict: bool = True) -> Path:
     if result.returncode != 0:
         raise NotebookError(f"jupyter-book build failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return root / "_build" / "html" / "index.html"
+
+
+def stage_mathjax(target: Path, source: Path = MATHJAX_SOURCE) -> None:
+    """Copy :data:`MATHJAX_PARTS` of ``source`` to ``target`` (once: kept while its bundle is the same)."""
+    bundle = source / MATHJAX_PARTS[0]
+    if not bundle.is_file():
+        raise NotebookError(f"{bundle} is missing: the book serves MathJax from node_modules; run `make setup`")
+    if (target / MATHJAX_PARTS[0]).is_file() and filecmp.cmp(bundle, target / MATHJAX_PARTS[0], shallow=False):
+        return
+    with atomic_folder(target) as staging:
+        for part in MATHJAX_PARTS:
+            copy = shutil.copytree if (source / part).is_dir() else shutil.copyfile
+            (staging / part).parent.mkdir(parents=True, exist_ok=True)
+            copy(source / part, staging / part)
 
 
 def stage_book(root: Path) -> None:

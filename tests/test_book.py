@@ -211,3 +211,35 @@ def test_readme_layout_names_every_module_of_the_package():
     names += [p.name for p in (package / "experiments").glob("*.py") if p.name != "__init__.py"]
     missing = sorted(name for name in names if f"`{name}`" not in layout and f"`lora_core/{name}`" not in layout)
     assert not missing, f"README's layout table leaves out {missing}"
+
+
+def test_math_is_typeset_from_the_books_own_mathjax(smoke_book, browser):
+    """The background page's formulas render with no network: MathJax comes from the built book."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    html_dir = smoke_book[0] / "_build" / "html"
+    page = html_dir / "book" / "background.html"
+    sources = re.findall(r'<script[^>]+src="([^"]*mathjax[^"]*)"', page.read_text(), flags=re.IGNORECASE)
+    assert sources and not [s for s in sources if "://" in s], sources
+    assert (page.parent / sources[0]).resolve() == (html_dir / "mathjax" / "tex-mml-chtml.js").resolve()
+    browser.get(page.as_uri())
+    WebDriverWait(browser, 120).until(lambda b: b.execute_script("return document.querySelectorAll('mjx-container').length > 0"))
+
+
+def test_mathjax_is_staged_once_and_a_missing_bundle_is_named(tmp_path):
+    from lora_core.book import MATHJAX_PARTS, NotebookError, stage_mathjax
+
+    source = tmp_path / "es5"
+    for part in MATHJAX_PARTS:
+        file = source / part if part.endswith(".js") else source / part / "x.js"
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_text(part)
+    (source / "sre").mkdir()   # not a part: not copied
+    stage_mathjax(tmp_path / "out", source)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted({p.split("/")[0] for p in MATHJAX_PARTS})
+    marker = tmp_path / "out" / "ui" / "kept"
+    marker.write_text("")
+    stage_mathjax(tmp_path / "out", source)   # the same bundle: nothing copied again
+    assert marker.exists()
+    with pytest.raises(NotebookError, match=r"missing/tex-mml-chtml\.js is missing.*make setup"):
+        stage_mathjax(tmp_path / "out2", tmp_path / "missing")
