@@ -1,4 +1,5 @@
-"""Command line: ``python -m lora_core.toy {build,pretrain-vae,pretrain-unet,pretrain-all,export,check,train-heads}``."""
+"""Command line: ``python -m lora_core.toy {build,pretrain-vae,pretrain-unet,pretrain-all,export,check,train-heads,
+train-judge}``."""
 from __future__ import annotations
 
 import argparse
@@ -52,10 +53,11 @@ def add_commands(commands) -> None:
     p.add_argument("--n", type=int, default=200, help="captions to generate for check 2")
     p.add_argument("--out", default=str(SCRATCH))
     p = commands.add_parser("train-heads", help="train the learned metrics' heads (alignment stand-in, subject "
-                                                "and style classifiers) on the world into models/metrics")
+                                                "classifiers) on the world into models/metrics")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="HeadsConfig overrides")
-    p.add_argument("--vae", default="toy:base",
-                   help="base model whose VAE reconstructs the style classifier's images ('none': real images)")
+    p = commands.add_parser("train-judge", help="train the style judge on VAE round trips into models/metrics "
+                                                "(resumes an interrupted run)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="JudgeConfig overrides")
 
 
 def _config(args) -> PretrainConfig:
@@ -66,7 +68,12 @@ def _config(args) -> PretrainConfig:
 def run_command(args) -> int:
     if args.command == "train-heads":
         from lora_core.toy.heads import train_heads_command
-        return train_heads_command(args.set, args.vae)
+        return train_heads_command(args.set)
+    if args.command == "train-judge":
+        from lora_core.toy.heads import parse_override
+        from lora_core.toy.judge import JudgeConfig, train_judge
+        train_judge(JudgeConfig.from_dict(dict(parse_override(item) for item in args.set)))
+        return 0
     out = Path(args.out)
     if args.command == "check":
         from lora_core.toy.check import run_checks
