@@ -164,26 +164,27 @@ def restore_adapter_state(base, state: AdapterState) -> None:
 # ---- loading and removing adapter files ---------------------------------------------------------
 
 def load_lora(base, path: str | Path, adapter_name: str) -> None:
-    """Load a LoRA file (kohya/A1111, diffusers or peft layout) as inactive adapter ``adapter_name``.
+    """Load a LoRA file (kohya/A1111, diffusers or peft layout) as inactive adapter ``adapter_name``,
+    every module at its own ``alpha / rank`` (``formats.read_lora_modules`` says where each alpha
+    comes from; diffusers' ``load_lora_weights`` gives a kohya file's modules one alpha).
 
     Works on any base of the same architecture as the one the LoRA was trained on (another
     checkpoint from ``load_base(folder)`` or ``load_base(file.safetensors, config=...)``). A file
-    whose modules do not fit raises ``LoraKeyError`` summarising matched and unmatched keys.
+    whose modules do not fit raises ``LoraKeyError`` summarising matched and unmatched keys; one
+    whose scale cannot be known or applied exactly raises ``ValueError`` naming the file and the
+    module, and nothing is loaded.
     """
-    from lora_core.formats import LoraKeyError, check_lora_keys, load_lora_file
+    from lora_core.formats import load_lora_file, read_lora_modules
 
     if adapter_name in adapter_names(base):
         raise ValueError(f"adapter {adapter_name!r} already exists; delete it or pick another name")
-    lora_file = load_lora_file(path)
+    modules = read_lora_modules(load_lora_file(path), base.unet, base.text_encoder)
     try:
-        check_lora_keys(lora_file.state_dict, base.unet, base.text_encoder)
-    except LoraKeyError as error:
-        raise LoraKeyError(f"{path}: {error}") from None
-    state = adapter_state(base)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-        base.pipeline().load_lora_weights(str(path), adapter_name=adapter_name)
-    restore_adapter_state(base, state)
+        add_adapter_from_factors(base, adapter_name, {key: LoraFactors(m.down, m.up, m.alpha / m.rank)
+                                                      for key, m in modules.items()},
+                                 alphas={key: m.alpha for key, m in modules.items()})
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
 
 
 def unique_adapter_name(base, stem: str) -> str:
@@ -219,9 +220,11 @@ def load_embedding(base, path: str | Path, token: str) -> None:
     It combines freely with LoRAs: the token lives in the tokenizer and text encoder, the LoRA in
     the attention layers.
     """
+    from lora_core.io import check_safetensors
+
     if Path(path).suffix != ".safetensors":
         raise ValueError(f"{path}: embeddings are read from .safetensors only (pickles can run code)")
-    base.pipeline().load_textual_inversion(str(path), token=token)
+    base.pipeline().load_textual_inversion(str(check_safetensors(path)), token=token)
 
 
 # ---- weight-space interpolation and merging ----------------------------------------------------
@@ -337,33 +340,55 @@ def _add_peft_adapter(model: torch.nn.Module, name: str, config) -> None:
         model.add_adapter(config, adapter_name=name)
 
 
-def add_adapter_from_factors(base, name: str, factors: Mapping[str, LoraFactors]) -> None:
-    """Add a new (inactive, frozen) adapter holding exactly these factors.
+def add_adapter_from_factors(base, name: str, factors: Mapping[str, LoraFactors],
+                             alphas: Mapping[str, float] | None = None) -> None:
+    """Add a new (inactive, frozen) adapter holding exactly these factors, each module at its own
+    rank and scale.
 
-    All modules must share one rank and one scale; alpha is stored as ``scale * rank``.
+    peft stores an alpha per module: ``alphas[key]`` where given (a file's own alphas, kept exact),
+    else ``scale * rank``. Raises ``ValueError`` naming the module, and adds nothing, when a factor
+    does not fit its layer or peft would apply another rank or scale.
     """
-    from peft import LoraConfig
+    from lora_core.formats import peft_lora_config
 
     if name in adapter_names(base):
         raise ValueError(f"adapter {name!r} already exists; delete it or pick another name")
-    ranks = {f.rank for f in factors.values()}
-    scales = {f.scale for f in factors.values()}
-    if len(ranks) != 1 or len(scales) != 1:
-        raise ValueError(f"adapter {name!r}: modules need one rank and one scale, got ranks {sorted(ranks)} "
-                         f"and scales {sorted(scales)}")
-    rank, scale = ranks.pop(), scales.pop()
+    alphas = alphas or {}
     state = adapter_state(base)
-    for component in COMPONENTS:
-        targets = [key.split(".", 1)[1] for key in factors if key.startswith(component + ".")]
-        if targets:
-            _add_peft_adapter(getattr(base, component), name,
-                              LoraConfig(r=rank, lora_alpha=scale * rank, target_modules=targets))
-    layers = tuner_layers(base)
+    try:
+        for component in COMPONENTS:
+            modules = {key.split(".", 1)[1]: (f.rank, alphas.get(key, f.scale * f.rank))
+                       for key, f in factors.items() if key.startswith(component + ".")}
+            if modules:
+                _add_peft_adapter(getattr(base, component), name, peft_lora_config(modules))
+        _fill_adapter(tuner_layers(base), name, factors)
+    except ValueError:
+        remove_adapters(base, [name])
+        raise
+    finally:
+        restore_adapter_state(base, state)
+
+
+def _fill_adapter(layers: Mapping[str, torch.nn.Module], name: str, factors: Mapping[str, LoraFactors]) -> None:
+    """Copy the factors into adapter ``name``'s layers; check that peft targeted exactly these
+    modules at exactly these ranks and scales."""
+    extra = sorted(key for key, layer in layers.items() if name in layer.lora_A and key not in factors)
+    if extra:
+        raise ValueError(f"peft also put adapter {name!r} on {len(extra)} other module(s), e.g. {extra[:2]}")
     with torch.no_grad():
         for key, f in factors.items():
-            layers[key].lora_A[name].weight.copy_(f.down)
-            layers[key].lora_B[name].weight.copy_(f.up)
-    restore_adapter_state(base, state)
+            layer = layers.get(key)
+            if layer is None or name not in layer.lora_A:
+                raise ValueError(f"module {key}: peft put no LoRA layer there")
+            if layer.r[name] != f.rank or not math.isclose(_unit_scale(layer, name), f.scale, rel_tol=1e-12):
+                raise ValueError(f"module {key}: peft would apply rank {layer.r[name]} and scale "
+                                 f"{_unit_scale(layer, name):g}, not rank {f.rank} and scale {f.scale:g}")
+            for weight, factor, what in ((layer.lora_A[name].weight, f.down, "down"),
+                                         (layer.lora_B[name].weight, f.up, "up")):
+                if factor.flatten(1).shape != weight.flatten(1).shape:
+                    raise ValueError(f"module {key}: LoRA {what} factor of shape {tuple(factor.shape)} does not fit "
+                                     f"the layer's {tuple(weight.shape)}")
+                weight.copy_(factor.reshape(weight.shape))
 
 
 def interpolate_adapters(base, name_a: str, name_b: str, a: float, new_name: str) -> dict[str, LoraFactors]:

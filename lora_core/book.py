@@ -3,7 +3,9 @@
 Each jupytext notebook ``notebooks/<name>.py`` (percent format) listed in ``book/_toc.yml``
 as ``book/notebooks/<name>`` is converted to ``.ipynb`` with a kernelspec, checked against
 its ``parameters`` cell, executed in the chosen profile and written, atomically, to
-``book/notebooks/<name>.ipynb``; then jupyter-book 1.x builds ``_build/html``.
+``book/notebooks/<name>.ipynb``; then jupyter-book 1.x builds ``_build/html``. papermill's
+injected-parameters cell stays in the executed notebook but is tagged ``remove-cell``, so no
+machine-specific value (the runner's absolute ``executed_dir``) reaches a page.
 
 papermill itself only warns about a parameter that the notebook does not define; this runner
 refuses it and lists the valid ones. A failing notebook stops the build and names the
@@ -19,7 +21,6 @@ Command line (``make book`` runs the first)::
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -35,14 +36,20 @@ import yaml
 
 from lora_core.config import load_yaml
 from lora_core.io import atomic_path, atomic_write_json
-from lora_core.models import REPO_ROOT
+from lora_core.paths import REPO_ROOT
 from lora_core.profiles import PROFILES
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 BOOK_DIR = REPO_ROOT / "book"
 EXECUTED_DIR = BOOK_DIR / "notebooks"
 TIMINGS_FILE = EXECUTED_DIR / "_timings.json"
+# Files chapters write for the built book to serve as they are (the study kit of chapter 7):
+# _config.yml's html_extra_path, relative to the book's root
+EXTRA_DIR = Path("book") / "notebooks" / "_extra"
 KERNEL_NAME = "python3"
+# Parameters the runner itself provides to the notebooks that declare them (machine-specific:
+# never recorded as a chapter's parameters, so re-run commands do not carry them).
+RUNNER_PARAMETERS = ("executed_dir",)
 
 
 class NotebookError(RuntimeError):
@@ -144,9 +151,23 @@ def execute_notebook(name: str, parameters: dict[str, Any], output_dir: Path = E
                     f"notebook {source.name} failed in cell {error.cell_index} "
                     f"(execution count {error.exec_count}): {error.ename}: {error.evalue}\n"
                     f"--- cell source ---\n{error.source}") from None
+            remove_injected_cell_from_page(tmp)
     finally:
         ipynb.unlink(missing_ok=True)
     return NotebookRun(name, output, time.perf_counter() - start, parameters)
+
+
+def remove_injected_cell_from_page(path: Path) -> None:
+    """Tag papermill's ``injected-parameters`` cell of the notebook at ``path`` ``remove-cell``
+    (jupyter-book leaves it off the page; the notebook keeps it as a record of the run)."""
+    import nbformat
+
+    notebook = nbformat.read(path, as_version=4)
+    for cell in notebook.cells:
+        tags = cell.metadata.get("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            cell.metadata["tags"] = [*tags, "remove-cell"]
+    nbformat.write(notebook, path)
 
 
 def record_timings(runs: list[NotebookRun], profile: str, timings_file: Path = TIMINGS_FILE) -> None:
@@ -154,18 +175,19 @@ def record_timings(runs: list[NotebookRun], profile: str, timings_file: Path = T
 
     ``wall_seconds`` is the last execution; ``longest_wall_seconds`` the longest one recorded with
     the same profile and parameters (usually the execution that trained the runs a re-execution
-    reuses), reset when either changes.
+    reuses), reset when either changes. :data:`RUNNER_PARAMETERS` are not recorded.
     """
     timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
     for run in runs:
         seconds = round(run.wall_seconds, 1)
+        parameters = {key: value for key, value in run.parameters.items() if key not in RUNNER_PARAMETERS}
         previous = timings.get(run.name, {})
-        if previous.get("profile") == profile and previous.get("parameters") == run.parameters:
+        if previous.get("profile") == profile and previous.get("parameters") == parameters:
             longest = max(seconds, previous.get("longest_wall_seconds", previous["wall_seconds"]))
         else:
             longest = seconds
         timings[run.name] = {"wall_seconds": seconds, "longest_wall_seconds": longest, "profile": profile,
-                             "parameters": run.parameters,
+                             "parameters": parameters,
                              "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     atomic_write_json(timings_file, timings)
 
@@ -176,6 +198,7 @@ def build_html(root: Path = REPO_ROOT, strict: bool = True) -> Path:
     Warnings are errors (``-W``), as QuantEcon's books build: a broken reference or a missing
     page fails the build instead of shipping.
     """
+    (root / EXTRA_DIR).mkdir(parents=True, exist_ok=True)  # Sphinx warns (an error here) about a missing extra path
     command = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(root),
                "--config", str(root / "_config.yml"), "--toc", str(root / "book" / "_toc.yml")]
     if strict:
@@ -188,14 +211,17 @@ def build_html(root: Path = REPO_ROOT, strict: bool = True) -> Path:
 
 def stage_book(root: Path) -> None:
     """Copy the book's sources (config, toc, prose pages) to ``root`` for a build elsewhere; the
-    shipped models they include are linked, not copied."""
+    shipped models they include and the package (whose Sphinx extension the config loads from the
+    book's root) are linked, not copied."""
     root.mkdir(parents=True, exist_ok=True)
     shutil.copy2(REPO_ROOT / "_config.yml", root / "_config.yml")
     shutil.copytree(BOOK_DIR, root / "book", dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("notebooks"))
-    models = root / "models"  # book/data.md includes models/tiny-sd/MODEL_CARD.md and its figures
-    if not models.exists():
-        models.symlink_to(REPO_ROOT / "models", target_is_directory=True)
+    # models: book/data.md includes models/tiny-sd/MODEL_CARD.md and its figures; lora_core: the
+    # config's Sphinx extension (lora_core.pairing)
+    for name in ("models", "lora_core"):
+        if not (root / name).exists():
+            (root / name).symlink_to(REPO_ROOT / name, target_is_directory=True)
 
 
 def run_book(profile: str, overrides: dict[str, Any], only: list[str] | None = None,
@@ -241,21 +267,59 @@ def run_book(profile: str, overrides: dict[str, Any], only: list[str] | None = N
     return runs
 
 
+def command_line_help() -> str:
+    """The profiles and every notebook's parameters with default and comment, read from the
+    ``parameters`` cells themselves (nothing executes), for ``--help``."""
+    from lora_core.config import help_entry
+
+    lines = ["profiles (--profile):"]
+    lines += [help_entry(f"  {name}", profile.description) for name, profile in PROFILES.items()]
+    lines.append("\nnotebook parameters (-p NAME VALUE; each notebook receives the ones it declares):")
+    for name in toc_notebooks():
+        lines.append(f"  {name}:")
+        lines += [help_entry(f"    {key}={value}", comment)
+                  for key, value, comment in parameters_cell(NOTEBOOK_DIR / f"{name}.py") if key != "profile"]
+    return "\n".join(lines)
+
+
+def parameters_cell(source: Path) -> list[tuple[str, str, str]]:
+    """(name, default as ``-p`` writes it, comment after it) of each assignment in the notebook's
+    ``parameters`` cell."""
+    import ast
+
+    import jupytext
+
+    from lora_core.config import value_text
+
+    cells = [c.source for c in jupytext.read(source).cells if "parameters" in c.metadata.get("tags", [])]
+    code = cells[0] if cells else ""
+    lines, entries = code.splitlines(), []
+    for node in ast.parse(code).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                value = value_text(ast.literal_eval(node.value))
+            except ValueError:   # an expression, not a literal: show it as written
+                value = ast.get_source_segment(code, node.value)
+            comment = lines[node.end_lineno - 1][node.end_col_offset:].strip().removeprefix("#").strip()
+            entries.append((node.targets[0].id, value, comment))
+    return entries
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lora_core.book", description=__doc__.split("\n\n")[0])
+    from lora_core.cli import command_parser, run_command
+
+    parser = command_parser("python -m lora_core.book", __doc__.split("\n\n")[0], command_line_help)
     parser.add_argument("--profile", default="tiny", choices=list(PROFILES))
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="override a notebook parameter (refused if a notebook does not define it)")
     parser.add_argument("--only", nargs="+", help="execute only these notebooks (names without .py)")
     parser.add_argument("--no-build", action="store_true", help="execute notebooks, skip the HTML build")
-    args = parser.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
+
+    def command(args) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         run_book(args.profile, parse_overrides(args.parameter), args.only, build=not args.no_build)
-    except NotebookError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
+
+    return run_command(command, parser, argv, failures=(NotebookError,))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,70 @@ class Config:
         return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
 
 
+def config_help(cls: type, prefix: str = "", skip: tuple[str, ...] = (), width: int = 100) -> str:
+    """Every field of config class ``cls`` as ``key=default  help``, one entry per field, with
+    defaults written as ``key=value`` on a command line reads them (YAML); fields that hold a config
+    class are expanded under ``<field>.`` (``data.folder``). Command lines print it in ``--help``,
+    so the list cannot drift from the dataclasses.
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass(frozen=True)
+    ... class Example(Config):
+    ...     folder: str = dataclasses.field(metadata={"help": "image folder"})
+    ...     betas: tuple[float, float] = option((0.9, 0.999), "Adam betas")
+    ...     base: str | None = option(None, "base model; None: the profile's")
+    >>> print(config_help(Example, prefix="data."))
+      data.folder=(required)          image folder
+      data.betas=[0.9, 0.999]         Adam betas
+      data.base=null                  base model; None: the profile's
+    """
+    hints = typing.get_type_hints(cls)
+    lines: list[str] = []
+    for field in dataclasses.fields(cls):
+        if field.name in skip:
+            continue
+        nested = _config_class(hints.get(field.name))
+        if nested is not None:
+            lines.append(config_help(nested, f"{prefix}{field.name}.", width=width))
+            continue
+        key = f"  {prefix}{field.name}={_default_text(field)}"
+        lines.append(help_entry(key, field.metadata.get("help", ""), width))
+    return "\n".join(lines)
+
+
+def _config_class(hint: Any) -> type | None:
+    """The Config subclass a field holds (``Inner`` or ``Inner | None``), else None."""
+    candidates = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    found = [c for c in candidates if isinstance(c, type) and issubclass(c, Config)]
+    return found[0] if len(found) == 1 else None
+
+
+def _default_text(field: dataclasses.Field) -> str:
+    return "(required)" if field.default is dataclasses.MISSING else value_text(field.default)
+
+
+def value_text(value: Any) -> str:
+    """``value`` as a ``key=value`` command line writes it (parsed as YAML): strings bare.
+
+    >>> [value_text(v) for v in ("lora", "", None, False, 1e-4, (0.9, 0.999))]
+    ['lora', "''", 'null', 'false', '0.0001', '[0.9, 0.999]']
+    """
+    if isinstance(value, str):
+        return value if value else "''"
+    return json.dumps(_to_jsonable(value))
+
+
+def help_entry(key: str, help_text: str, width: int = 100, column: int = 34) -> str:
+    """``key`` with ``help_text`` wrapped in a column beside it (below it when the key is long)."""
+    import textwrap
+
+    indent = " " * column
+    if len(key) < column - 1:
+        return textwrap.fill(help_text, width, initial_indent=key.ljust(column), subsequent_indent=indent)
+    return key + ("\n" + textwrap.fill(help_text, width, initial_indent=indent, subsequent_indent=indent)
+                  if help_text else "")
+
+
 def _check_keys(cls: type, values: dict[str, Any]) -> None:
     valid = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in values if k not in valid]
@@ -101,7 +166,7 @@ def _coerce(hint: Any, value: Any, name: str) -> Any:
         return tuple(tuple(v) if isinstance(v, list) else v for v in value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         if value is not None and len(args) == 1:
             return _coerce(args[0], value, name)

@@ -47,10 +47,11 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from lora_core.config import Config, option
-from lora_core.images import prepare_image, to_tensor
+from lora_core.images import ImageFileError, prepare_image, read_image, to_tensor
+from lora_core.paths import resolve
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")   # kohya's list, case-insensitive
 METADATA_FILE = "metadata.jsonl"
@@ -70,7 +71,8 @@ class DatasetError(ValueError):
 @dataclass(frozen=True)
 class DataConfig(Config):
     folder: str = field(metadata={"help": "image folder: kohya <stem>.png + <stem>.txt (optional N_name "
-                                          "repeat subfolders) or a diffusers imagefolder with metadata.jsonl"})
+                                          "repeat subfolders) or a diffusers imagefolder with metadata.jsonl; "
+                                          "a relative folder is under the project root"})
     resolution: int = option(32, "square training resolution in pixels; smaller images are refused")
     caption_template: str = option("{caption}", "caption after templating; fields {caption} and "
                                                 "{trigger}, e.g. '{caption}, in the style of {trigger}'")
@@ -166,7 +168,7 @@ class _Scan:
 
 
 def _scan(cfg: DataConfig) -> _Scan:
-    folder = Path(cfg.folder)
+    folder = resolve(cfg.folder)
     scan = _Scan()
     if not folder.is_dir():
         scan.problems.append((folder, "dataset folder does not exist"))
@@ -292,14 +294,10 @@ def _read_caption(item: _Item) -> tuple[str, int]:
 
 def _open_image(path: Path, resolution: int) -> Image.Image:
     """The decoded image, upright; raises DatasetError for anything this loader refuses."""
-    if path.stat().st_size == 0:
-        raise DatasetError(path, "zero-byte file")
     try:
-        with Image.open(path) as opened:
-            opened.load()   # decode now, so a truncated file fails here and not mid-training
-            image = ImageOps.exif_transpose(opened)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise DatasetError(path, f"corrupt or truncated image ({error})") from None
+        image = read_image(path, upright=True)   # decoded now, so a bad file fails here, not mid-training
+    except ImageFileError as error:
+        raise DatasetError(error.path, error.reason) from None
     if image.mode not in ACCEPTED_MODES:
         raise DatasetError(path, f"unsupported image mode {image.mode} (accepted: "
                                  f"{', '.join(ACCEPTED_MODES)}); save it as 8-bit RGB or RGBA")
@@ -433,6 +431,6 @@ def dataset_report(cfg: DataConfig, tokenizer=None) -> DatasetReport:
                      "mode": image.mode, "repeats": item.repeats, "caption": templated,
                      "caption_words": len(templated.split()), "caption_lines": lines,
                      "caption_tokens": len(tokenizer.tokenize(templated)) if tokenizer else None})
-    layout = "imagefolder" if (Path(cfg.folder) / METADATA_FILE).is_file() else "kohya"
+    layout = "imagefolder" if (resolve(cfg.folder) / METADATA_FILE).is_file() else "kohya"
     max_tokens = tokenizer.model_max_length - 2 if tokenizer is not None else None
     return DatasetReport(Path(cfg.folder), layout, rows, problems, scan.ignored, max_tokens)

@@ -13,11 +13,44 @@ difference that preprocessing made (clean-fid's point about resize filters).
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 BACKGROUND = (255, 255, 255)  # white: the page colour emoji are designed for
+
+
+class ImageFileError(ValueError):
+    """An image file that cannot be read: ``str(error)`` is ``"<path>: <reason>"``."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"{path}: {reason}")
+
+
+def read_image(path: str | Path, upright: bool = False) -> Image.Image:
+    """The image in ``path``, decoded now (a truncated file fails here, not later), turned by its
+    EXIF orientation when ``upright``. Every image a user gives goes through here.
+
+    >>> import tempfile, pathlib
+    >>> empty = pathlib.Path(tempfile.mkdtemp()) / "cat.png"
+    >>> _ = empty.write_bytes(b"")
+    >>> read_image(empty)
+    Traceback (most recent call last):
+    ...
+    lora_core.images.ImageFileError: .../cat.png: empty file (0 bytes)
+    """
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise ImageFileError(path, "empty file (0 bytes)")
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            return ImageOps.exif_transpose(opened) if upright else opened.copy()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise ImageFileError(path, f"corrupt or truncated image ({error})") from None
 
 
 def composite_rgb(image: Image.Image, background: tuple[int, int, int] = BACKGROUND) -> Image.Image:

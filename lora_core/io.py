@@ -1,6 +1,10 @@
-"""Atomic file output: write to a temporary file beside the target, then rename.
+"""Files in and out: atomic output, and the one way weights files are read.
 
-A crash or an exception never leaves a half-written result under the final name.
+Output goes to a temporary file (or folder) beside the target, then is renamed: a crash or an
+exception never leaves a half-written result under the final name. An exception removes the
+temporary; a kill (SIGKILL, power loss) cannot, so whoever writes into a folder again calls
+:func:`remove_temporaries` first. Weights are read only from safetensors files, through
+:func:`open_safetensors`, whose errors name the file and say what it is instead.
 
 >>> import tempfile, pathlib
 >>> target = pathlib.Path(tempfile.mkdtemp()) / "out.txt"
@@ -8,12 +12,18 @@ A crash or an exception never leaves a half-written result under the final name.
 ...     _ = tmp.write_text("done")
 >>> target.read_text()
 'done'
+>>> with atomic_folder(target.parent / "pair") as staging:
+...     _ = (staging / "a.txt").write_text("a"), (staging / "b.txt").write_text("b")
+>>> sorted(p.name for p in (target.parent / "pair").iterdir())
+['a.txt', 'b.txt']
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,6 +31,9 @@ from typing import Any, Iterator
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+# ".<target stem>.<8 random characters from tempfile>.tmp[<target suffix>]": the names the two
+# context managers below give their temporaries, and nothing a user names a file by accident
+_TEMPORARY_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[^.]+)?$")
 
 
 @contextlib.contextmanager
@@ -41,6 +54,52 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def atomic_folder(target: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``target``; on success it replaces ``target`` whole,
+    so ``target`` holds either all the files written into it or does not exist."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield staging
+        os.chmod(staging, 0o777 & ~_UMASK)  # mkdtemp creates 0700; results are ordinary folders
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def is_temporary(path: str | Path) -> bool:
+    """Whether ``path`` is named like a temporary of :func:`atomic_path` or :func:`atomic_folder`.
+
+    >>> is_temporary("state/.training_state.k3j_9x0a.tmp.pt"), is_temporary(".step-000010.ab12cd34.tmp")
+    (True, True)
+    >>> is_temporary("state/training_state.pt"), is_temporary(".hidden.tmp")
+    (False, False)
+    """
+    return bool(_TEMPORARY_NAME.match(Path(path).name))
+
+
+def remove_temporaries(folder: str | Path) -> list[Path]:
+    """Remove every temporary file and folder a killed writer left anywhere under ``folder``
+    (nothing when it does not exist); returns what was removed. Safe to call from several
+    processes at once (one process's removal is another's missing file)."""
+    folder = Path(folder)
+    found = sorted(p for p in folder.rglob(".*") if is_temporary(p)) if folder.is_dir() else []
+    removed = []
+    for path in found:
+        if any(parent in removed for parent in path.parents):
+            continue  # inside a temporary folder already gone
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
 def atomic_write_text(target: str | Path, text: str) -> Path:
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")
@@ -49,3 +108,62 @@ def atomic_write_text(target: str | Path, text: str) -> Path:
 
 def atomic_write_json(target: str | Path, obj: Any) -> Path:
     return atomic_write_text(target, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+# ---- reading weights: safetensors only, with errors that name the file ----------------------------
+
+PICKLE_CONVERSION = ("convert it once, in a sandbox you trust: "
+                     "`safetensors.torch.save_file(torch.load(p, weights_only=True), out)`")
+
+
+@contextlib.contextmanager
+def open_safetensors(path: str | Path) -> Iterator[Any]:
+    """``safetensors.safe_open(path, "pt")`` whose errors name the file: ``FileNotFoundError`` when
+    it is missing, ``ValueError`` ("not a safetensors file", and what it looks like) otherwise.
+
+    >>> import tempfile, pathlib, pickle
+    >>> renamed = pathlib.Path(tempfile.mkdtemp()) / "lora.safetensors"
+    >>> _ = renamed.write_bytes(pickle.dumps({"weight": 1}))
+    >>> try:
+    ...     read_safetensors(renamed)
+    ... except ValueError as error:
+    ...     print(str(error).replace(str(renamed.parent), "<folder>").split(";")[0])
+    <folder>/lora.safetensors: not a safetensors file: it starts like a Python pickle
+    """
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file" if not path.exists() else f"{path}: a folder, not a file")
+    try:
+        handle = safe_open(str(path), framework="pt")
+    except SafetensorError as error:
+        raise ValueError(f"{path}: not a safetensors file: {_what_it_looks_like(path)} "
+                         f"(safetensors: {error})") from None
+    with handle:
+        yield handle
+
+
+def read_safetensors(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """All tensors of a safetensors file and its metadata, through :func:`open_safetensors`."""
+    with open_safetensors(path) as handle:
+        return {key: handle.get_tensor(key) for key in handle.keys()}, dict(handle.metadata() or {})
+
+
+def check_safetensors(path: str | Path) -> Path:
+    """Raise :func:`open_safetensors`'s errors unless ``path`` is a safetensors file (reads the header
+    only): before a library that reads the file itself and would not say what is wrong."""
+    with open_safetensors(path):
+        return Path(path)
+
+
+def _what_it_looks_like(path: Path) -> str:
+    with open(path, "rb") as file:
+        start = file.read(4)
+    if not start:
+        return "empty file (0 bytes)"
+    if start == b"PK\x03\x04":
+        return f"it is a zip archive, the format torch.save writes (a pickle checkpoint, renamed?); {PICKLE_CONVERSION}"
+    if start[:1] == b"\x80":
+        return f"it starts like a Python pickle; {PICKLE_CONVERSION}"
+    return "its header is missing or damaged (truncated or another format)"

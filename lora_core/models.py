@@ -6,7 +6,8 @@
 * ``"toy:base"``: the tiny model pretrained by this project and shipped in ``models/tiny-sd``,
 * a local diffusers folder (``model_index.json`` inside),
 * a single-file ``.safetensors`` checkpoint in the A1111/kohya (LDM) layout, with
-  ``config=`` naming a diffusers folder or hub id that describes its architecture,
+  ``config=`` naming a diffusers folder or hub id that describes its architecture (SD v1.5's hub
+  id when none is given),
 * a hub id such as ``"stable-diffusion-v1-5/stable-diffusion-v1-5"``.
 
 Pickle checkpoints (``.ckpt``, ``.bin``, ``.pt``, ``.pth``) are refused: unpickling can run
@@ -30,8 +31,10 @@ from pathlib import Path
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from lora_core.paths import REPO_ROOT
+
 TOY_BASE_DIR = REPO_ROOT / "models" / "tiny-sd"
+SD15_HUB_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # what a single-file checkpoint named alone is read as
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
 
 # The tiny SD architecture: the same classes as SD v1.5, scaled down. 32 px images,
@@ -143,6 +146,17 @@ def base_fingerprint(base: BaseModel) -> str:
     return _BASE_FINGERPRINTS[key][1]
 
 
+def mark_applied(base: BaseModel, digest: str) -> str:
+    """Fold ``digest`` (the content of a weights file applied to ``base`` in place) into
+    :func:`base_fingerprint` of ``base``, and return the new fingerprint. For adapters that wrap
+    modules' ``forward`` instead of adding weights to the modules (LyCORIS networks live outside
+    the UNet's and text encoder's state dicts): without it an adapted copy fingerprints like its
+    base, and generation caches keyed by the fingerprint hand back the base's images."""
+    combined = hashlib.sha256(f"{base_fingerprint(base)}|{digest}".encode()).hexdigest()
+    _BASE_FINGERPRINTS[id(base)] = (weakref.ref(base), combined)
+    return combined
+
+
 def build_tiny_random(seed: int = 0, tokenizer_dir: str | Path | None = None) -> BaseModel:
     """The tiny SD architecture with seeded random weights (labelled ``random_weights``)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -190,9 +204,39 @@ def load_base(source: str, *, config: str | Path | None = None, seed: int = 0,
         if not (path / "model_index.json").exists():
             raise FileNotFoundError(f"{source}: not a diffusers folder (no model_index.json)")
         return _load_pretrained(str(path), dtype, local=True)
-    if path.is_absolute() or source.startswith("."):
-        raise FileNotFoundError(f"{source}: no such file or folder")
-    return _load_pretrained(source, dtype, local=False)
+    if _looks_like_a_path(source):
+        raise FileNotFoundError(f"{source}: no such folder or file{_close_names(source)}. {ACCEPTED_SOURCES}")
+    try:
+        return _load_pretrained(source, dtype, local=False)
+    except OSError as error:   # the hub's "not found" and "offline, not cached" errors are OSErrors
+        reason = str(error).split(". ")[0].strip()
+        raise FileNotFoundError(f"{source}: no such folder or file here{_close_names(source)}, and no hub "
+                                f"model of that id could be loaded ({reason}). {ACCEPTED_SOURCES}") from error
+
+
+ACCEPTED_SOURCES = ("load_base accepts: 'tiny-random' (random weights), 'toy:base' (models/tiny-sd), a "
+                    "diffusers folder (with model_index.json), a single-file .safetensors checkpoint with "
+                    "config=, or a hub id such as 'stable-diffusion-v1-5/stable-diffusion-v1-5' (cached, "
+                    "or online without HF_HUB_OFFLINE=1)")
+
+
+def _looks_like_a_path(source: str) -> bool:
+    """A hub id is ``name`` or ``owner/name``; anything else, or an ``owner`` that is a folder here
+    (``models/tiny-sdd``), is a local path that does not exist."""
+    parts = source.replace("\\", "/").split("/")
+    return (Path(source).is_absolute() or source.startswith((".", "~")) or len(parts) > 2
+            or (len(parts) == 2 and any((root / parts[0]).is_dir() for root in (Path.cwd(), REPO_ROOT))))
+
+
+def _close_names(source: str) -> str:
+    """``" (did you mean models/tiny-sd?)"`` when a built-in source or an entry of the folder that
+    ``source`` names is spelled alike, else ``""``."""
+    import difflib
+
+    parent = Path(source).parent
+    entries = [str(parent / p.name) for p in parent.iterdir()] if parent.is_dir() else []
+    close = difflib.get_close_matches(source, ["tiny-random", "toy:base", *entries], n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def _components_from_pipeline(pipe, source: str) -> BaseModel:
@@ -214,8 +258,12 @@ def _check_tokenizer(base: BaseModel) -> BaseModel:
 def _load_pretrained(source: str, dtype: torch.dtype, local: bool) -> BaseModel:
     from diffusers import StableDiffusionPipeline
 
+    from lora_core.io import check_safetensors
+
+    for weights in sorted(Path(source).rglob("*.safetensors")) if local else ():
+        check_safetensors(weights)   # diffusers would say only "Unable to load weights from checkpoint file"
     pipe = StableDiffusionPipeline.from_pretrained(
-        source, dtype=dtype, safety_checker=None, requires_safety_checker=False,
+        source, dtype=dtype, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
         use_safetensors=True, local_files_only=local or os.environ.get("HF_HUB_OFFLINE") == "1")
     return _check_tokenizer(_components_from_pipeline(pipe, source))
 
@@ -225,14 +273,24 @@ def _load_single_file(path: Path, config: str | Path | None, dtype: torch.dtype)
 
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint")
-    if config is None:
-        raise ValueError(f"{path}: a single-file checkpoint needs config= (a diffusers folder or hub "
-                         "id with the same architecture), because it stores weights, not configs")
     from lora_core.formats import check_single_file
 
-    check_single_file(path, config)  # a clear key/shape report instead of diffusers' meta-tensor error
+    # An A1111/kohya checkpoint named alone (a profile's base_model) is read as SD v1.5: its configs
+    # and tokenizer come from SD v1.5's hub id (a few kB; the weights are the file's).
+    config_given = config is not None
+    config = config if config_given else SD15_HUB_ID
+    try:
+        check_single_file(path, config)  # a clear key/shape report instead of diffusers' meta-tensor error
+    except OSError as error:  # the hub's "offline, not cached" and "not found" errors
+        if config_given:
+            raise
+        raise ValueError(f"{path}: a single-file checkpoint needs config= (a diffusers folder or hub id with the "
+                         "same architecture), because it stores weights, not configs; without it SD v1.5's "
+                         f"({SD15_HUB_ID}) are read from the hub, which failed: {str(error).split('. ')[0]}") from error
     local = Path(str(config)).exists() or os.environ.get("HF_HUB_OFFLINE") == "1"
+    # feature_extractor=None: SD v1.5's model_index.json names CLIPFeatureExtractor, which
+    # transformers 5 no longer has (from_single_file fails on it); we never use it, nor the safety checker
     pipe = StableDiffusionPipeline.from_single_file(
-        str(path), config=str(config), dtype=dtype, safety_checker=None,
+        str(path), config=str(config), dtype=dtype, safety_checker=None, feature_extractor=None,
         requires_safety_checker=False, local_files_only=local)
     return _check_tokenizer(_components_from_pipeline(pipe, str(path)))

@@ -4,17 +4,23 @@ A run writes ``<root>/<method>-<confighash>/``::
 
     config.json          the TrainConfig (its hash names the folder)
     metrics.jsonl        one row per optimizer step: step, epoch, loss, lr, lr/<group>, s_per_it,
-                         and val_loss on validation steps
+                         val_loss on validation steps, optimizer_step_skipped (true) on a step
+                         whose update the fp16 GradScaler skipped (inf/nan gradients)
     summary.json         written last: wall time, steps/s, peak memory, trainable params, file
                          sizes, library versions, device, seed, final losses, method facts
-    state/training_state.pt   latest full training state (exact resume); removed when finished
+    state/training_state.pt   latest full training state (exact resume); state/ goes when finished
     checkpoints/step-<N>/     adapter-only files every N steps
     exports/                  the finished adapter's files (diffusers, kohya layouts)
 
-A folder with ``summary.json`` is a finished run; ``load_run`` reads it back. The config hash
-covers the config only (the base is a source string, the data a folder), so the summary also
-records fingerprints of the inputs themselves; ``lora_core.train`` reuses a finished run only
-when ``changed_inputs`` finds none changed.
+The root is resolved against the project root (:func:`lora_core.paths.resolve`), not the
+working directory. Checkpoint and export folders are written whole (``io.atomic_folder``), so
+such a folder exists only with all its files; a kill can leave temporaries, which
+:func:`remove_debris` clears before the run is written to again.
+
+A folder with ``summary.json`` and every file it lists is a finished run; ``load_run`` reads it
+back. The config hash covers the config only (the base is a source string, the data a folder),
+so the summary also records fingerprints of the inputs themselves; ``lora_core.train`` reuses a
+finished run only when :func:`reuse_blockers` finds nothing changed or missing.
 
 >>> import tempfile
 >>> record = RunRecord(Path(tempfile.mkdtemp()), {"steps": 3}, {})
@@ -26,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,9 +40,10 @@ from typing import Any
 
 import torch
 
-from lora_core.io import atomic_write_json, atomic_write_text
+from lora_core.io import atomic_write_json, atomic_write_text, remove_temporaries
+from lora_core.paths import resolve
 
-DEFAULT_RUNS_ROOT = Path(os.environ.get("LSL_RUNS_ROOT", "runs"))
+DEFAULT_RUNS_ROOT = resolve(os.environ.get("LSL_RUNS_ROOT", "runs"))
 STATE_FILE = Path("state") / "training_state.pt"
 # summary.json key -> the input it fingerprints (lora_core.train.fingerprint, models.base_fingerprint)
 INPUT_FINGERPRINTS = {"data_fingerprint": "training images or captions",
@@ -53,7 +61,7 @@ class RunRecord:
 
     @property
     def finished(self) -> bool:
-        return (self.run_dir / "summary.json").exists()
+        return (self.run_dir / "summary.json").exists() and not missing_exports(self.run_dir, self.summary)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -65,18 +73,52 @@ class RunRecord:
 
 
 def run_dir_for(method: str, config_hash: str, root: str | Path | None = None) -> Path:
-    return Path(root if root is not None else DEFAULT_RUNS_ROOT) / f"{method}-{config_hash}"
+    """``<root>/<method>-<config hash>``, a relative ``root`` under the project root."""
+    return resolve(root if root is not None else DEFAULT_RUNS_ROOT) / f"{method}-{config_hash}"
 
 
 def load_run(run_dir: str | Path) -> RunRecord:
-    """The record of a finished run (FileNotFoundError naming the folder otherwise)."""
+    """The record of a finished run (FileNotFoundError naming the folder and what is missing
+    otherwise: no summary.json, or an exported file the summary lists)."""
     run_dir = Path(run_dir)
     summary_path = run_dir / "summary.json"
     if not summary_path.exists():
         raise FileNotFoundError(f"{run_dir}: not a finished run (no summary.json)")
     summary = json.loads(summary_path.read_text())
+    missing = missing_exports(run_dir, summary)
+    if missing:
+        raise FileNotFoundError(f"{run_dir}: not a finished run: {missing[0]}")
     exports = {layout: run_dir / rel for layout, rel in summary.get("exports", {}).items()}
     return RunRecord(run_dir, summary, exports)
+
+
+def missing_exports(run_dir: Path, summary: dict[str, Any]) -> list[str]:
+    """One line per exported file (or folder) that ``summary`` lists but ``run_dir`` lacks.
+
+    >>> missing_exports(Path("/nonexistent"), {"exports": {"kohya": "exports/lora_kohya.safetensors"}})
+    ['exported file exports/lora_kohya.safetensors is missing']
+    """
+    return [f"exported file {rel} is missing" for rel in summary.get("exports", {}).values()
+            if not (Path(run_dir) / rel).exists()]
+
+
+def reuse_blockers(run_dir: Path, current: dict[str, str | None]) -> list[str]:
+    """Why the finished run in ``run_dir`` does not stand for its config now: exported files
+    that are missing and inputs that changed (:func:`changed_inputs`). Empty: reuse it."""
+    summary = json.loads((Path(run_dir) / "summary.json").read_text())
+    return missing_exports(run_dir, summary) + changed_inputs(summary, current)
+
+
+def remove_debris(run_dir: Path) -> list[Path]:
+    """Remove what a killed run left in ``run_dir``: temporary files and folders of atomic writes
+    (a state cut short, a checkpoint or export folder being written), and the resume state of a
+    run that finished (killed after its summary); returns what was removed."""
+    removed = remove_temporaries(run_dir)
+    state_dir = Path(run_dir) / STATE_FILE.parent
+    if (Path(run_dir) / "summary.json").exists() and state_dir.exists():
+        shutil.rmtree(state_dir, ignore_errors=True)  # every process of a distributed run may call this
+        removed.append(state_dir)
+    return removed
 
 
 def changed_inputs(summary: dict[str, Any], current: dict[str, str | None]) -> list[str]:

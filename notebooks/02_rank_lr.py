@@ -12,62 +12,45 @@
 #
 # **Question.** How do the LoRA rank and the learning rate change a style LoRA? Study S1 (Exp. II)
 # trained ranks {8, 16, 32} x learning rates {1e-4, 5e-4} on its Ghibli set and read its table as
-# "rank 16 balances; a higher learning rate lowers FID but also CLIP". Its code held alpha at 16
-# for every rank, and a LoRA's update is scaled by $s = \alpha / r$: rank 8 trained at scale 2,
-# rank 32 at scale 0.5. With Adam, whose steps are about the learning rate in size whatever the
-# gradient's scale, the change of $sBA$ per step grows with $s$, so the rank-32 LoRA also learned
-# four times more slowly than the rank-8 one: rank and effective step size were confounded.
+# "rank 16 balances; a higher learning rate lowers FID but also CLIP", with alpha held at 16 for
+# every rank. We run its grid twice, alpha fixed and alpha tied to the rank.
 #
-# We therefore run the grid twice: **alpha fixed** at S1's value (scale falls with rank, as in
-# S1) and **alpha tied to the rank** (alpha = r, scale 1 everywhere, as in the diffusers
-# examples). Where the arms meet (rank = alpha) the configs are identical and the run is shared.
+# ```{admonition} What this build found
+# :class: tip
+#
+# {glue:text}`profile_note`
+#
+# * {glue:text}`found_scale`
+# * {glue:text}`found_lr`
+# * {glue:text}`found_fid`
+# * {glue:text}`found_tradeoff`
+# ```
+#
+# Why twice: a LoRA's update is scaled by $s = \alpha / r$, so with alpha held at 16 S1's rank 8
+# trained at scale 2 and rank 32 at scale 0.5. With Adam, whose steps are about the learning rate
+# in size whatever the gradient's scale, the change of $sBA$ per step grows with $s$, so the
+# rank-32 LoRA also learned four times more slowly than the rank-8 one: rank and effective step
+# size were confounded. **Alpha fixed** at S1's value (scale falls with rank, as in S1) repeats
+# S1; **alpha tied to the rank** (alpha = r, scale 1 everywhere, as in the diffusers examples)
+# separates the two. Where the arms meet (rank = alpha) the configs are identical and the run is
+# shared.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-input"]
 profile = "tiny"  # smoke, tiny or sd15
 n_seeds = 0  # training seeds per cell; 0 means the profile default
 n_prompts = 0  # training captions regenerated per run; 0 means the profile default
 fid = True  # also FID (Inception 2015, ~0.26 s per image on 2 CPU threads) beside FD-EffNet
 
-# %%
-import pandas as pd
-from myst_nb import glue
+# %% tags=["hide-input"]
+from lora_core import plots
+from lora_core.experiments.ablation import run_ablation
+from lora_core.experiments.chapter import backbone_note, glue_facts, show_table
 
-from lora_core.experiments import ablation
-from lora_core.experiments.common import lr_scale
-from lora_core.experiments.evaluate import Evaluator, aggregate_seeds, format_results, reported_table
-from lora_core.models import load_base
-from lora_core.profiles import get_profile
-
-settings = get_profile(profile)
-overrides = {}
-if n_seeds:
-    overrides["training_seeds"] = tuple(range(n_seeds))
-if n_prompts:
-    overrides["n_prompts"] = n_prompts
-grid = ablation.ablation_settings(settings, **overrides)
-configs = ablation.ablation_configs(settings, grid)
-steps = next(iter(configs.values())).max_train_steps
-glue("profile_name", settings.name, display=False)
-glue("smoke_note", "This page was built with the smoke profile: a random model trained for a few steps, "
-     "so every number and curve below is noise and only shows that the pipeline runs."
-     if settings.name == "smoke" else "", display=False)
-glue("style", grid.style, display=False)
-glue("lr_scale", lr_scale(settings), display=False)
-glue("steps", steps, display=False)
-glue("s1_steps", ablation.S1_STEPS, display=False)
-glue("n_runs", len({c.hash() for c in configs.values()}), display=False)
-glue("n_cells", len(configs), display=False)
-glue("n_seeds", len(grid.training_seeds), display=False)
-glue("n_prompts", grid.n_prompts, display=False)
-glue("fixed_alpha", grid.fixed_alpha, display=False)
-glue("seed_note", "Intervals are over seeds (t-interval on the per-seed means)." if len(grid.training_seeds) > 1
-     else "With one training seed per cell, intervals are 95% bootstrap intervals over images only; "
-          "they do not include the seed-to-seed spread, which chapter 1 measures for its rank-16 runs.",
-     display=False)
+result = run_ablation(profile, n_seeds=n_seeds, n_prompts=n_prompts, fid=fid)
+glue_facts(result.facts)
+name, grid = result.profile.name, result.settings
 
 # %% [markdown]
-# {glue:text}`smoke_note`
-#
 # ## Setup
 #
 # Profile **{glue:text}`profile_name`**, style set **{glue:text}`style`**. Learning rates are
@@ -81,23 +64,15 @@ glue("seed_note", "Intervals are over seeds (t-interval on the per-seed means)."
 # regenerates {glue:text}`n_prompts` training captions (S1's protocol) with the
 # caption's own seed, the same for every run.
 
-# %%
-ablation.grid_table(configs)
-
-# %%
-base = load_base(settings.base_model)
-evaluator = Evaluator(settings)
-result = ablation.run_ablation(settings, grid, base, evaluator, fid=fid)
-facts = result.run_facts(base)
-results = aggregate_seeds(result.results)
-missing = "; ".join(f"{k}: {v}" for k, v in result.unavailable.items()) or "none"
-glue("missing_measures", missing, display=False)
+# %% tags=["hide-input"]
+show_table(result.grid_table(), first=["alpha mode", "rank", "S1 lr", "seed", "config_hash"])
 
 # %% [markdown]
 # ## Loss curves
 
-# %%
-ablation.loss_figure(result.loss_curves(), f"training loss, {grid.style}, {settings.name} profile (first seed)");
+# %% tags=["hide-input"]
+plots.line_panels(result.loss_curves(), "step", "loss_smooth", panel="panel", line="line", sharey=True,
+                  ylabel="training loss (rolling mean)", title=f"training loss, {grid.style}, {name} profile (first seed)");
 
 # %% [markdown]
 # ## Cost: parameters, file size, and the size of the update
@@ -106,26 +81,15 @@ ablation.loss_figure(result.loss_curves(), f"training loss, {grid.style}, {setti
 # third panel is the mean size of what was learned, $\|sBA\|_F$ per layer: with alpha fixed the
 # scale $16/r$ shrinks as the rank grows, with alpha tied it stays 1.
 
-# %%
-ablation.cost_figure(facts, f"cost vs rank, {settings.name} profile");
+# %% tags=["hide-input"]
+plots.line_panels(result.cost_panels(), "rank", "value", panel="panel", line="line", dashed="dashed", log2_x=True,
+                  xlabel="rank r", ylabel="", title=f"cost vs rank, {name} profile");
 
-# %%
-per_rank = facts[facts["seed"] == facts["seed"].min()]
-cost = per_rank.pivot_table(index=["rank", "alpha_mode", "alpha", "scale"], columns="study_lr",
-                            values=["delta_norm", "final_loss"], aggfunc="first")
-params = per_rank.groupby("rank")[["trainable_params", "file_bytes", "s_per_step"]].mean()
-glue("params_ratio", float(params["trainable_params"].iloc[-1] / params["trainable_params"].iloc[0]), display=False)
-glue("rank_ratio", float(params.index[-1] / params.index[0]), display=False)
-low_lr = per_rank[per_rank["study_lr"] == min(grid.study_learning_rates)].set_index(["alpha_mode", "rank"])["delta_norm"]
-ranks = sorted(grid.ranks)
-glue("fixed_norm_ratio", float(low_lr[("fixed", ranks[-1])] / low_lr[("fixed", ranks[0])]), display=False)
-glue("tied_norm_ratio", float(low_lr[("tied", ranks[-1])] / low_lr[("tied", ranks[0])]), display=False)
-glue("rank_low", ranks[0], display=False)
-glue("rank_high", ranks[-1], display=False)
-params
+# %% tags=["hide-input"]
+show_table(result.size_table(), first=["rank"])
 
-# %%
-cost.round(4)
+# %% tags=["hide-input"]
+show_table(result.cost_table(), first=["rank", "alpha_mode"])
 
 # %% [markdown]
 # Going from rank {glue:text}`rank_low` to {glue:text}`rank_high` multiplies the trainable
@@ -145,18 +109,40 @@ cost.round(4)
 # distances to each subject's true image. {glue:text}`seed_note` Measures left out in this
 # build: {glue:text}`missing_measures`.
 
-# %%
-ablation.rank_figure(results, ["fd_effnet", "alignment", "is_effnet", "st_lpips_diversity", "p_target_style",
-                               "feature_to_target"],
-                     f"{grid.style}, {settings.name} profile, backbones: {settings.feature_backbone}, "
-                     f"{settings.lpips_backbone}, {settings.alignment_backbone}");
+# %% tags=["hide-input"]
+plots.interval_panels(result.rank_panels(), "rank", line="line", dashed="dashed", log2_x=True, xlabel="rank r",
+                      title=f"{grid.style}, {name} profile, {backbone_note(result.profile)}");
 
-# %%
-format_results(results, index=["measure", "metric", "alpha_mode", "study_lr"], columns="rank").style.set_caption(
-    f"{grid.style}, {settings.name} profile: value [95% interval] per rank (columns); "
-    f"{len(grid.training_seeds)} training seed(s), {grid.n_prompts} images per run")
+# %% tags=["hide-input"]
+show_table(result.results_table(), first=["measure", "alpha_mode", "study_lr"],
+           caption=f"{grid.style}, {name} profile: value [95% interval] per rank (columns); "
+                   f"{len(grid.training_seeds)} training seed(s), {grid.n_prompts} images per run")
 
 # %% [markdown]
+# ## The trade-off: style gained against subject lost
+#
+# Every run of the grid on the held-out subjects of chapter 1 (subjects no run trained on): the
+# style gained, as the {glue:text}`tradeoff_measure` (chapter 1 defines it: the style judge's
+# P(style) on the LoRA's images, the base's and the true images after the VAE), against the
+# subject classifier's accuracy lost (the base's minus the LoRA's). Up and to the left is better.
+# A run both arms share (rank = alpha) is one point. Dotted: issue #15's bounds, at most 10
+# points of subject accuracy lost and, where the axis is the share of the way, the 0.75 a far
+# style should reach (the grid's style may be a near one, held only to moving beyond the base's
+# interval; chapter 1 reads its verdict). Intervals: a bootstrap over subjects within a seed, the
+# same subjects in every term, and a t-interval over seeds.
+
+# %% tags=["hide-input"]
+if len(result.tradeoff):
+    plots.tradeoff_figure(result.tradeoff, xlabel="subject accuracy lost (base - LoRA)",
+                          ylabel=result.facts["tradeoff_measure"],
+                          title=f"{grid.style}, held-out subjects, {name} profile", **result.tradeoff_guides())
+
+# %% tags=["hide-input"]
+show_table(result.gains_table(), first=["alpha_mode", "rank", "study_lr"])
+
+# %% [markdown]
+# {glue:text}`found_tradeoff`
+#
 # ## Do FID and FD-EffNet rank the runs alike?
 #
 # The other chapters measure distributions with FD-EffNet alone, because FID proper (Inception
@@ -164,27 +150,11 @@ format_results(results, index=["measure", "metric", "alpha_mode", "study_lr"], c
 # the place to check that choice: every run scored by both, ranked by each (1 = closest to the
 # training images).
 
-# %%
-if (result.results.measure == "fid").any():
-    ranking, agreement = result.backbone_agreement("fid", "fd_effnet")
-    glue("fid_agreement", f"over the {agreement['n_sets']} distinct runs, Spearman's rho between the two "
-         f"rankings is {agreement['spearman_rho']:.2f} and Kendall's tau {agreement['kendall_tau']:.2f}",
-         display=False)
-    glue("fid_reading", "The two backbones order the runs alike, so FD-EffNet can stand in for FID when "
-         "comparing runs here" if agreement["spearman_rho"] >= 0.8 else
-         "The two backbones agree only partly. The runs differ by less than either distance's own "
-         "sampling spread at this number of images (the intervals in the metrics table overlap), so "
-         "neither ranking is stable: what disagrees is mostly noise, and a Fréchet distance between "
-         "such close runs should not be read as a ranking with either network", display=False)
-    shown = ranking.loc[:, ranking.nunique() > 1]  # leaves out what every run shares (style, seed, split)
-    formats = {"study_lr": "{:g}", "alpha": "{:g}", "scale": "{:g}", "fid": "{:.1f}", "fd_effnet": "{:.1f}"}
-    display(shown.style.format({k: v for k, v in formats.items() if k in shown}).set_caption(
-        f"FID (Inception 2015, {settings.resolution}->299 px) and FD-EffNet, {grid.n_prompts} images per run; "
-        f"{settings.name} profile"))
-else:
-    glue("fid_agreement", f"FID was not computed (profile {settings.name} names no FID network, or fid=false)",
-         display=False)
-    glue("fid_reading", "There is nothing to compare in this build", display=False)
+# %% tags=["hide-input"]
+if len(result.ranking):
+    display(show_table(result.ranking, first=["alpha_mode", "rank", "study_lr"],
+                       caption=f"FID (Inception 2015, {result.profile.resolution}->299 px) and FD-EffNet, "
+                               f"{grid.n_prompts} images per run; {name} profile"))
 
 # %% [markdown]
 # Result: {glue:text}`fid_agreement`. {glue:text}`fid_reading`. Both distances are computed on
@@ -197,15 +167,10 @@ else:
 # CLIP ViT score, LPIPS) next to ours for the arm that matches their code (alpha fixed). Our
 # columns are other networks on another model at another scale: compare directions, not values.
 
-# %%
-fd_effects = ablation.lr_effects(results, "fd_effnet")
-alignment_effects = ablation.lr_effects(results, "alignment")
-glue("fd_fixed", ablation.direction_sentence(fd_effects, "fixed"), display=False)
-glue("fd_tied", ablation.direction_sentence(fd_effects, "tied"), display=False)
-glue("alignment_fixed", ablation.direction_sentence(alignment_effects, "fixed"), display=False)
-ablation.s1_comparison(results, reported_table("S1", "II")).style.set_caption(
-    f"S1 Exp. II as reported by the study (SD v1.5, Inception FID, CLIP) beside ours "
-    f"({settings.name} profile, alpha fixed, {settings.feature_backbone} features)")
+# %% tags=["hide-input"]
+show_table(result.s1_table, first=["rank", "S1 lr"],
+           caption=f"S1 Exp. II as reported by the study (SD v1.5, Inception FID, CLIP) beside ours "
+                   f"({name} profile, alpha fixed, {result.profile.feature_backbone} features)")
 
 # %% [markdown]
 # S1 read its table as "a higher learning rate lowers FID but also CLIP". In our fixed-alpha arm,

@@ -11,9 +11,21 @@
 # # Style mixing between two LoRAs
 #
 # **Question.** Given two style LoRAs, what happens between them? Study S1 (Exp. IV) mixed its
-# Ghibli and Shinkai LoRAs as $\theta_{mix} = a\,\theta_{A} + (1-a)\,\theta_{B}$ for
-# $a \in \{1, .75, .5, .25, 0\}$ and reported, by eye and by CLIP/LPIPS, *a gradual shift, with
-# artefacts at mid-range a*. Two different operations go by "mixing", and we run both side by side:
+# Ghibli and Shinkai LoRAs with a weight $a$ from 1 to 0 and reported, by eye and by CLIP/LPIPS,
+# *a gradual shift, with artefacts at mid-range a*. Two different operations go by "mixing", and
+# we run both side by side.
+#
+# ```{admonition} What this build found
+# :class: tip
+#
+# {glue:text}`profile_note`
+#
+# * {glue:text}`found_shift`
+# * {glue:text}`found_gap`
+# ```
+#
+# S1 wrote its mix as $\theta_{mix} = a\,\theta_{A} + (1-a)\,\theta_{B}$ for
+# $a \in \{1, .75, .5, .25, 0\}$. The two operations:
 #
 # * **output-space blending**: both adapters active at once with weights $a$ and $1-a$
 #   (diffusers' `set_adapters`, A1111's `<lora:A:a> <lora:B:1-a>`). Every layer's update is
@@ -26,7 +38,7 @@
 # Both mixes are written as ordinary LoRA files (the blend as one LoRA of rank $r_A + r_B$ whose
 # factors are the two LoRAs' stacked, which is exactly the blend) and generated like any other LoRA.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-input"]
 profile = "tiny"  # smoke, tiny or sd15
 style_a = "twemoji"  # style at a 1 (a LoRA of chapter 1)
 style_b = "openmoji"  # style at a 0 (a LoRA of chapter 1)
@@ -34,40 +46,16 @@ weights = [1.0, 0.75, 0.5, 0.25, 0.0]  # mixing weights a of style A (S1 Exp. IV
 n_prompts = 0  # held-out subjects per (mode, a); 0 means the profile default
 n_seeds = 0  # training seeds of the LoRA pairs; 0 means the profile default
 
-# %%
-import pandas as pd
-from myst_nb import glue
+# %% tags=["hide-input"]
+from lora_core import plots
+from lora_core.experiments.chapter import backbone_note, glue_facts, show_table
+from lora_core.experiments.mixing import run_mixing
 
-from lora_core.experiments import mixing
-from lora_core.experiments.common import config_table
-from lora_core.experiments.evaluate import Evaluator, aggregate_seeds, format_results
-from lora_core.models import load_base
-from lora_core.plots import line_plot
-from lora_core.profiles import get_profile
-from lora_core.train import train
-
-settings = get_profile(profile)
-overrides = {"styles": (style_a, style_b), "weights": tuple(weights)}
-if n_prompts:
-    overrides["n_prompts"] = n_prompts
-if n_seeds:
-    overrides["n_seeds"] = n_seeds
-mix = mixing.mixing_settings(settings, **overrides)
-seeds = mix.training_seeds(settings)
-evalset = mixing.mixing_eval_set(mix)
-glue("profile_name", settings.name, display=False)
-glue("smoke_note", "This page was built with the smoke profile: a random model trained for a few steps, "
-     "so every number and picture below is noise and only shows that the pipeline runs."
-     if settings.name == "smoke" else "", display=False)
-glue("style_a", style_a, display=False)
-glue("style_b", style_b, display=False)
-glue("n_prompts", len(evalset), display=False)
-glue("n_seeds", len(seeds), display=False)
-glue("example_prompt", evalset.prompts[0], display=False)
+result = run_mixing(profile, style_a=style_a, style_b=style_b, weights=weights, n_prompts=n_prompts, n_seeds=n_seeds)
+glue_facts(result.facts)
+name = result.profile.name
 
 # %% [markdown]
-# {glue:text}`smoke_note`
-#
 # ## Setup
 #
 # Profile **{glue:text}`profile_name`**. Style A is **{glue:text}`style_a`**, style B is
@@ -79,17 +67,11 @@ glue("example_prompt", evalset.prompts[0], display=False)
 # (seed $s$ of A mixes with seed $s$ of B); with more than one, tables give the mean over seeds
 # with a t-interval, otherwise a 95% bootstrap interval over images.
 
-# %%
-configs = mixing.lora_configs(settings, mix)
-config_table({f"{style} seed {seed}": config for (style, seed), config in configs.items()})
+# %% tags=["hide-input"]
+show_table(result.config_table(), first=["run", "config_hash"])
 
-# %%
-base = load_base(settings.base_model)
-records = {key: train(config, base=base, progress=False) for key, config in configs.items()}
-lora_files = {key: record.exports["diffusers"] for key, record in records.items()}
-pd.DataFrame([{"LoRA": f"{style} seed {seed}", "run": record.run_dir.name, "rank": record.summary["adapter"]["rank"],
-               "alpha": record.summary["adapter"]["alpha"], "scale": record.summary["adapter"]["scale"],
-               "final loss": record.summary["final_loss"]} for (style, seed), record in records.items()])
+# %% tags=["hide-input"]
+show_table(result.lora_table(), first=["LoRA", "run"])
 
 # %% [markdown]
 # ## Where the two mixes differ: per layer
@@ -98,25 +80,12 @@ pd.DataFrame([{"LoRA": f"{style} seed {seed}", "run": record.run_dir.name, "rank
 # (first training seed): $\|\Delta_{interp} - \Delta_{blend}\|_F / \|\Delta_{blend}\|_F$. Lines are
 # the mean over the layers of a block, bands their range.
 
-# %%
-first_seed = seeds[0]
-factors_a, factors_b = mixing.load_factors(base, lora_files[(style_a, first_seed)], lora_files[(style_b, first_seed)])
-gaps = mixing.layer_gaps(factors_a, factors_b, mix.weights)
-divergence = mixing.factor_divergence(factors_a, factors_b)
-middle = sorted(mix.weights)[len(mix.weights) // 2]
-at_middle = gaps[gaps["a"] == middle]
-glue("gap_median", float(at_middle["relative_gap"].median()), display=False)
-glue("gap_max", float(at_middle["relative_gap"].max()), display=False)
-glue("gap_max_block", at_middle.loc[at_middle["relative_gap"].idxmax(), "block"], display=False)
-glue("down_divergence", float(divergence["down"].median()), display=False)
-glue("up_divergence", float(divergence["up"].median()), display=False)
-glue("middle_a", middle, display=False)
-line_plot(gaps, x="a", y="relative_gap", hue="block", ylabel="||interp - blend|| / ||blend||",
-          title=f"weight-space gap per layer ({settings.name} profile)");
+# %% tags=["hide-input"]
+plots.line_plot(result.gaps, x="a", y="relative_gap", hue="block", ylabel="||interp - blend|| / ||blend||",
+                title=f"weight-space gap per layer ({name} profile)");
 
-# %%
-by_block = at_middle.groupby("block")[["gap_norm", "blend_norm", "relative_gap"]].mean()
-by_block.join(divergence.groupby("block")[["down", "up"]].mean()).round(4)
+# %% tags=["hide-input"]
+show_table(result.block_table(), first=["block"])
 
 # %% [markdown]
 # At $a$ = {glue:text}`middle_a` the interpolated update differs from the blend by a median
@@ -132,21 +101,8 @@ by_block.join(divergence.groupby("block")[["down", "up"]].mean()).round(4)
 #
 # ## Generations and measures
 
-# %%
-evaluator = Evaluator(settings)
-per_seed, images_by_seed = [], {}
-for seed in seeds:
-    files = mixing.mix_files(base, lora_files[(style_a, seed)], lora_files[(style_b, seed)], mix.weights)
-    images_by_seed[seed] = mixing.mixing_images(base, files, evalset, settings)
-    per_seed.append(mixing.mixing_measures(evaluator, images_by_seed[seed], evalset, mix, {"seed": seed}))
-results = aggregate_seeds(pd.concat(per_seed, ignore_index=True))
-summary = mixing.mixing_summary(results, mix)
-missing = "; ".join(f"{k}: {v}" for k, v in evaluator.unavailable.items()) or "none"
-glue("missing_measures", missing, display=False)
-
-# %%
-mixing.strip_figure(images_by_seed[first_seed], evalset, mix,
-                    f"{style_a} (a=1) to {style_b} (a=0), {settings.name} profile, training seed {first_seed}");
+# %% tags=["hide-input"]
+plots.sheet_figure(result.strip_sheet());
 
 # %% [markdown]
 # Each pair of rows is one held-out subject: output-space blend above, weight-space
@@ -159,21 +115,14 @@ mixing.strip_figure(images_by_seed[first_seed], evalset, mix,
 # S1 called "LPIPS"), ST-LPIPS to the same prompt's image from each pure LoRA, and ST-LPIPS
 # between the two mixes at the same $a$. Measures left out in this build: {glue:text}`missing_measures`.
 
-# %%
-mixing.measures_figure(results, ["p_target_style", "feature_to_target", "alignment", mixing.ENDPOINT_MEASURE,
-                                 mixing.MODE_GAP_MEASURE, "st_lpips_diversity"],
-                       f"style mixing, {settings.name} profile, backbones: EffNet-Lite0 features, "
-                       f"{settings.lpips_backbone}, {settings.alignment_backbone}");
+# %% tags=["hide-input"]
+plots.interval_panels(result.measure_panels(), "a", line="line", xlabel="a (weight of style A)",
+                      title=f"style mixing, {name} profile, {backbone_note(result.profile)}");
 
-# %%
-format_results(results, index=["measure", "metric", "target_style", "mode"], columns="a").style.set_caption(
-    f"{style_a} (a=1) to {style_b} (a=0), {settings.name} profile: value [95% interval] per a (columns); "
-    f"{len(seeds)} training seed(s), {len(evalset)} held-out subjects")
-
-# %%
-for key in ("shift_blend", "shift_interpolate", "mid_alignment_blend", "mid_alignment_interpolate"):
-    glue(key, summary.get(key, "cannot be judged in this build (its measure is missing)"), display=False)
-glue("mode_gap_mid", summary.get("mode_gap_mid", float("nan")), display=False)
+# %% tags=["hide-input"]
+show_table(result.results_table(), first=["measure", "target_style", "mode"],
+           caption=f"{style_a} (a=1) to {style_b} (a=0), {name} profile: value [95% interval] per a (columns); "
+                   f"{len(result.seeds)} training seed(s), {len(result.evalset)} held-out subjects")
 
 # %% [markdown]
 # ## Beside S1

@@ -10,48 +10,63 @@
 # %% [markdown]
 # # Reproducibility appendix
 #
-# Everything on this page is read from records that the other chapters left behind: the run
-# folders under `runs/` (each named by its method and the hash of its full training config), the
-# runner's per-notebook wall times, and the executed chapters. Nothing is trained here, so the
-# page is correct whether or not the other chapters ran; it lists what exists.
+# **Question.** Which runs, library versions and machine produced this book, and how is each
+# chapter re-run? Everything on this page is read from records that the other chapters left
+# behind: the run folders under `runs/` (each named by its method and the hash of its full
+# training config), the runner's per-notebook wall times, and the executed chapters. Nothing is
+# trained here, so the page is correct whether or not the other chapters ran; it lists what exists.
+#
+# ```{admonition} What this build found
+# :class: tip
+#
+# This book was executed with the **{glue:text}`profile_name`** profile (base model
+# {glue:text}`base_model`). {glue:text}`profile_note`
+#
+# * {glue:text}`found_runs`
+# * {glue:text}`found_versions`
+# * {glue:text}`found_gpu`
+# ```
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-input"]
 profile = "tiny"  # smoke, tiny or sd15
 runs_root = "runs"  # folder of the run directories (<method>-<config hash>)
 executed_dir = "book/notebooks"  # executed chapters and the runner's _timings.json
 
-# %%
-from pathlib import Path
+# %% tags=["hide-input"]
+from IPython.display import Image
 
-import pandas as pd
-from myst_nb import glue
+from lora_core import plots
+from lora_core.experiments.appendix import run_appendix
+from lora_core.experiments.chapter import glue_facts, show_table
 
-from lora_core.book import toc_notebooks
-from lora_core.experiments import appendix
-from lora_core.profiles import get_profile
-
-settings = get_profile(profile)
-run_table = appendix.runs_used_table(settings, runs_root, executed_dir)
-finished = run_table[run_table["finished"]]
-glue("profile_name", settings.name, display=False)
-glue("n_runs", len(finished), display=False)
-glue("n_unfinished", int((~run_table["finished"]).sum()), display=False)
-glue("n_used", int((run_table["chapters"] != "").sum()), display=False)
-glue("base_model", settings.base_model, display=False)
-glue("smoke_note", " With the smoke profile the model is random and every number in the book is noise."
-     if settings.name == "smoke" else "", display=False)
+result = run_appendix(profile, runs_root=runs_root, executed_dir=executed_dir)
+glue_facts(result.facts)
 
 # %% [markdown]
-# This book was executed with the **{glue:text}`profile_name`** profile (base model
-# {glue:text}`base_model`).{glue:text}`smoke_note`
-#
 # ## Hardware
 #
 # The machine that built this page. Runs reused from the cache may have been trained elsewhere:
 # each run's own device is in the runs table below.
 
-# %%
-appendix.hardware_table(settings.device)
+# %% tags=["hide-input"]
+show_table(result.hardware, first=["item"])
+
+# %% [markdown]
+# ## GPU benchmarks
+#
+# {glue:text}`found_gpu` The benchmarks time training steps of SD v1.5's published architecture
+# with random weights (valid for speed and memory, not for quality) and record the date, GPU and
+# library versions beside every number: `benchmarks/bench_gpu_unet.py` (LoRA and full fine-tune
+# steps at 512 px in bf16 with SDPA: seconds per step, peak memory, model-FLOPs utilisation against
+# the card's peak, beside published speeds), `bench_gpu_peer.py` (our trainer beside the diffusers
+# LoRA example's step) and `bench_gpu_scaling.py` (cost against rank, batch and resolution). Their
+# results, when a GPU session wrote them to `benchmarks/results/`, follow.
+
+# %% tags=["hide-input"]
+for name, table in result.gpu_tables.items():
+    display(show_table(table, first=["name"], caption=name))
+for path in result.gpu_plots:
+    display(Image(filename=str(path)))
 
 # %% [markdown]
 # ## Library versions
@@ -60,8 +75,8 @@ appendix.hardware_table(settings.device)
 # `False` under *agrees* means some cached run was trained with another version; re-train it with
 # `--force` (or delete its folder) if its numbers must come from this environment.
 
-# %%
-appendix.version_table(run_table)
+# %% tags=["hide-input"]
+show_table(result.versions, first=["library", "agrees"])
 
 # %% [markdown]
 # ## Notebook wall times
@@ -72,12 +87,11 @@ appendix.version_table(run_table)
 # execution that trained them is the longest. This appendix's own time is recorded after it
 # finishes, so it shows the previous one.
 
-# %%
-timings = appendix.notebook_timings(Path(executed_dir) / "_timings.json")
-timings
+# %% tags=["hide-input"]
+show_table(result.timings, first=["notebook", "wall_seconds"])
 
-# %%
-appendix.timings_figure(timings, settings.name);
+# %% tags=["hide-input"]
+plots.timings_figure(result.timings, result.profile.name);
 
 # %% [markdown]
 # ## Runs
@@ -87,8 +101,8 @@ appendix.timings_figure(timings, settings.name);
 # finished run is reused by every chapter whose config hashes the same; an unfinished one resumes
 # exactly from its last saved state. `alpha` empty means alpha is tied to the rank.
 
-# %%
-run_table.drop(columns=["run_dir"])
+# %% tags=["hide-input"]
+show_table(result.runs, first=["method", "config_hash", "finished", "chapters"])
 
 # %% [markdown]
 # ## Re-running a chapter
@@ -99,6 +113,5 @@ run_table.drop(columns=["run_dir"])
 # `lora_core.train.train(config, force=True)`, to re-train it. The whole book: `make book` (tiny profile) or
 # `python -m lora_core.book --profile sd15` on a GPU.
 
-# %%
-with pd.option_context("display.max_colwidth", None):
-    display(appendix.rerun_table(toc_notebooks(), timings, settings.name))
+# %% tags=["hide-input"]
+show_table(result.reruns, first=["notebook"])

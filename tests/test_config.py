@@ -82,3 +82,28 @@ def test_atomic_write_leaves_no_partial_file_on_error(tmp_path):
     assert json.loads(target.read_text()) == {"a": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]
     assert oct(target.stat().st_mode & 0o777) != "0o600"
+
+
+def test_config_help_lists_every_field_with_default_and_help_and_expands_nested_configs():
+    from lora_core.config import config_help
+
+    text = config_help(Outer)
+    lines = text.splitlines()
+    assert lines[0].split() == ["name=run", "a", "name"]
+    assert lines[1].split() == ["lr=0.0001", "learning", "rate"]
+    assert lines[2].split() == ['targets=["to_q",', '"to_k"]', "modules"]
+    assert lines[3].split() == ["inner.rank=4", "LoRA", "rank"]   # the nested config, one key per field
+    assert lines[4].split() == ["alpha=null", "optional"]
+    assert config_help(Outer, prefix="x.", skip=("inner",)).splitlines()[-1].split()[0] == "x.alpha=null"
+
+
+def test_config_help_wraps_long_help_under_its_key():
+    from lora_core.config import config_help
+
+    @dataclass(frozen=True)
+    class Wordy(Config):
+        a_rather_long_option_name_for_a_column: int = option(1, "word " * 30)
+
+    first, *rest = config_help(Wordy, width=60).splitlines()
+    assert first == "  a_rather_long_option_name_for_a_column=1"   # too long for the column: help below
+    assert rest and all(line.startswith(" " * 34 + "word") and len(line) <= 60 for line in rest)

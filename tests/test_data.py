@@ -228,7 +228,7 @@ BAD_FILES = [
     (write_not_an_image, "text.png", r"text\.png: corrupt or truncated image"),
     (write_cmyk_jpeg, "print.jpg", r"print\.jpg: unsupported image mode CMYK"),
     (write_16bit_png, "deep.png", r"deep\.png: unsupported image mode I;16"),
-    (write_zero_byte, "empty.png", r"empty\.png: zero-byte file"),
+    (write_zero_byte, "empty.png", r"empty\.png: empty file \(0 bytes\)"),
     (write_small, "small.png", r"small\.png: 40x16 is smaller than the training resolution 32 px"),
     (write_missing_caption, "nocap.png", r"nocap\.png: missing caption file nocap\.txt"),
     (write_latin1_caption, "latin.png", r"latin\.txt: not valid UTF-8 \(byte 0xe9 at position 3\)"),
@@ -281,7 +281,7 @@ def test_report_counts_everything_and_lists_all_problems(tmp_path):
     report = dataset_report(cfg, tokenizer=tokenizer)
 
     assert not report.ok
-    assert [(p.name, r) for p, r in report.problems] == [("empty.png", "zero-byte file"),
+    assert [(p.name, r) for p, r in report.problems] == [("empty.png", "empty file (0 bytes)"),
                                                           ("nocap.png", "missing caption file nocap.txt")]
     assert sorted((p.name, r) for p, r in report.ignored) == [
         (".DS_Store", "hidden file"), ("orphan.txt", "caption without an image"),

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lora_core import plots
 from lora_core.experiments import appendix
 from lora_core.profiles import get_profile
 from lora_core.train import TrainConfig, train
@@ -97,10 +98,10 @@ def test_timings_and_rerun_commands_round_trip_the_parameters(tmp_path):
 
 def test_timings_figure_draws_a_bar_per_notebook_or_says_none(tmp_path):
     timings = appendix.notebook_timings(Path(tmp_path) / "absent.json")
-    assert "no notebook timings" in appendix.timings_figure(timings, "tiny").axes[0].texts[0].get_text()
+    assert "no notebook timings" in plots.timings_figure(timings, "tiny").axes[0].texts[0].get_text()
     (tmp_path / "t.json").write_text(json.dumps({n: {"wall_seconds": s, "profile": p, "parameters": {}}
                                                  for n, s, p in [("a", 1.0, "tiny"), ("b", 3.0, "smoke")]}))
-    axes = appendix.timings_figure(appendix.notebook_timings(tmp_path / "t.json"), "tiny").axes[0]
+    axes = plots.timings_figure(appendix.notebook_timings(tmp_path / "t.json"), "tiny").axes[0]
     assert [round(bar.get_width(), 1) for bar in axes.patches] == [1.0, 3.0] * 2  # longest (= last here), last
 
 
@@ -116,3 +117,26 @@ def test_timings_keep_the_longest_execution_until_profile_or_parameters_change(t
     assert record(12.0) == (12.0, 690.0)  # reuses the runs
     assert record(15.0, n_seeds=1) == (15.0, 15.0)  # other parameters: another build
     assert record(9.0, "smoke", n_seeds=1) == (9.0, 9.0)  # other profile
+
+
+def test_timings_leave_out_what_the_runner_provides(tmp_path):
+    """The runner hands the appendix its absolute executed_dir: never recorded, so never in a re-run command."""
+    from lora_core.book import NotebookRun, record_timings
+
+    path = tmp_path / "_timings.json"
+    run = NotebookRun("99_appendix", tmp_path, 3.0, {"profile": "smoke", "executed_dir": str(tmp_path), "runs_root": "r"})
+    record_timings([run], "smoke", path)
+    assert json.loads(path.read_text())["99_appendix"]["parameters"] == {"profile": "smoke", "runs_root": "r"}
+    command = appendix.rerun_table(["99_appendix"], appendix.notebook_timings(path), "smoke").loc[0, "book runner"]
+    assert command == "python -m lora_core.book --profile smoke --only 99_appendix -p runs_root r"
+
+
+def test_run_appendix_counts_runs_and_shows_no_run_folder_path(runs_root, tmp_path):
+    root, record, unfinished_hash, _ = runs_root
+    (tmp_path / "01_style_benchmark.ipynb").write_text(json.dumps({"cells": [{"source": record.summary["config_hash"]}]}))
+    result = appendix.run_appendix("smoke", runs_root=root, executed_dir=tmp_path)
+    assert (result.facts["n_runs"], result.facts["n_unfinished"], result.facts["n_used"]) == (1, 1, 1)
+    assert result.facts["found_runs"] == "Finished runs of this profile in the run folder: 1 (1 named by an executed chapter)."
+    assert result.facts["found_versions"] == "Every run used was trained with this build's library versions."
+    assert "run_dir" not in result.runs.columns and str(root) not in result.runs.to_string()
+    assert list(result.reruns["notebook"])[0] == "00_setup" and result.timings.empty

@@ -177,3 +177,62 @@ def test_summary_words_follow_the_numbers():
                        "mid_alignment_interpolate": "is higher", "mode_gap_mid": 0.25}
     assert mixing.mixing_summary(pd.DataFrame(rows[:0], columns=["mode", "a", "target_style", "measure", "value"]),
                                  settings) == {"middle_a": 0.5}
+
+
+def test_gap_facts_read_the_middle_weight():
+    gaps = pd.DataFrame({"a": [0.5, 0.5, 0.5, 1.0], "relative_gap": [0.1, 0.3, 0.2, 0.0],
+                         "block": ["mid_block attn1", "up_blocks.1 attn2", "mid_block attn2", "mid_block attn1"]})
+    divergence = pd.DataFrame({"down": [0.01, 0.03], "up": [0.5, 0.7]})
+    facts = mixing.gap_facts(gaps, divergence, (1.0, 0.5, 0.0))
+    assert (facts["middle_a"], facts["gap_median"], facts["gap_max"], facts["gap_max_block"]) == \
+        (0.5, pytest.approx(0.2), pytest.approx(0.3), "up_blocks.1 attn2")
+    assert (facts["down_divergence"], facts["up_divergence"]) == (pytest.approx(0.02), pytest.approx(0.6))
+    assert facts["found_gap"] == ("At a = 0.5, weight-space interpolation differs from the blend by a median 0.200 "
+                                  "of the blend's size per layer (largest 0.300, in up_blocks.1 attn2).")
+
+
+def _result(weights=(1.0, 0.5, 0.0), aggregated=None):
+    settings = mixing.mixing_settings(SMOKE, weights=weights, n_prompts=3, strip_prompts=2)
+    evalset = mixing.mixing_eval_set(settings)
+    images = {0: {(mode, a): torch.full((3, 3, 32, 32), int(100 * a) + (mode == "blend"), dtype=torch.uint8)
+                  for mode in mixing.MODES for a in weights}}
+    return mixing.MixingResult(SMOKE, settings=settings, configs={}, records={}, evalset=evalset, images=images,
+                               aggregated=aggregated if aggregated is not None else pd.DataFrame())
+
+
+def test_strip_sheet_has_a_row_per_subject_and_mode_and_a_column_per_weight():
+    result = _result()
+    sheet = result.strip_sheet()
+    subject = result.evalset.captions[0].split(",")[0]
+    assert list(dict.fromkeys(sheet.table["row"]))[:2] == [f"{subject}\nblend", f"{subject}\ninterpolate"]
+    assert list(dict.fromkeys(sheet.table["a"])) == [1.0, 0.5, 0.0] and len(sheet.images) == 2 * 2 * 3
+    cell = sheet.table.index[(sheet.table["row"] == f"{subject}\nblend") & (sheet.table["a"] == 0.5)][0]
+    assert (sheet.images[cell] == 51).all()
+
+
+def test_measure_panels_label_mode_and_target_and_read_mixing_says_what_it_cannot_judge():
+    rows = pd.DataFrame([{"mode": mode, "a": a, "target_style": target, "measure": measure, "metric": f"{name}{target}",
+                          "value": 0.5, "ci_low": 0.4, "ci_high": 0.6, "eval_set": "e"}
+                         for mode in mixing.MODES for a in (1.0, 0.5, 0.0)
+                         for measure, name, target in (("p_target_style", "P(style=", "twemoji"),
+                                                       ("p_target_style", "P(style=", "openmoji"),
+                                                       ("alignment", "AlignScore", ""))])
+    rows.loc[rows["measure"] == "alignment", "target_style"] = mixing.NO_TARGET
+    result = _result(aggregated=rows)
+    panels = result.measure_panels(["alignment", "p_target_style"])   # one panel per measure, both targets in it
+    assert list(dict.fromkeys(panels["panel"])) == ["alignment\n(AlignScore)", "p_target_style\n(P(style=twemoji)"]
+    assert set(panels.loc[panels["measure"] == "p_target_style", "line"]) == {
+        "output-space blend, to twemoji", "weight-space interpolation, to twemoji",
+        "output-space blend, to openmoji", "weight-space interpolation, to openmoji"}
+    assert set(panels.loc[panels["measure"] == "alignment", "line"]) == {"output-space blend",
+                                                                         "weight-space interpolation"}
+    result.gaps = pd.DataFrame({"a": [0.5], "relative_gap": [0.1], "block": ["mid_block attn1"]})
+    result.divergence = pd.DataFrame({"down": [0.0], "up": [0.1]})
+    facts = mixing.read_mixing(result).facts
+    assert facts["shift_blend"] == "changes monotonically with a" and facts["mid_alignment_blend"] == "is higher"
+    assert facts["found_shift"].startswith("P(twemoji) changes monotonically with a under the output-space blend")
+    assert facts["n_prompts"] == 3 and facts["n_seeds"] == 1 and facts["missing_measures"] == "none"
+    no_alignment = _result(aggregated=rows[rows["measure"] != "alignment"])
+    no_alignment.gaps, no_alignment.divergence = result.gaps, result.divergence
+    assert mixing.read_mixing(no_alignment).facts["mid_alignment_blend"] == \
+        "cannot be judged in this build (its measure is missing)"

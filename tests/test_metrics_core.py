@@ -16,12 +16,14 @@ from PIL import Image
 from lora_core.metrics.backbones import get_backbone
 from lora_core.metrics.cache import FeatureCache, content_key
 from lora_core.metrics.distributions import (FrechetDistance, InceptionScore, KernelDistance, distribution_report,
-                                             feature_statistics, frechet_distance, frechet_distance_from_features,
-                                             inception_score, kernel_distance, mmd2_unbiased)
+                                             fd_result, feature_statistics, frechet_distance,
+                                             frechet_distance_from_features, inception_score, is_result,
+                                             kernel_distance, mmd2_unbiased)
 from lora_core.metrics.diversity import lpips_diversity, random_pairs, vendi_result, vendi_score
 from lora_core.metrics.lpips import ShiftTolerantLPIPS, get_perceptual, paired_distance
 from lora_core.metrics.preprocess import as_uint8_images
-from lora_core.metrics.stats import MetricResult, aggregate_over_seeds, bootstrap_ci, bootstrap_result
+from lora_core.metrics.stats import (NON_NEGATIVE, MetricResult, aggregate_over_seeds, bootstrap_ci,
+                                     bootstrap_result)
 
 # ImageNet-1k indices of acceptable top-1 classes for scikit-image's photos
 SENSIBLE_TOP1 = {
@@ -168,6 +170,15 @@ def test_inception_score_matches_numpy_formula(splits):
         inception_score(logits[:2], splits=3)
 
 
+@pytest.mark.parametrize("bad, shown", [(-np.inf, "-inf"), (np.inf, "inf"), (np.nan, "nan")])
+def test_inception_score_refuses_non_finite_logits(bad, shown):
+    logits = np.random.default_rng(0).normal(size=(6, 4))
+    logits[2, 1] = bad   # -inf: probability exactly 0, whose 0 * log 0 made the score nan
+    with pytest.raises(ValueError, match=rf"^inception_score: logits: must be finite, got 1 non-finite value "
+                                         rf"\({shown} at row 2, column 1\)$"):
+        inception_score(logits, splits=2)
+
+
 def test_inception_score_is_labelled_effnet_and_refuses_inception():
     with pytest.raises(ValueError, match="exposes no logits"):
         InceptionScore("inception")
@@ -286,6 +297,50 @@ def test_bootstrap_ci_contains_value_and_is_deterministic_for_a_seed():
     assert first[0] < values.mean() < first[1]
     result = bootstrap_result("mean", "none", values, n_resamples=300, generator=seeded(5))
     assert (result.ci_low, result.ci_high) == first and result.n == 40
+
+
+def scripted(values):
+    """A statistic that ignores its resample and returns ``values`` in turn: replicates set by hand."""
+    draws = iter(values)
+    return lambda *resample: next(draws)
+
+
+def test_a_declared_support_cuts_a_recentred_interval_by_hand():
+    # replicates -10, -9, ..., 90 (mean 40), re-centred on 0: -50 ... 50, whose 2.5% and 97.5%
+    # points (linear interpolation at positions 2.5 and 97.5) are -47.5 and 47.5; a distance
+    # cannot be negative, so its interval is [0, 47.5]
+    replicates, data = np.arange(-10.0, 91.0), np.zeros(3)
+    assert bootstrap_ci(data, scripted(replicates), 101, recentre_on=0.0) == pytest.approx((-47.5, 47.5))
+    assert bootstrap_ci(data, scripted(replicates), 101, recentre_on=0.0,
+                        support=NON_NEGATIVE) == pytest.approx((0.0, 47.5))
+    # the estimate itself, -1e-15 by rounding, is cut to 0 too
+    result = bootstrap_result("d", "none", data, scripted([-1e-15, *replicates]), 101, recentre=True,
+                              support=NON_NEGATIVE)
+    assert result.value == 0.0 and (result.ci_low, result.ci_high) == pytest.approx((0.0, 47.5))
+
+
+def test_fd_of_a_set_with_itself_is_zero_with_an_interval_that_stays_non_negative():
+    features = np.random.default_rng(0).normal(size=(40, 16))
+    result = fd_result(features, features, get_backbone("pixels-8"), "16", n_resamples=100, generator=seeded())
+    assert result.value == 0.0                     # the Gram formula gives -7e-15: rounding, cut at 0
+    assert result.ci_low == 0.0 < result.ci_high   # was [-1.57, 1.79]: re-centring on 0 crossed the support
+    raw = bootstrap_ci((features, features), frechet_distance_from_features, 100, seeded())
+    assert raw[0] > 0                              # the resamples' FDs are all positive: repeats raise FD
+
+
+def test_is_and_vendi_intervals_stay_in_their_range():
+    logits = np.zeros((20, 5))                     # the same class distribution for every image: IS = 1
+    is_value = is_result(logits, get_backbone("effnet-lite0"), "16", splits=2, n_resamples=50)
+    assert (is_value.value, is_value.ci_low) == pytest.approx((1.0, 1.0)) and is_value.ci_high <= 5
+    distinct = vendi_result(random_images(6, seed=3), backbone="pixels-8", n_resamples=50)
+    assert 1.0 <= distinct.ci_low <= distinct.value <= distinct.ci_high <= 6.0
+
+
+def test_an_empty_image_file_in_a_metric_folder_is_named(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "b.png").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"^real: cannot read image .*b\.png: empty file \(0 bytes\)$"):
+        as_uint8_images(tmp_path, name="real")
 
 
 def test_aggregate_over_seeds_t_interval_matches_scipy():

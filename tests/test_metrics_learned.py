@@ -396,17 +396,23 @@ def test_train_heads_pipeline_writes_heads_and_cards(tmp_path):
         groups.p_true_group(images[:1], ["zzz"])
 
 
-def test_vae_reconstruct_matches_encode_decode():
-    from lora_core.images import to_uint8
+# The reference decodes all three images in one batch, vae_reconstruct in batches of 2: a convolution
+# rounds differently at another batch size or thread count (measured here: up to 1.2e-3 of an 8-bit
+# level), so an exact uint8 comparison fails wherever a value sits that close to a rounding boundary
+# (seed 1 on a 2-core CPU). Each output level must be the float reference rounded, within 0.01 level.
+@pytest.mark.parametrize("seed", [0, 1])
+def test_vae_reconstruct_is_encode_mean_then_decode_rounded(seed):
     from lora_core.metrics.train_heads import vae_reconstruct
     from lora_core.models import load_base
 
     vae = load_base("tiny-random").vae
-    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
     out = vae_reconstruct(vae, batch_size=2)(images)
     with torch.no_grad():
-        expected = to_uint8(vae.decode(vae.encode(images.float() / 127.5 - 1).latent_dist.mode()).sample)
-    assert out.dtype == torch.uint8 and torch.equal(out, expected)
+        decoded = vae.decode(vae.encode(images.float() / 127.5 - 1).latent_dist.mode()).sample
+    levels = decoded.clamp(-1, 1).add(1).mul(127.5)
+    assert out.dtype == torch.uint8 and out.shape == images.shape
+    assert float((out.float() - levels).abs().max()) <= 0.5 + 0.01
 
 
 def test_heads_config_and_cli_overrides_are_checked():

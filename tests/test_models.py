@@ -1,5 +1,6 @@
 """Every base-model source loads the same weights: outputs are compared exactly."""
 import json
+import re
 import shutil
 
 import pytest
@@ -69,7 +70,7 @@ def test_pickle_checkpoints_are_refused(tmp_path, suffix):
 def test_bad_sources_name_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="no model_index.json"):
         load_base(str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+    with pytest.raises(FileNotFoundError, match="missing: no such folder or file. load_base accepts"):
         load_base(str(tmp_path / "missing"))
     single = tmp_path / "model.safetensors"
     single.write_bytes(b"")
@@ -103,3 +104,43 @@ def test_shipped_toy_base_loads_under_its_portable_name():
     base = load_base("toy:base")
     assert base.source == "toy:base" and not base.random_weights
     assert base.resolution == 32 and len(base.tokenizer) == base.text_encoder.get_input_embeddings().num_embeddings
+
+
+def test_a_mistyped_folder_says_it_does_not_exist_and_lists_the_accepted_sources(tmp_path, monkeypatch):
+    (tmp_path / "models" / "tiny-sd").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    accepted = (r"load_base accepts: 'tiny-random' \(random weights\), 'toy:base' \(models/tiny-sd\), a diffusers "
+                r"folder \(with model_index.json\), a single-file .safetensors checkpoint with config=, or a hub id")
+    with pytest.raises(FileNotFoundError, match=r"^models/tiny-sdd: no such folder or file "
+                                                rf"\(did you mean models/tiny-sd\?\)\. {accepted}"):
+        load_base("models/tiny-sdd")
+    with pytest.raises(FileNotFoundError, match=rf"^runs/a/b: no such folder or file\. {accepted}"):
+        load_base("runs/a/b")   # more than owner/name: a path, never a hub id
+
+
+def test_an_unknown_hub_id_says_what_was_tried(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"^lsl-test/none-such: no such folder or file here, and no hub model "
+                                                r"of that id could be loaded \(Cannot find an appropriate cached "
+                                                r"snapshot.*\)\. load_base accepts: "):
+        load_base("lsl-test/none-such")
+    with pytest.raises(FileNotFoundError, match=r"^tiny-randm: no such folder or file here \(did you mean tiny-random"):
+        load_base("tiny-randm")
+
+
+def test_a_pickle_named_safetensors_in_a_model_is_named(tiny_base_dir, tmp_path):
+    folder = shutil.copytree(tiny_base_dir, tmp_path / "model")
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    torch.save({"conv_in.weight": torch.zeros(1)}, weights)
+    zip_archive = (r": not a safetensors file: it is a zip archive, the format torch\.save writes \(a pickle "
+                   r"checkpoint, renamed\?\); convert it once")
+    with pytest.raises(ValueError, match=f"^{re.escape(str(weights))}{zip_archive}"):
+        load_base(str(folder))
+    single = tmp_path / "model.safetensors"
+    torch.save({"state_dict": {}}, single)
+    with pytest.raises(ValueError, match=f"^{re.escape(str(single))}{zip_archive}"):
+        load_base(str(single), config=str(tiny_base_dir))

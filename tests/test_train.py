@@ -4,6 +4,7 @@ every bad input refused before training starts."""
 import copy
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -67,8 +68,11 @@ def one_batch_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def finished(data_dir, tiny_base, tmp_path_factory):
-    """One uninterrupted 6-step LoRA run, shared by the record, reuse and resume tests."""
+def finished(data_dir, tiny_base, tmp_path_factory, one_thread):
+    """One uninterrupted 6-step LoRA run, shared by the record, reuse and resume tests. Those compare
+    losses and weights exactly, which holds only at one thread count: ``one_thread`` stays on for the
+    rest of the module, whichever tests are selected (else a run made at two threads would be
+    compared with one made at one, after another test switched)."""
     root = tmp_path_factory.mktemp("runs")
     return _config(data_dir), root, train(_config(data_dir), base=tiny_base, runs_root=root, progress=False)
 
@@ -344,3 +348,232 @@ def test_prior_preservation_adds_the_weighted_loss_on_the_base_models_class_imag
                                      resolution=32)
     produced = sorted((records[1.0].run_dir / "class_images").glob("class_*.png"))
     assert [p.read_bytes() for p in produced] == [p.read_bytes() for p in expected]
+
+
+# -- accumulation under DDP, skipped fp16 steps, validation -----------------------------------------
+
+# Prepended to DISTRIBUTED_WORKER: counts, per process, DDP's gradient all-reduces (one comm-hook
+# call per gradient bucket in every backward that syncs).
+COUNT_ALL_REDUCES = """
+import os, sys
+import torch
+from accelerate import Accelerator
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+prepare = Accelerator.prepare
+
+def count_then_all_reduce(process_group, bucket):
+    with open(os.path.join(sys.argv[2], "allreduces" + os.environ["RANK"] + ".txt"), "a") as f:
+        f.write("1\\n")
+    return allreduce_hook(process_group, bucket)
+
+def prepare_and_count(self, *args, **kwargs):
+    prepared = prepare(self, *args, **kwargs)
+    if isinstance(prepared, torch.nn.parallel.DistributedDataParallel):
+        prepared.register_comm_hook(None, count_then_all_reduce)
+    return prepared
+
+Accelerator.prepare = prepare_and_count
+"""
+
+
+@pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+                    reason="needs torch.distributed with gloo")
+def test_gradient_accumulation_under_ddp_all_reduces_once_per_optimizer_step(data_dir, tmp_path):
+    """Two CPU processes, textual inversion (one trained tensor: one gradient bucket), two steps of
+    two micro-batches: the micro-batches before the last accumulate locally (no_sync), so each
+    process all-reduces twice, not four times, and both still hold the same embedding after
+    every step."""
+    config = _config(data_dir, validation_folder="", max_train_steps=2, batch_size=1, gradient_accumulation_steps=2,
+                     checkpoint_every_steps=0, method="textual_inversion", options={}, learning_rate=5e-2)
+    config_file, worker = config.save_json(tmp_path / "run.json"), tmp_path / "worker.py"
+    worker.write_text(COUNT_ALL_REDUCES + DISTRIBUTED_WORKER)
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": str(REPO)}  # the worker imports this checkout, whichever one pip installed
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(worker), str(config_file), str(tmp_path)], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [len((tmp_path / f"allreduces{rank}.txt").read_text().split()) for rank in (0, 1)] == [2, 2]
+    per_rank = [(tmp_path / f"rank{rank}.txt").read_text().split() for rank in (0, 1)]
+    assert per_rank[0] == per_rank[1] and len(set(per_rank[0])) == 2
+
+
+class _InfiniteGradient(torch.autograd.Function):
+    """The identity forward; backward returns infinite gradients (fp16 overflow, forced)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("inf")
+
+
+def test_the_lr_schedule_does_not_advance_when_the_grad_scaler_skips_a_step(one_batch_dir, tiny_base, tmp_path,
+                                                                           monkeypatch):
+    """accelerate makes fp16's GradScaler only on accelerators, so the test gives the CPU one
+    torch's CPU GradScaler (scale 1: the losses are unchanged) and an infinite gradient at step 2.
+    The scaler skips that update; the linear schedule must wait with it."""
+    from accelerate import Accelerator
+
+    accelerator_init, real_loss, calls = Accelerator.__init__, train_module.diffusion_loss, []
+
+    def init_with_grad_scaler(self, *args, **kwargs):
+        accelerator_init(self, *args, **kwargs)
+        self.scaler = torch.amp.GradScaler("cpu", init_scale=1.0)
+
+    def infinite_gradient_on_second_step(*args, **kwargs):
+        calls.append(1)
+        loss = real_loss(*args, **kwargs)
+        return _InfiniteGradient.apply(loss) if len(calls) == 2 else loss
+
+    monkeypatch.setattr(Accelerator, "__init__", init_with_grad_scaler)
+    monkeypatch.setattr(train_module, "diffusion_loss", infinite_gradient_on_second_step)
+    config = _config(one_batch_dir, validation_folder="", max_train_steps=4, checkpoint_every_steps=0,
+                     lr_scheduler="linear", max_grad_norm=0.0)
+    rows = train(config, base=tiny_base, runs_root=tmp_path, progress=False).metrics()
+    assert [r["lr"] for r in rows] == pytest.approx([1e-2, 7.5e-3, 7.5e-3, 5e-3])
+    assert [r.get("optimizer_step_skipped", False) for r in rows] == [False, True, False, False]
+
+
+def test_a_validation_fraction_that_holds_out_no_image_is_refused(tiny_base, tmp_path):
+    """One image: the split keeps it for training and holds out none. Asked for a validation loss,
+    the run refuses at set-up (it used to crash at its last step)."""
+    one = _write_images(tmp_path / "one", 1)
+    config = _config(one, validation_folder="", data={"folder": str(one), "validation_fraction": 0.5},
+                     batch_size=1, max_train_steps=2, checkpoint_every_steps=0)
+    message = f"dataset {one} has 1 image(s): validation_fraction=0.5 holds none out"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        train(config, base=tiny_base, runs_root=tmp_path, progress=False)
+    assert not (tmp_path / f"lora-{config.hash()}").exists()
+
+
+def test_the_validation_loss_does_not_depend_on_caching_the_training_latents(data_dir, tiny_base, tmp_path,
+                                                                            monkeypatch):
+    """Validation latents come from their own generator: the same with and without cache_latents,
+    so the same weights give the same val_loss (here: the first call, before any step changes
+    them, is made on the untrained base; the spy evaluates every run's latents on it)."""
+    real_validation_loss, seen = train_module.validation_loss, []
+    monkeypatch.setattr(train_module, "validation_loss",
+                        lambda base, latents, embeddings, config: seen.append((latents, embeddings)) or 0.0)
+    for cache_latents in (True, False):
+        train(_config(data_dir, max_train_steps=1, checkpoint_every_steps=0, cache_latents=cache_latents),
+              base=tiny_base, runs_root=tmp_path, progress=False)
+    (cached, cached_text), (uncached, uncached_text) = seen
+    assert torch.equal(cached, uncached) and torch.equal(cached_text, uncached_text)
+    config = _config(data_dir)
+    assert (real_validation_loss(tiny_base, cached, cached_text, config)
+            == real_validation_loss(tiny_base, uncached, uncached_text, config))
+
+
+# -- a kill at any write leaves nothing that survives a resume --------------------------------------
+
+# Trains the config in argv[1] under the runs root argv[2] and SIGKILLs itself at the point argv[3]:
+# "state" just after the step-4 state is written to its temporary file, before the rename;
+# "checkpoint" between the two files of checkpoint step-000004; "exports" between the two files
+# of the final export.
+KILL_WORKER = """
+import os, signal, sys
+from pathlib import Path
+import torch
+import lora_core.formats
+from lora_core.train import TrainConfig, train
+
+config, runs_root, point = TrainConfig.from_json(sys.argv[1]), sys.argv[2], sys.argv[3]
+save, save_kohya = torch.save, lora_core.formats.save_lora_kohya
+
+def save_then_die(obj, path, *args, **kwargs):
+    save(obj, path, *args, **kwargs)
+    if point == "state" and isinstance(obj, dict) and obj.get("step") == 4:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+def die_before_the_kohya_file(path, *args, **kwargs):
+    folder = Path(path).parent.name
+    if (point == "checkpoint" and "step-000004" in folder) or (point == "exports" and "exports" in folder):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return save_kohya(path, *args, **kwargs)
+
+torch.save, lora_core.formats.save_lora_kohya = save_then_die, die_before_the_kohya_file
+train(config, runs_root=runs_root, progress=False)
+"""
+
+
+def _tensors(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
+    return {path.name: load_file(path) for path in sorted(folder.glob("*.safetensors"))}
+
+
+def _same_files(expected: Path, got: Path) -> bool:
+    want, have = _tensors(expected), _tensors(got)
+    return want.keys() == have.keys() and all(
+        want[name].keys() == have[name].keys() and all(torch.equal(want[name][k], have[name][k]) for k in want[name])
+        for name in want)
+
+
+@pytest.mark.parametrize("point", ["state", "checkpoint", "exports"])
+def test_a_kill_while_writing_then_resume_ends_bit_identical_with_no_debris(finished, tiny_base, tmp_path, point):
+    config, _, uninterrupted = finished
+    config_file, worker = config.save_json(tmp_path / "run.json"), tmp_path / "worker.py"
+    worker.write_text(KILL_WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": str(REPO)}  # the worker imports this checkout, whichever one pip installed
+    killed = subprocess.run([sys.executable, str(worker), str(config_file), str(tmp_path / "runs"), point], cwd=REPO,
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    run_dir = tmp_path / "runs" / f"lora-{config.hash()}"
+    assert not (run_dir / "summary.json").exists()
+
+    resumed = train(config, base=tiny_base, runs_root=tmp_path / "runs", progress=False)
+    assert resumed.summary["resumed_from_step"] == {"state": 2, "checkpoint": 2, "exports": 4}[point]
+    assert [r["loss"] for r in resumed.metrics()] == [r["loss"] for r in uninterrupted.metrics()]
+    assert [r.get("val_loss") for r in resumed.metrics()] == [r.get("val_loss") for r in uninterrupted.metrics()]
+    assert _same_files(uninterrupted.run_dir / "exports", run_dir / "exports")
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert checkpoints == ["step-000002", "step-000004"]
+    for name in checkpoints:
+        assert _same_files(uninterrupted.run_dir / "checkpoints" / name, run_dir / "checkpoints" / name), name
+    debris = [p.relative_to(run_dir) for p in run_dir.rglob("*") if p.name.startswith(".") or "tmp" in p.name]
+    assert debris == [] and not (run_dir / "state").exists()
+
+
+def test_a_finished_run_missing_an_exported_file_is_neither_loaded_nor_reused(one_batch_dir, tiny_base, tmp_path,
+                                                                           capsys):
+    config = _config(one_batch_dir, validation_folder="", max_train_steps=1, checkpoint_every_steps=0)
+    record = train(config, base=tiny_base, runs_root=tmp_path, progress=False)
+    kohya = record.exports["kohya"]
+    expected = load_file(kohya)
+    kohya.unlink()
+    relative = kohya.relative_to(record.run_dir)
+    with pytest.raises(FileNotFoundError, match=f"not a finished run: exported file {relative} is missing"):
+        load_run(record.run_dir)
+    assert not record.finished
+    capsys.readouterr()
+    again = train(config, base=tiny_base, runs_root=tmp_path, progress=False)
+    assert capsys.readouterr().err.splitlines() == [
+        f"{record.run_dir}: retraining this finished run: exported file {relative} is missing"]
+    got = load_file(again.exports["kohya"])
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+# -- relative folders -------------------------------------------------------------------------------
+
+
+def test_relative_folders_are_under_the_project_root_whatever_the_working_directory(tiny_base, tmp_path,
+                                                                                     monkeypatch):
+    """The config keeps the folders as written (so its hash does not depend on the checkout);
+    train() reads the images and writes the run under the project root (here a stand-in root),
+    not under the working directory."""
+    from lora_core import paths
+
+    root, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    _write_images(root / "images", 4)
+    elsewhere.mkdir()
+    monkeypatch.setattr(paths, "REPO_ROOT", root)
+    monkeypatch.chdir(elsewhere)
+    config = _config("images", validation_folder="images", max_train_steps=1, checkpoint_every_steps=0)
+    record = train(config, base=tiny_base, runs_root="runs", progress=False)
+    assert record.run_dir == root / "runs" / f"lora-{config.hash()}" and record.finished
+    assert record.config["data"]["folder"] == "images" and record.config["validation_folder"] == "images"
+    assert record.summary["train_images"] == 4 and record.summary["validation_images"] == 4
+    assert list(elsewhere.iterdir()) == []

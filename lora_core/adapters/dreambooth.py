@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from lora_core.adapters import Adapter, freeze, load_trainable_state, register, trainable_state
 from lora_core.config import Config, option
-from lora_core.io import atomic_path, atomic_write_json
+from lora_core.formats.safetensors_file import save_safetensors
+from lora_core.io import atomic_path, atomic_write_json, read_safetensors
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -96,14 +96,9 @@ class DreamBoothAdapter(Adapter):
 def add_safetensors_metadata(folder: Path, metadata: dict[str, str]) -> None:
     """Rewrite every ``*.safetensors`` under ``folder`` with ``metadata`` added (``format`` kept:
     diffusers and transformers check it)."""
-    from safetensors import safe_open
-
     for path in sorted(Path(folder).rglob("*.safetensors")):
-        with safe_open(str(path), framework="pt") as handle:
-            existing = handle.metadata() or {}
-        tensors = load_file(str(path))
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata={**{k: str(v) for k, v in metadata.items()}, **existing})
+        tensors, existing = read_safetensors(path)
+        save_safetensors(path, tensors, {**{k: str(v) for k, v in metadata.items()}, **existing})
 
 
 def class_images_settings(base: "BaseModel", class_prompt: str, seed: int, steps: int,

@@ -25,11 +25,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors.torch import save_file
 
 from lora_core.adapters import Adapter, freeze, register
 from lora_core.config import Config, option
-from lora_core.io import atomic_path
+from lora_core.formats.safetensors_file import save_safetensors
 
 if TYPE_CHECKING:
     from lora_core.models import BaseModel
@@ -181,6 +180,5 @@ class TextualInversionAdapter(Adapter):
         files = {"diffusers": (folder / DIFFUSERS_FILE, {self.options.placeholder_token: embeds}),
                  "a1111": (folder / f"{a1111_name}.safetensors", {"emb_params": embeds})}
         for path, tensors in files.values():
-            with atomic_path(path) as tmp:
-                save_file(tensors, str(tmp), metadata=full_metadata)
+            save_safetensors(path, tensors, full_metadata)
         return {layout: path for layout, (path, _) in files.items()}

@@ -11,6 +11,10 @@ Where the arms coincide (rank x alpha_per_rank = fixed_alpha, e.g. rank 16 with 
 configs are identical and the run is shared; the cell at the profile's own rank, alpha, learning
 rate and steps is chapter 1's run. Every config comes from ``common.style_lora_config``.
 
+    result = run_ablation("tiny", fid=True)
+    result.cells                         # per run: parameters, file size, ||s B A||, loss
+    result.facts["fid_agreement"]        # do FID and FD-EffNet rank the runs alike?
+
 >>> from lora_core.profiles import get_profile
 >>> configs = ablation_configs(get_profile("tiny"), ablation_settings(get_profile("tiny")))
 >>> len(configs), len({c.hash() for c in configs.values()})
@@ -29,7 +33,12 @@ import pandas as pd
 import torch
 
 from lora_core.config import Config, option
+from lora_core.experiments.chapter import ChapterResult, resolve_profile
 from lora_core.experiments.common import eval_set, lr_scale, style_lora_config
+from lora_core.experiments.evaluate import (aggregate_seeds, format_results, measure_panels, reported_table,
+                                            unavailable_text)
+from lora_core.experiments.style_share import (BASE, LORA, MAX_SUBJECT_LOSS, TARGET_SHARE, TRUE, gain_display,
+                                               gain_table, judge_images, round_trips)
 from lora_core.profiles import Profile
 from lora_core.train import TrainConfig
 
@@ -40,7 +49,13 @@ S1_STEPS = 3000  # S1 Exp. II trained 3000 steps (Exp. I: 1000)
 S1_COUNTERPARTS = (("fd_effnet", "FID"), ("alignment", "CLIP"), ("is_effnet", "IS"), ("st_lpips_diversity", "LPIPS"))
 MEASURES = ("fd_effnet", "kid_effnet", "is_effnet", "st_lpips_diversity", "alignment", "p_target_style",
             "feature_to_target", "st_lpips_to_target")
+FIGURE_MEASURES = ("fd_effnet", "alignment", "is_effnet", "st_lpips_diversity", "p_target_style",
+                   "feature_to_target")
 Key = tuple[str, int, float, int]  # (alpha mode, rank, S1's learning rate, training seed)
+CELL_COLUMNS = ("style", "alpha_mode", "rank", "study_lr", "alpha")  # a grid cell, over its training seeds
+# what the trade-off figure's y axis shows: the share where the truth after the VAE was judged
+STYLE_MEASURES = {"share": "share of the way from the base to the truth", "gain": "P(style) gained, P_LoRA - P_base"}
+AGREEMENT_RHO = 0.8  # Spearman's rho from which two backbones are said to rank the runs alike
 
 
 @dataclass(frozen=True)
@@ -123,16 +138,23 @@ def grid_table(configs: dict[Key, TrainConfig]) -> pd.DataFrame:
 
 # ---- training and evaluation -------------------------------------------------------------------
 
-@dataclass
-class AblationResult:
-    """Configs, run records (one per unique hash), per-run facts and the tidy results table."""
+@dataclass(kw_only=True)
+class AblationResult(ChapterResult):
+    """Configs, run records (one per unique hash), the tidy results table and what chapter 2 reads
+    from them (filled by :func:`read_ablation`). Facts: see :func:`read_ablation`."""
 
-    profile: Profile
     settings: AblationSettings
     configs: dict[Key, TrainConfig]
     records: dict[str, Any]                  # config hash -> RunRecord
     results: pd.DataFrame = field(default_factory=pd.DataFrame)
     unavailable: dict[str, str] = field(default_factory=dict)
+    aggregated: pd.DataFrame = field(default_factory=pd.DataFrame)
+    cells: pd.DataFrame = field(default_factory=pd.DataFrame)     # run_facts of every cell
+    ranking: pd.DataFrame = field(default_factory=pd.DataFrame)   # FID vs FD-EffNet per distinct run
+    s1_table: pd.DataFrame = field(default_factory=pd.DataFrame)
+    judged: pd.DataFrame = field(default_factory=pd.DataFrame)    # the style judge per held-out image
+    gains: pd.DataFrame = field(default_factory=pd.DataFrame)     # per cell: style gained, subject lost
+    tradeoff: pd.DataFrame = field(default_factory=pd.DataFrame)  # per distinct run: the figure's points
 
     def record(self, key: Key):
         return self.records[self.configs[key].hash()]
@@ -160,18 +182,78 @@ class AblationResult:
         return pd.DataFrame(rows)
 
     def loss_curves(self, window: int = 25) -> pd.DataFrame:
-        """Training loss per step of every cell (tidy), with a trailing rolling mean ``loss_smooth``."""
+        """Training loss per step of every cell (tidy), with a trailing rolling mean ``loss_smooth``
+        and, for ``plots.line_panels``, a ``panel`` per (arm, S1 lr) and a ``line`` per rank."""
         frames = []
         for key in self.configs:
             metrics = pd.DataFrame(self.record(key).metrics())[["step", "loss"]]
             metrics["loss_smooth"] = metrics["loss"].rolling(window, min_periods=1).mean()
-            frames.append(metrics.assign(**_key_labels(key)))
+            mode, rank, study_lr, _ = key
+            frames.append(metrics.assign(**_key_labels(key), panel=f"{ALPHA_MODE_NAMES[mode]}, S1 lr {study_lr:g}",
+                                         line=f"r={rank}"))
         return pd.concat(frames, ignore_index=True)
+
+    def grid_table(self) -> pd.DataFrame:
+        """:func:`grid_table` of this result's configs."""
+        return grid_table(self.configs)
+
+    def cost_table(self) -> pd.DataFrame:
+        """Per (rank, arm, alpha, scale), first seed: the learned update's size and the final loss
+        at each S1 learning rate."""
+        first = self.cells[self.cells["seed"] == self.cells["seed"].min()]
+        return first.pivot_table(index=["rank", "alpha_mode", "alpha", "scale"], columns="study_lr",
+                                 values=["delta_norm", "final_loss"], aggfunc="first")
+
+    def size_table(self) -> pd.DataFrame:
+        """Mean trainable parameters, file bytes and s/step per rank (first seed)."""
+        first = self.cells[self.cells["seed"] == self.cells["seed"].min()]
+        return first.groupby("rank")[["trainable_params", "file_bytes", "s_per_step"]].mean()
+
+    def cost_panels(self) -> pd.DataFrame:
+        """Trainable parameters, file size and ``||s B A||`` against rank (first seed), tidy for
+        ``plots.line_panels``: ``panel`` per quantity, ``line`` and ``dashed`` per arm and lr."""
+        first = self.cells[self.cells["seed"] == self.cells["seed"].min()]
+        names = {"trainable_params": "trainable parameters", "file_bytes": "LoRA file (bytes)",
+                 "delta_norm": "mean ||s B A||_F per module"}
+        long = first.melt(id_vars=["alpha_mode", "rank", "study_lr"], value_vars=[c for c in names if c in first],
+                          var_name="quantity", value_name="value")
+        return arm_lines(long.assign(panel=long["quantity"].map(names)))
+
+    def results_table(self) -> pd.DataFrame:
+        """``value [95% interval]`` per (measure, arm, S1 lr) row and rank column."""
+        return format_results(self.aggregated, index=["measure", "metric", "alpha_mode", "study_lr"], columns="rank")
+
+    def rank_panels(self, measures: Sequence[str] = FIGURE_MEASURES) -> pd.DataFrame:
+        """The aggregated ``measures`` with ``panel``, ``line`` and ``dashed`` for ``plots.interval_panels``."""
+        return arm_lines(measure_panels(self.aggregated, measures))
+
+    def tradeoff_guides(self) -> dict[str, tuple[float, str] | None]:
+        """``plots.tradeoff_figure``'s guide lines: issue #15's bound on the subject accuracy lost and,
+        where the figure shows the share of the way, its 0.75 target for a far style."""
+        share = len(self.tradeoff) and self.tradeoff["style_measure"].iloc[0] == STYLE_MEASURES["share"]
+        return {"x_guide": (MAX_SUBJECT_LOSS, f"at most {MAX_SUBJECT_LOSS * 100:.0f} points lost"),
+                "y_guide": (TARGET_SHARE, f"{TARGET_SHARE:g} of the way (far styles)") if share else None}
+
+    def gains_table(self) -> pd.DataFrame:
+        """Per cell on held-out subjects: P(style) of base, LoRA and truth, the share of the way,
+        the subject accuracies, as ``value [95% interval]`` text (``style_share.gain_display``)."""
+        return gain_display(self.gains, list(CELL_COLUMNS[1:]))
 
 
 def _key_labels(key: Key) -> dict[str, Any]:
     mode, rank, study_lr, seed = key
     return {"alpha_mode": mode, "rank": rank, "study_lr": study_lr, "seed": seed}
+
+
+def arm_lines(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with a legend text per (arm, S1 lr) in ``line``, and ``dashed`` for the tied arm.
+
+    >>> arm_lines(pd.DataFrame({"alpha_mode": ["tied"], "study_lr": [5e-4]}))[["line", "dashed"]].values.tolist()
+    [['alpha tied to rank, lr 0.0005', True]]
+    """
+    return table.assign(line=[f"{ALPHA_MODE_NAMES[mode]}, lr {lr:g}" for mode, lr in
+                              zip(table["alpha_mode"], table["study_lr"])],
+                        dashed=table["alpha_mode"] == "tied")
 
 
 def train_grid(configs: dict[Key, TrainConfig], base=None, runs_root: str | Path | None = None,
@@ -218,15 +300,158 @@ def evaluate_grid(profile: Profile, settings: AblationSettings, configs: dict[Ke
     return pd.concat(frames, ignore_index=True)
 
 
-def run_ablation(profile: Profile, settings: AblationSettings, base, evaluator,
-                 runs_root: str | Path | None = None, fid: bool = False) -> AblationResult:
-    """Train (or reuse) the grid, generate and score; ``AblationResult`` for the chapter. ``fid``
-    adds FID (Inception 2015) when the profile names an FID network."""
+def judge_grid(profile: Profile, settings: AblationSettings, configs: dict[Key, TrainConfig],
+               records: dict[str, Any], base, evaluator) -> pd.DataFrame:
+    """The style judge on held-out subjects (``style_share.judge_images``): the true images of the
+    grid's style after the base's VAE, the base's generations and every distinct run's, whose rows
+    repeat for each cell that shares it. The set is chapter 1's held-out set at the profile's size,
+    so the base's images and chapter 1's cell come from the generation cache. Empty without a judge."""
+    from lora_core.experiments.common import generate_eval_images, quiet_libraries
+
+    if evaluator.style_classifier is None:
+        return pd.DataFrame()
+    held_out, style = eval_set(settings.style, "heldout", profile.n_eval_images), settings.style
+    among = tuple(dict.fromkeys((evaluator.base_style, *profile.benchmark_styles, style)))
+    truth = round_trips(base, evaluator.true_images(held_out.subject_keys, style, profile.resolution), evaluator.cache)
+    frames = [judge_images(evaluator, truth, held_out.subject_keys, style, among, {"style": style, "source": TRUE},
+                           subjects=False)]
+    runs = {BASE: (None, BASE), **{config.hash(): (records[config.hash()].exports["diffusers"], LORA)
+                                   for config in configs.values()}}
+    judged = {}
+    for name, (adapter, source) in runs.items():
+        with quiet_libraries():
+            images = generate_eval_images(base, held_out.prompts, held_out.seeds, profile, adapter=adapter)
+        judged[name] = judge_images(evaluator, images, held_out.subject_keys, style, among,
+                                    {"style": style, "source": source})
+    frames.append(judged[BASE])
+    frames += [judged[config.hash()].assign(**_key_labels(key), alpha=config.options.effective_alpha)
+               for key, config in configs.items()]
+    return pd.concat(frames, ignore_index=True)
+
+
+def score_grid(profile: Profile, settings: AblationSettings, base, evaluator,
+               runs_root: str | Path | None = None, fid: bool = False) -> AblationResult:
+    """Train (or reuse) the grid, generate and score. ``fid`` adds FID (Inception 2015) when the
+    profile names an FID network."""
     configs = ablation_configs(profile, settings)
     records = train_grid(configs, base, runs_root)
     measures = MEASURES + (("fid",) if fid and profile.fid_backbone != "none" else ())
     results = evaluate_grid(profile, settings, configs, records, base, evaluator, measures)
-    return AblationResult(profile, settings, configs, records, results, dict(evaluator.unavailable))
+    judged = judge_grid(profile, settings, configs, records, base, evaluator)
+    return AblationResult(profile, settings=settings, configs=configs, records=records, results=results,
+                          judged=judged, unavailable=dict(evaluator.unavailable))
+
+
+def run_ablation(profile: Profile | str = "tiny", *, base=None, runs_root: str | Path | None = None,
+                 n_seeds: int = 0, n_prompts: int = 0, fid: bool = True) -> AblationResult:
+    """Chapter 2: the grid of the profile's :data:`ABLATION` sizes (``n_seeds`` training seeds per
+    cell and ``n_prompts`` regenerated captions per run when given), trained or reused, scored,
+    and read for the page. ``fid`` adds FID beside FD-EffNet."""
+    from lora_core.experiments.evaluate import Evaluator
+    from lora_core.models import load_base
+
+    settings = resolve_profile(profile)
+    overrides = {"training_seeds": tuple(range(n_seeds)) if n_seeds else None, "n_prompts": n_prompts or None}
+    grid = ablation_settings(settings, **{key: value for key, value in overrides.items() if value is not None})
+    base = base if base is not None else load_base(settings.base_model)
+    result = score_grid(settings, grid, base, Evaluator(settings), runs_root, fid)
+    return read_ablation(result, base)
+
+
+def read_ablation(result: AblationResult, base=None) -> AblationResult:
+    """Fill what chapter 2 shows from the scores (``base`` measures each update's size) and its
+    facts: the grid's sizes (``style``, ``lr_scale``, ``steps``, ``n_runs``, ...), the scale facts
+    of :func:`scale_facts`, the backbone agreement of :func:`agreement_facts`, the learning-rate
+    sentences ``fd_fixed``, ``fd_tied``, ``alignment_fixed``, and the finding box's ``found_*``."""
+    result.aggregated = aggregate_seeds(result.results)
+    result.cells = result.run_facts(base)
+    result.s1_table = s1_comparison(result.aggregated, reported_table("S1", "II"))
+    grid, profile = result.settings, result.profile
+    result.add_facts(style=grid.style, lr_scale=lr_scale(profile), steps=next(iter(result.configs.values())).max_train_steps,
+                     s1_steps=S1_STEPS, n_runs=len(result.records), n_cells=len(result.configs),
+                     n_seeds=len(grid.training_seeds), n_prompts=grid.n_prompts, fixed_alpha=grid.fixed_alpha,
+                     seed_note=seed_note(len(grid.training_seeds)), missing_measures=unavailable_text(result.unavailable))
+    if "delta_norm" in result.cells:
+        result.add_facts(**scale_facts(result.cells, min(grid.study_learning_rates)))
+    if (result.results.measure == "fid").any():
+        result.ranking, agreement = result.backbone_agreement("fid", "fd_effnet")
+        result.ranking = result.ranking.loc[:, result.ranking.nunique() > 1]  # leaves out what every run shares
+        result.add_facts(**agreement_facts(agreement))
+    else:
+        result.add_facts(**agreement_facts(None, f"profile {profile.name} names no FID network, or fid=false"))
+    effects = {measure: lr_effects(result.aggregated, measure) for measure in ("fd_effnet", "alignment")}
+    result.add_facts(fd_fixed=direction_sentence(effects["fd_effnet"], "fixed"),
+                     fd_tied=direction_sentence(effects["fd_effnet"], "tied"),
+                     alignment_fixed=direction_sentence(effects["alignment"], "fixed"))
+    result.add_facts(found_lr=(f"Raising S1's learning rate five-fold, FD-EffNet {result.facts['fd_fixed']} with alpha "
+                               f"fixed ({result.facts['fd_tied']} with alpha tied)."))
+    result.gains = gain_table(result.judged, CELL_COLUMNS, profile.n_bootstrap)
+    result.tradeoff = tradeoff_points(result.gains)
+    result.add_facts(**tradeoff_facts(result.tradeoff))
+    return result
+
+
+def seed_note(n_seeds: int) -> str:
+    """What the intervals of the grid are over.
+
+    >>> seed_note(3)
+    'Intervals are over seeds (t-interval on the per-seed means).'
+    """
+    if n_seeds > 1:
+        return "Intervals are over seeds (t-interval on the per-seed means)."
+    return ("With one training seed per cell, intervals are 95% bootstrap intervals over images only; they do not "
+            "include the seed-to-seed spread, which chapter 1 measures for its rank-16 runs.")
+
+
+def scale_facts(cells: pd.DataFrame, study_lr: float) -> dict[str, Any]:
+    """From the first seed's cells: how much the trainable parameters grow from the lowest to the
+    highest rank (``params_ratio``, against ``rank_ratio``), and at S1 learning rate ``study_lr``
+    how much the learned update ``||s B A||`` grows, alpha fixed (``fixed_norm_ratio``) and alpha
+    tied (``tied_norm_ratio``); plus the sentence ``found_scale``."""
+    first = cells[cells["seed"] == cells["seed"].min()]
+    params = first.groupby("rank")["trainable_params"].mean()
+    low, high = int(params.index.min()), int(params.index.max())
+    norms = first[first["study_lr"] == study_lr].set_index(["alpha_mode", "rank"])["delta_norm"]
+    ratios = {mode: float(norms[(mode, high)] / norms[(mode, low)]) for mode in ALPHA_MODES}
+    return {"rank_low": low, "rank_high": high, "rank_ratio": high / low,
+            "params_ratio": float(params[high] / params[low]),
+            "fixed_norm_ratio": ratios["fixed"], "tied_norm_ratio": ratios["tied"],
+            "found_scale": (f"From rank {low} to {high}, the learned update grows {ratios['fixed']:.2f}x with alpha fixed "
+                            f"(S1's code) and {ratios['tied']:.2f}x with alpha tied to the rank: the difference "
+                            f"is the part of S1's rank effect that came from the scale alpha/r.")}
+
+
+def backbones_agree(agreement: dict[str, float], threshold: float = AGREEMENT_RHO) -> bool:
+    """Whether two backbones rank the runs alike: Spearman's rho of :meth:`AblationResult.backbone_agreement`
+    at least ``threshold``.
+
+    >>> backbones_agree({"spearman_rho": 0.8}), backbones_agree({"spearman_rho": 0.79})
+    (True, False)
+    """
+    return agreement["spearman_rho"] >= threshold
+
+
+def agreement_facts(agreement: dict[str, float] | None, why_missing: str = "") -> dict[str, str]:
+    """``fid_agreement``, ``fid_reading`` and ``found_fid``: whether FID and FD-EffNet rank the
+    distinct runs alike (:func:`backbones_agree`), or why that was not measured."""
+    if agreement is None:
+        return {"fid_agreement": f"FID was not computed ({why_missing})",
+                "fid_reading": "There is nothing to compare in this build",
+                "found_fid": f"FID was not computed in this build ({why_missing})."}
+    measured = (f"over the {agreement['n_sets']} distinct runs, Spearman's rho between the two rankings is "
+                f"{agreement['spearman_rho']:.2f} and Kendall's tau {agreement['kendall_tau']:.2f}")
+    if backbones_agree(agreement):
+        reading = ("The two backbones order the runs alike, so FD-EffNet can stand in for FID when comparing runs "
+                   "here")
+        found = f"FID and FD-EffNet rank the runs alike (rho {agreement['spearman_rho']:.2f})."
+    else:
+        reading = ("The two backbones agree only partly. The runs differ by less than either distance's own sampling "
+                   "spread at this number of images (the intervals in the metrics table overlap), so neither ranking "
+                   "is stable: what disagrees is mostly noise, and a Fréchet distance between such close runs should "
+                   "not be read as a ranking with either network")
+        found = (f"FID and FD-EffNet agree only partly on the order of the runs (rho {agreement['spearman_rho']:.2f}, "
+                 f"below {AGREEMENT_RHO}): the runs lie closer than either distance can resolve at this sample size.")
+    return {"fid_agreement": measured, "fid_reading": reading, "found_fid": found}
 
 
 # ---- reading the grid ---------------------------------------------------------------------------
@@ -297,71 +522,58 @@ def direction_sentence(effects: pd.DataFrame, mode: str = "fixed") -> str:
     return f"{word} at {len(group)} of {len(arm)} ranks ({clear} of them beyond overlapping 95% intervals)"
 
 
-# ---- figures ----------------------------------------------------------------------------------
+# ---- the trade-off: style gained against subject lost -----------------------------------------
 
-def _panels(n: int, width: float = 3.2, height: float = 2.8, sharey: bool = False):
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False, sharey=sharey)
-    return figure, axes[0]
-
-
-def loss_figure(curves: pd.DataFrame, title: str):
-    """Smoothed training loss against step: one panel per (alpha mode, S1 lr), a line per rank
-    (first seed)."""
-    curves = curves[curves["seed"] == curves["seed"].min()]
-    groups = list(curves.groupby(["alpha_mode", "study_lr"], sort=False))
-    figure, axes = _panels(len(groups), sharey=True)
-    for ax, ((mode, study_lr), group) in zip(axes, groups):
-        for rank, line in group.groupby("rank"):
-            ax.plot(line["step"], line["loss_smooth"], label=f"r={rank}")
-        ax.set_title(f"{ALPHA_MODE_NAMES[mode]}, S1 lr {study_lr:g}", fontsize=8)
-        ax.set_xlabel("step")
-        ax.legend(fontsize=7)
-    axes[0].set_ylabel("training loss (rolling mean)")
-    figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
-    return figure
-
-
-def rank_figure(aggregated: pd.DataFrame, measures: Sequence[str], title: str):
-    """Each measure against rank (log scale) with 95% intervals: a line per (alpha mode, S1 lr)."""
-    present = [m for m in measures if m in set(aggregated["measure"])]
-    figure, axes = _panels(max(1, len(present)))
-    for ax, measure in zip(axes, present):
-        rows = aggregated[aggregated["measure"] == measure]
-        for (mode, study_lr), line in rows.groupby(["alpha_mode", "study_lr"], sort=False):
-            line = line.sort_values("rank")
-            error = [(line["value"] - line["ci_low"]).clip(lower=0), (line["ci_high"] - line["value"]).clip(lower=0)]
-            ax.errorbar(line["rank"], line["value"], yerr=error, marker="o", capsize=2,
-                        linestyle="-" if mode == "fixed" else "--", label=f"{ALPHA_MODE_NAMES[mode]}, lr {study_lr:g}")
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(sorted(set(rows["rank"])), labels=[str(r) for r in sorted(set(rows["rank"]))])
-        ax.set_title(f"{measure}\n({rows['metric'].iloc[0]})", fontsize=8)
-        ax.set_xlabel("rank r")
-        ax.legend(fontsize=6)
-    figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
-    return figure
+def tradeoff_points(gains: pd.DataFrame) -> pd.DataFrame:
+    """The points of ``plots.tradeoff_figure`` from :attr:`AblationResult.gains`: one per distinct
+    run (a cell both arms share, where rank x alpha_per_rank = fixed_alpha, is one point with arm
+    "both arms"), with ``subject_lost`` (base minus LoRA subject accuracy) and ``style_gained``
+    and their ``_low``/``_high`` ends; the style gained is the share of the way where the truth was
+    judged (every cell has a share), else P_LoRA - P_base, as ``style_measure`` says. ``label``
+    names the run ("r8 alpha 16, lr 0.0005"), ``arm`` its alpha arm. Empty when nothing was judged."""
+    if gains.empty:
+        return pd.DataFrame()
+    measure = "share" if gains["share"].notna().all() else "gain"
+    points: dict[tuple, dict[str, Any]] = {}
+    for row in gains.itertuples():
+        rank = int(row.rank)   # a float where the judged table's base rows left it empty
+        run = (rank, row.study_lr, row.alpha)
+        if run in points:
+            points[run]["arm"] = "both arms"
+            continue
+        points[run] = {"label": f"r{rank} alpha {row.alpha:g}, lr {row.study_lr:g}",
+                       "arm": ALPHA_MODE_NAMES[row.alpha_mode],
+                       "rank": rank, "study_lr": row.study_lr, "alpha": row.alpha, "n_seeds": row.n_seeds,
+                       **{f"subject_lost{end}": getattr(row, f"subject_lost{end}") for end in ("", "_low", "_high")},
+                       **{f"style_gained{end}": getattr(row, f"{measure}{end}") for end in ("", "_low", "_high")},
+                       "style_measure": STYLE_MEASURES[measure]}
+    return pd.DataFrame(list(points.values()))
 
 
-def cost_figure(facts: pd.DataFrame, title: str):
-    """Trainable parameters and file size against rank (identical in both arms), and the learned
-    update's size per arm: where the fixed-alpha confound shows directly."""
-    first = facts[facts["seed"] == facts["seed"].min()]
-    columns = [c for c in ("trainable_params", "file_bytes", "delta_norm") if c in first.columns]
-    figure, axes = _panels(len(columns))
-    for ax, column in zip(axes, columns):
-        for (mode, study_lr), line in first.groupby(["alpha_mode", "study_lr"], sort=False):
-            line = line.sort_values("rank")
-            ax.plot(line["rank"], line[column], marker="o", linestyle="-" if mode == "fixed" else "--",
-                    label=f"{ALPHA_MODE_NAMES[mode]}, lr {study_lr:g}")
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(sorted(set(first["rank"])), labels=[str(r) for r in sorted(set(first["rank"]))])
-        ax.set_xlabel("rank r")
-        ax.set_title({"trainable_params": "trainable parameters", "file_bytes": "LoRA file (bytes)",
-                      "delta_norm": "mean ||s B A||_F per module"}[column], fontsize=8)
-        ax.legend(fontsize=6)
-    figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
-    return figure
+def tradeoff_facts(points: pd.DataFrame, max_lost: float = MAX_SUBJECT_LOSS) -> dict[str, str]:
+    """``tradeoff_measure`` (what the y axis shows) and ``found_tradeoff``: the run that gains most
+    style, what it costs in subject accuracy, and the most style among the runs that lose at most
+    ``max_lost`` of it (issue #15's bound).
+
+    >>> points = pd.DataFrame({"label": ["r8, lr 0.0005", "r16, lr 0.0001"], "arm": ["alpha fixed (S1)", "both arms"],
+    ...                        "style_gained": [0.8, 0.4], "subject_lost": [0.2, 0.05], "style_measure": ["share"] * 2})
+    >>> print(tradeoff_facts(points)["found_tradeoff"])  # doctest: +NORMALIZE_WHITESPACE
+    On held-out subjects, the run that gains most style (r8, lr 0.0005, alpha fixed (S1)) reaches 0.80
+    (share) and loses 0.20 of subject accuracy; among the runs that lose at most 0.10, the best (r16, lr 0.0001,
+    both arms) reaches 0.40.
+    """
+    if points.empty or points["subject_lost"].isna().all():
+        missing = "not measured (no style judge or no subject classifier in this build)"
+        return {"tradeoff_measure": missing, "found_tradeoff": f"The trade-off of style against subject was {missing}."}
+    measure = points["style_measure"].iloc[0]
+    best = points.loc[points["style_gained"].idxmax()]
+    kept = points[points["subject_lost"] <= max_lost]
+    text = (f"On held-out subjects, the run that gains most style ({best['label']}, {best['arm']}) reaches "
+            f"{best['style_gained']:.2f} ({measure}) and loses {best['subject_lost']:.2f} of subject accuracy; ")
+    if kept.empty:
+        text += f"no run loses at most {max_lost:.2f} of it."
+    else:
+        top = kept.loc[kept["style_gained"].idxmax()]
+        text += (f"among the runs that lose at most {max_lost:.2f}, the best ({top['label']}, {top['arm']}) reaches "
+                 f"{top['style_gained']:.2f}.")
+    return {"tradeoff_measure": measure, "found_tradeoff": text}

@@ -5,6 +5,9 @@ run folders under ``runs/`` (``config.json``, ``summary.json``), the per-noteboo
 the book runner writes to ``book/notebooks/_timings.json``, and the executed chapters (to tell
 which run each chapter used, by its config hash). Nothing is trained or generated.
 
+    result = run_appendix("tiny", runs_root="runs", executed_dir="book/notebooks")
+    result.runs; result.versions; result.facts["n_runs"]
+
 >>> rerun_commands("02_rank_lr", "tiny", {"n_seeds": 2})["book runner"]
 'python -m lora_core.book --profile tiny --only 02_rank_lr -p n_seeds 2'
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -20,8 +24,14 @@ import pandas as pd
 
 from lora_core import runs
 from lora_core.environment import LIBRARIES, environment_info
+from lora_core.experiments.chapter import ChapterResult, resolve_profile
 from lora_core.profiles import Profile
 
+GPU_RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+GPU_BENCHMARKS = {"bench_gpu_unet": ("steps", "references"), "bench_gpu_peer": ("rows",), "bench_gpu_scaling": ("rows",)}
+NO_GPU = ("No GPU was available in this build: the GPU benchmarks (benchmarks/bench_gpu_unet.py, bench_gpu_peer.py "
+          "and bench_gpu_scaling.py) have not run, so steps per second, peak memory and model-FLOPs utilisation on "
+          "SD v1.5's architecture remain to be measured; each runs with one command on a GPU machine.")
 RUN_COLUMNS = ("method", "config_hash", "run_dir", "finished", "seed", "steps", "rank", "alpha",
                "learning_rate", "data", "wall_time_s", "trainable_params", "torch", "diffusers", "device")
 
@@ -164,26 +174,87 @@ def rerun_table(notebooks: list[str], timings: pd.DataFrame, profile: str) -> pd
     return pd.DataFrame(rows, columns=["notebook", "book runner", "papermill"])
 
 
-def timings_figure(timings: pd.DataFrame, profile: str):
-    """Horizontal bars of each notebook's last wall time over its longest recorded one (pale), bars
-    of other profiles grey, or a figure that says no timings are recorded yet."""
-    import matplotlib.pyplot as plt
+def gpu_benchmarks(folder: str | Path = GPU_RESULTS_DIR) -> tuple[dict[str, pd.DataFrame], list[Path], str]:
+    """Tables of the GPU benchmarks' results (``<folder>/bench_gpu_*.json``; dry runs skipped), their
+    plots, and one sentence for the finding box: what was measured where and when, or that no GPU was
+    available.
 
-    figure, ax = plt.subplots(figsize=(5.5, 0.4 * max(len(timings), 3) + 0.8))
-    if timings.empty:
-        ax.text(0.5, 0.5, "no notebook timings recorded yet\n(run python -m lora_core.book)",
-                ha="center", va="center", fontsize=9)
-        ax.axis("off")
-        return figure
-    this_profile = timings["profile"] == profile
-    ax.barh(timings["notebook"], timings["longest_wall_seconds"], color=["lightsteelblue" if p else "whitesmoke"
-                                                                        for p in this_profile], label="longest")
-    ax.barh(timings["notebook"], timings["wall_seconds"], color=["tab:blue" if p else "lightgrey" for p in this_profile],
-            label="last")
-    ax.invert_yaxis()
-    ax.set_xlabel("wall time (s)")
-    ax.legend(fontsize=7, loc="lower right")
-    ax.set_title(f"notebook wall time: last execution over the longest recorded ({profile} profile in blue)",
-                 fontsize=9)
-    figure.tight_layout()
-    return figure
+    >>> gpu_benchmarks("no-such-folder")[2].startswith("No GPU was available in this build")
+    True
+    """
+    tables, images, measured = {}, [], []
+    for name, parts in GPU_BENCHMARKS.items():
+        path = Path(folder) / f"{name}.json"
+        payload = json.loads(path.read_text()) if path.is_file() else None
+        if payload is None or payload.get("dry_run", True):
+            continue
+        stamp = {"device": payload["device"], "date_utc": payload["date_utc"], "torch": payload["versions"]["torch"]}
+        tables[name] = pd.DataFrame([{**row, **stamp} for part in parts for row in payload[part]])
+        images += [path.with_suffix(".png")] if path.with_suffix(".png").is_file() else []
+        measured.append(f"{name} on {payload['device']} ({payload['date_utc'][:10]})")
+    if not tables:
+        return tables, images, NO_GPU
+    lora = tables.get("bench_gpu_unet", pd.DataFrame(columns=["name", "mfu"]))
+    mfu = lora.loc[lora["name"] == "lora r16", "mfu"].dropna()
+    utilisation = f" A rank-16 LoRA step reached {100 * mfu.iloc[0]:.0f}% of the card's peak (target 40%)." if len(mfu) else ""
+    return tables, images, f"GPU benchmarks measured: {'; '.join(measured)}; random weights.{utilisation}"
+
+
+@dataclass(kw_only=True)
+class AppendixResult(ChapterResult):
+    """The appendix's tables. Facts: ``base_model``, ``n_runs`` (finished runs of the profile),
+    ``n_unfinished``, ``n_used`` (named by an executed chapter), ``n_version_mismatches``,
+    ``n_gpu_benchmarks`` and the finding box's ``found_runs``, ``found_versions``, ``found_gpu``."""
+
+    runs: pd.DataFrame          # runs_used_table without the machine-specific run_dir column
+    versions: pd.DataFrame
+    hardware: pd.DataFrame
+    timings: pd.DataFrame
+    reruns: pd.DataFrame
+    gpu_tables: dict[str, pd.DataFrame] = field(default_factory=dict)   # benchmark name -> its rows
+    gpu_plots: list[Path] = field(default_factory=list)
+
+
+def run_appendix(profile: Profile | str = "tiny", *, runs_root: str | Path = "runs",
+                 executed_dir: str | Path = "book/notebooks") -> AppendixResult:
+    """The appendix from the records under ``runs_root`` and the executed chapters and runner
+    timings in ``executed_dir``; nothing is trained, so it works whatever ran before."""
+    from lora_core.book import toc_notebooks
+
+    settings = resolve_profile(profile)
+    run_table = runs_used_table(settings, runs_root, executed_dir)
+    timings = notebook_timings(Path(executed_dir) / "_timings.json")
+    result = AppendixResult(settings, runs=run_table.drop(columns=["run_dir"]), versions=version_table(run_table),
+                            hardware=hardware_table(settings.device), timings=timings,
+                            reruns=rerun_table(toc_notebooks(), timings, settings.name))
+    result.add_facts(base_model=settings.base_model, **run_counts(run_table),
+                     n_version_mismatches=int((~result.versions["agrees"]).sum()))
+    result.gpu_tables, result.gpu_plots, found_gpu = gpu_benchmarks()
+    result.add_facts(found_gpu=found_gpu, n_gpu_benchmarks=len(result.gpu_tables))
+    result.add_facts(found_runs=(f"Finished runs of this profile in the run folder: {result.facts['n_runs']} "
+                                 f"({result.facts['n_used']} named by an executed chapter)."),
+                     found_versions=versions_sentence(result.versions))
+    return result
+
+
+def run_counts(run_table: pd.DataFrame) -> dict[str, int]:
+    """Finished and unfinished runs, and runs an executed chapter names, of :func:`runs_used_table`.
+
+    >>> run_counts(pd.DataFrame({"finished": [True, True, False], "chapters": ["01", "", ""]}))
+    {'n_runs': 2, 'n_unfinished': 1, 'n_used': 1}
+    """
+    finished = run_table["finished"].astype(bool)
+    return {"n_runs": int(finished.sum()), "n_unfinished": int((~finished).sum()),
+            "n_used": int((run_table["chapters"] != "").sum())}
+
+
+def versions_sentence(versions: pd.DataFrame) -> str:
+    """Whether every run was made with this build's library versions.
+
+    >>> versions_sentence(pd.DataFrame({"library": ["torch", "peft"], "agrees": [True, False]}))
+    'Some runs were trained with other versions of peft than this build: see the library table.'
+    """
+    differ = versions.loc[~versions["agrees"].astype(bool), "library"].tolist()
+    if not differ:
+        return "Every run used was trained with this build's library versions."
+    return f"Some runs were trained with other versions of {', '.join(differ)} than this build: see the library table."

@@ -32,7 +32,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -211,15 +210,31 @@ class Evaluator:
                                                             self.n_resamples, self._generator())
         if {"subject_group_p", "subject_group_accuracy"} & set(wanted) and self.subject_classifier is not None:
             head = self.subject_classifier
-            small = _at_resolution(images, head.resolution)
-            results["subject_group_p"] = head.p_true_group(small, keys, self._generator())
-            probs = head.predict_proba(small)
-            truth = torch.tensor([head.classes.index(head.group_of[k]) for k in keys])
-            hits = (probs.argmax(-1) == truth).double().numpy()
+            results["subject_group_p"] = head.p_true_group(_at_resolution(images, head.resolution), keys,
+                                                           self._generator())
             results["subject_group_accuracy"] = bootstrap_result(
-                f"subject {head.card.get('level', 'category')} accuracy", head.backbone_name, hits,
-                n_resamples=self.n_resamples, generator=self._generator(), note=results["subject_group_p"].note)
+                f"subject {head.card.get('level', 'category')} accuracy", head.backbone_name,
+                self.subject_hits(images, keys), n_resamples=self.n_resamples, generator=self._generator(),
+                note=results["subject_group_p"].note)
         return {k: v for k, v in results.items() if k in wanted}
+
+    def subject_hits(self, images: torch.Tensor, subject_keys: Sequence[str]):
+        """Per image, 1.0 where the subject classifier names the category of its subject, else
+        0.0 (float64 array); None without a subject classifier."""
+        head = self.subject_classifier
+        if head is None:
+            return None
+        probs = head.predict_proba(_at_resolution(images, head.resolution))
+        truth = torch.tensor([head.classes.index(head.group_of[k]) for k in subject_keys])
+        return (probs.argmax(-1) == truth).double().numpy()
+
+    def style_probabilities(self, images: torch.Tensor) -> torch.Tensor | None:
+        """The style judge's probabilities (N, len(classes)) of uint8 ``images``, resized to the
+        judge's resolution where it names one; None without a judge."""
+        head = self.style_classifier
+        if head is None:
+            return None
+        return head.predict_proba(_at_resolution(images, getattr(head, "resolution", None)))
 
     def _style(self, images, target_style: str, wanted) -> dict[str, MetricResult]:
         from lora_core.world import style_vendor
@@ -375,6 +390,32 @@ def rank_agreement(results: pd.DataFrame, measure_a: str = "fid",
 def unavailable_table(unavailable: dict[str, str]) -> pd.DataFrame:
     """The measure groups an evaluation left out, and why (a missing model file, a smoke profile)."""
     return pd.DataFrame(list(unavailable.items()), columns=["measure group", "left out because"])
+
+
+def unavailable_text(unavailable: dict[str, str]) -> str:
+    """The left-out measure groups in one line for the prose, "none" when nothing was left out.
+
+    >>> unavailable_text({}), unavailable_text({"alignment": "profile smoke has no alignment model"})
+    ('none', 'alignment: profile smoke has no alignment model')
+    """
+    return "; ".join(f"{group}: {reason}" for group, reason in unavailable.items()) or "none"
+
+
+def measure_panels(aggregated: pd.DataFrame, measures: Sequence[str]) -> pd.DataFrame:
+    """The rows of ``measures`` that were measured, in that order, with a ``panel`` title per
+    measure: its key and, below it, its reported name (the first, where it names a target style
+    that varies between rows): one panel per measure in ``plots.interval_panels``.
+
+    >>> rows = pd.DataFrame({"measure": ["fd_effnet", "alignment", "fd_effnet"],
+    ...                      "metric": ["FD-EffNet (to a)", "AlignScore", "FD-EffNet (to b)"]})
+    >>> measure_panels(rows, ["alignment", "fid", "fd_effnet"])["panel"].tolist()
+    ['alignment\\n(AlignScore)', 'fd_effnet\\n(FD-EffNet (to a))', 'fd_effnet\\n(FD-EffNet (to a))']
+    """
+    order = {measure: i for i, measure in enumerate(measures)}
+    rows = aggregated[aggregated["measure"].isin(order)]
+    rows = rows.assign(_order=rows["measure"].map(order)).sort_values("_order", kind="stable").drop(columns="_order")
+    first_metric = rows.groupby("measure", sort=False)["metric"].first()
+    return rows.assign(panel=[f"{measure}\n({first_metric[measure]})" for measure in rows["measure"]])
 
 
 def reported_table(study: str = "S1", experiment: str | None = None, path: str | Path = REPORTED_TABLES) -> pd.DataFrame:

@@ -6,8 +6,8 @@ file (LoRA and LyCORIS files onto the base, the textual-inversion embedding into
 DreamBooth's whole model folder), generates the evaluation sets, and is scored by the shared
 :class:`~lora_core.experiments.evaluate.Evaluator`. Costs come from the run summaries.
 
-    result = run_methods(get_profile("tiny"), "openmoji")
-    aggregate_seeds(result.results); cost_table(result.records)
+    result = run_methods("tiny", style="openmoji")
+    result.aggregated; result.costs; result.facts["best_method"]
 
 >>> from lora_core.profiles import get_profile
 >>> sorted({key[0] for key in methods_configs(get_profile("smoke"), "openmoji")})
@@ -24,19 +24,28 @@ from typing import Any, Iterator, Sequence
 import pandas as pd
 import torch
 
-from lora_core.experiments.common import (METHODS, EvalSet, eval_set, generate_eval_images, method_config,
+from lora_core.experiments.chapter import ChapterResult, resolve_profile
+from lora_core.experiments.common import (METHODS, EvalSet, eval_set, generate_eval_images, lr_scale, method_config,
                                           quiet_libraries, training_seeds)
-from lora_core.experiments.evaluate import DEFAULT_MEASURES, Evaluator
+from lora_core.experiments.evaluate import DEFAULT_MEASURES, Evaluator, aggregate_seeds, measure_panels
+from lora_core.plots import Sheet
 from lora_core.profiles import Profile
 from lora_core.train import TrainConfig
 
 BASE = "base"
 CONTEXT_METHODS = ("loha", "lokr")  # LyCORIS, run for context beside S1's three methods
+HELD_OUT = "held-out captions"
+# cost figure: column -> axis label; parameter counts and file sizes span orders of magnitude
+COST_COLUMNS = {"trainable_params": "trainable parameters", "s_per_step": "seconds per step",
+                "export_mb": "export size (MB)"}
+LOG_COST_COLUMNS = ("trainable_params", "export_mb")
 
 
-@dataclass
-class MethodsResult:
-    profile: Profile
+@dataclass(kw_only=True)
+class MethodsResult(ChapterResult):
+    """Configs, run records, images and scores of every method, and what chapter 3 reads from
+    them (filled by :func:`read_methods`). Facts: see :func:`read_methods`."""
+
     style: str
     configs: dict[tuple[str, int], TrainConfig]
     records: dict[tuple[str, int], Any]
@@ -44,6 +53,21 @@ class MethodsResult:
     images: dict[tuple[str, int | None, str], torch.Tensor] = field(default_factory=dict)
     results: pd.DataFrame = field(default_factory=pd.DataFrame)
     unavailable: dict[str, str] = field(default_factory=dict)
+    aggregated: pd.DataFrame = field(default_factory=pd.DataFrame)
+    costs: pd.DataFrame = field(default_factory=pd.DataFrame)
+    ranks: pd.DataFrame = field(default_factory=pd.DataFrame)
+    sheet: Sheet | None = None
+
+    def config_table(self) -> pd.DataFrame:
+        """``common.config_table`` of every run, labelled ``<method> seed <seed>``."""
+        from lora_core.experiments.common import config_table
+
+        return config_table({f"{method} seed {seed}": config for (method, seed), config in self.configs.items()})
+
+    def style_panel(self) -> pd.DataFrame:
+        """P(target style) on held-out subjects per method (base included), for ``plots.interval_panels``."""
+        held = self.aggregated[self.aggregated.eval_set == HELD_OUT] if len(self.aggregated) else self.aggregated
+        return measure_panels(held, ["p_target_style"]) if len(held) else held
 
 
 def methods_configs(profile: Profile, style: str, methods: Sequence[str] = METHODS,
@@ -125,10 +149,20 @@ def adapted(base, method: str, record) -> Iterator[tuple[Any, Path | None, Any]]
         raise ValueError(f"method: unknown method {method!r}. Valid: {', '.join(METHODS)}")
 
 
-def run_methods(profile: Profile, style: str, methods: Sequence[str] = METHODS, seeds: Sequence[int] | None = None,
-                splits: Sequence[str] = ("train", "heldout"), base=None, runs_root: str | Path | None = None,
-                evaluator: Evaluator | None = None, measures=DEFAULT_MEASURES,
-                context_seeds: int | None = None) -> MethodsResult:
+def run_methods(profile: Profile | str = "tiny", *, base=None, runs_root: str | Path | None = None,
+                style: str = "openmoji", n_sheet_rows: int = 6, lycoris_seeds: int = 1) -> MethodsResult:
+    """Chapter 3: every method of :data:`METHODS` on ``style`` (S1's three with the profile's seeds,
+    LyCORIS with the first ``lycoris_seeds``), trained or reused, scored, and read for the page;
+    ``n_sheet_rows`` subjects in the sample sheet."""
+    settings = resolve_profile(profile)
+    result = score_methods(settings, style, base=base, runs_root=runs_root, context_seeds=lycoris_seeds)
+    return read_methods(result, n_sheet_rows)
+
+
+def score_methods(profile: Profile, style: str, methods: Sequence[str] = METHODS, seeds: Sequence[int] | None = None,
+                  splits: Sequence[str] = ("train", "heldout"), base=None, runs_root: str | Path | None = None,
+                  evaluator: Evaluator | None = None, measures=DEFAULT_MEASURES,
+                  context_seeds: int | None = None) -> MethodsResult:
     """Train/reuse every (method, seed) of :func:`methods_configs`, generate each split with it
     and with the base, score all."""
     from lora_core.models import load_base
@@ -139,8 +173,8 @@ def run_methods(profile: Profile, style: str, methods: Sequence[str] = METHODS, 
     configs = methods_configs(profile, style, methods, seeds, context_seeds)
     with quiet_libraries():
         records = {key: train(config, base=base, runs_root=runs_root, progress=False) for key, config in configs.items()}
-    result = MethodsResult(profile, style, configs, records,
-                           {split: eval_set(style, split, profile.n_eval_images) for split in splits})
+    result = MethodsResult(profile, style=style, configs=configs, records=records,
+                           eval_sets={split: eval_set(style, split, profile.n_eval_images) for split in splits})
     runs = [(BASE, None, None)] + [(method, seed, records[(method, seed)]) for method, seed in configs]
     tables = []
     for method, seed, record in runs:
@@ -178,3 +212,93 @@ def s1_methods_table(aggregated: pd.DataFrame, split_name: str = "training capti
                          "S1 rank": s1_rank.get(method), "our measure": measure, "our value": mine.get(method),
                          "our rank (of all methods)": our_rank.get(method)})
     return pd.DataFrame(rows)
+
+
+# ---- the page: tables and facts read from the scores --------------------------------------------
+
+def read_methods(result: MethodsResult, n_sheet_rows: int = 6) -> MethodsResult:
+    """Fill what chapter 3 shows (aggregated scores, costs, S1's ranking beside ours, the sample
+    sheet) and its facts: ``style``, ``lr_scale``, ``n_seeds``, ``lycoris_seeds``, the cost ratios
+    of :func:`cost_facts`, the style winner of :func:`style_facts`, ``rank_agree`` and the finding
+    box's ``found_*``."""
+    result.aggregated = aggregate_seeds(result.results)
+    result.costs = cost_table(result.records)
+    result.ranks = s1_methods_table(result.aggregated)
+    result.sheet = sample_sheet(result, "heldout", n_sheet_rows)
+    context = {seed for method, seed in result.configs if method in CONTEXT_METHODS}
+    matched = result.ranks.dropna(subset=["S1 rank", "our rank (of all methods)"])
+    agree = int((matched["S1 rank"] == matched["our rank (of all methods)"]).sum())
+    result.add_facts(style=result.style, lr_scale=f"{lr_scale(result.profile):g}",
+                     n_seeds=len({seed for method, seed in result.configs if method not in CONTEXT_METHODS}),
+                     lycoris_seeds=len(context),
+                     **cost_facts(cost_summary(result.costs)), **style_facts(result.aggregated, result.style),
+                     rank_agree=f"{agree} of {len(matched)}")
+    result.add_facts(found_ranks=f"Our ranking of the methods matches S1's in {result.facts['rank_agree']} "
+                                 "(method, metric) cells.")
+    return result
+
+
+def cost_facts(summary: pd.DataFrame) -> dict[str, str]:
+    """How many times DreamBooth's trainable parameters and export size are the LoRA's
+    (``params_ratio``, ``size_ratio``) and the sentence ``found_cost``.
+
+    >>> summary = pd.DataFrame({"trainable_params": [100, 5000], "export_mb": [0.5, 20.0]},
+    ...                        index=pd.Index(["lora", "dreambooth"], name="method"))
+    >>> cost_facts(summary)["found_cost"]
+    'DreamBooth trains 50x the parameters of the rank-32 LoRA and its export is 40x as large.'
+    """
+    if not {"lora", "dreambooth"} <= set(summary.index):
+        missing = "not measured (LoRA or DreamBooth did not run)"
+        return {"params_ratio": missing, "size_ratio": missing, "found_cost": f"Costs: {missing}."}
+    params = summary.loc["dreambooth", "trainable_params"] / summary.loc["lora", "trainable_params"]
+    size = summary.loc["dreambooth", "export_mb"] / summary.loc["lora", "export_mb"]
+    return {"params_ratio": f"{params:.0f}", "size_ratio": f"{size:.0f}",
+            "found_cost": f"DreamBooth trains {params:.0f}x the parameters of the rank-32 LoRA and its export is "
+                          f"{size:.0f}x as large."}
+
+
+def most_in_style(aggregated: pd.DataFrame, split_name: str = HELD_OUT) -> tuple[pd.Series, pd.Series] | None:
+    """The adapted method whose images the style classifier finds most in the target style on
+    ``split_name`` (highest mean P(target style)), and the base's row; None without a classifier."""
+    held = aggregated[(aggregated.eval_set == split_name) & (aggregated.measure == "p_target_style")]
+    adapted = held[held.method != BASE]
+    if adapted.empty or (held.method == BASE).sum() == 0:
+        return None
+    return adapted.sort_values("value", ascending=False, kind="stable").iloc[0], held[held.method == BASE].iloc[0]
+
+
+def style_facts(aggregated: pd.DataFrame, style: str) -> dict[str, str]:
+    """``best_method``, ``best_value``, ``base_value`` (value [95% interval]) of :func:`most_in_style`
+    and the sentence ``found_best``."""
+    from lora_core.experiments.evaluate import ci_text
+
+    found = most_in_style(aggregated)
+    if found is None:
+        missing = "not measured (no style classifier)"
+        return {"best_method": missing, "best_value": missing, "base_value": missing,
+                "found_best": f"Which method moves furthest toward {style}: {missing}."}
+    best, base = found
+    values = {name: ci_text(row.value, row.ci_low, row.ci_high, 2) for name, row in (("best", best), ("base", base))}
+    return {"best_method": str(best.method), "best_value": values["best"], "base_value": values["base"],
+            "found_best": f"On held-out subjects, the style classifier finds the most {style} in the images of "
+                          f"{best.method}: P(style) {values['best']}, against {values['base']} for the plain base."}
+
+
+def sample_sheet(result: MethodsResult, split: str = "heldout", n: int = 6) -> Sheet:
+    """One row per subject: the true image in the style, the base's image, and each method's
+    (training seed 0) from the same prompt and generation seed."""
+    from lora_core.metrics.style import load_true_images
+    from lora_core.world import true_images_dir
+
+    es = result.eval_sets[split]
+    n = min(n, len(es))
+    truth = load_true_images(es.subject_keys[:n], true_images_dir(result.style), result.profile.resolution)
+    columns = [(BASE, None)] + [(method, 0) for method in dict.fromkeys(m for m, _ in result.configs)]
+    cells = []
+    for i in range(n):
+        subject = es.captions[i][:28]
+        cells.append((truth[i], {"subject": subject, "column": f"true {result.style}"}))
+        cells += [(result.images[(method, seed, split)][i], {"subject": subject, "column": method})
+                  for method, seed in columns]
+    title = f"{es.name}, seed 0 of each method ({result.profile.name} profile)"
+    return Sheet.of(cells, rows="subject", cols="column", title=title, cell_inches=0.9)

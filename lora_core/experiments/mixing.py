@@ -13,6 +13,9 @@ with weights ``a`` and ``1 - a`` (output-space blending, diffusers' ``set_adapte
 At ``a`` in {0, 1} both reduce to one of the trained LoRAs, so their own exported files are used.
 Files and generated images are cached by content, so re-running the chapter costs seconds.
 
+    result = run_mixing("tiny", style_a="twemoji", style_b="openmoji")
+    result.gaps; result.aggregated; result.facts["shift_blend"]
+
 >>> mixing_settings(get_profile("smoke")).weights
 (1.0, 0.75, 0.5, 0.25, 0.0)
 >>> mix_label("interpolate", 0.25)
@@ -21,17 +24,20 @@ Files and generated images are cached by content, so re-running the chapter cost
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 import torch
 
 from lora_core import blend
 from lora_core.config import Config, option
+from lora_core.experiments.chapter import ChapterResult, resolve_profile
 from lora_core.experiments.common import (EvalSet, data_dir, eval_set, quiet_libraries, style_lora_config,
                                           training_seeds)
+from lora_core.experiments.evaluate import format_results, measure_panels, unavailable_text
+from lora_core.plots import Sheet
 from lora_core.profiles import Profile, get_profile  # noqa: F401  (get_profile: used by the doctest)
 from lora_core.train import TrainConfig
 
@@ -63,7 +69,6 @@ class MixingSettings(Config):
             raise ValueError(f"MixingSettings: need n_prompts >= 2 and 1 <= strip_prompts <= n_prompts, "
                              f"got {self.n_prompts} and {self.strip_prompts}")
 
-
     def training_seeds(self, profile: Profile) -> tuple[int, ...]:
         """The seeds of the LoRA pairs: ``0..n_seeds-1``, or the profile's training seeds."""
         return tuple(range(self.n_seeds)) if self.n_seeds else tuple(training_seeds(profile))
@@ -86,6 +91,16 @@ def mix_label(mode: str, a: float) -> str:
     return f"{mode} a={a:g}"
 
 
+def middle_weight(weights: Sequence[float]) -> float:
+    """The middle of the sorted weights (S1's a = 0.5).
+
+    >>> middle_weight((1.0, 0.75, 0.5, 0.25, 0.0)), middle_weight((1.0, 0.0))
+    (0.5, 1.0)
+    """
+    ordered = sorted(weights)
+    return ordered[len(ordered) // 2]
+
+
 def lora_configs(profile: Profile, settings: MixingSettings) -> dict[tuple[str, int], TrainConfig]:
     """``{(style, seed): config}`` of both style LoRAs at every training seed, built by the book's
     one config builder (so chapter 1's runs are reused)."""
@@ -98,7 +113,7 @@ def mixing_eval_set(settings: MixingSettings) -> EvalSet:
 
     Subject keys are kept, so every image pairs with the true image of its subject in either style.
     """
-    from lora_core.toy import STYLE_SETS
+    from lora_core.world import STYLE_SETS
 
     style_a, style_b = settings.styles
     held_out = eval_set(style_a, "heldout", settings.n_prompts)
@@ -121,10 +136,6 @@ def mixed_factors(factors_a: Mapping[str, blend.LoraFactors], factors_b: Mapping
     raise ValueError(f"mode: {mode!r} is not one of {', '.join(MODES)}")
 
 
-def file_digest(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def save_factors(base, factors: Mapping[str, blend.LoraFactors], path: str | Path, metadata: dict[str, str]) -> Path:
     """Write ``factors`` as a diffusers-layout LoRA file (reloads exactly, alpha = scale x rank);
     ``base`` is left as it was."""
@@ -144,10 +155,13 @@ def mix_files(base, lora_a: str | Path, lora_b: str | Path, weights: Sequence[fl
     """``{(mode, a): LoRA file}`` for every mode and weight; a in {0, 1} maps to the input files.
 
     Interior mixes are written once to ``cache_dir`` (default ``data/cache/mixing``) under a name
-    made of both input files' sha256, the mode and ``a``.
+    made of both input files' content digests (``formats.content_digest``: tensors and metadata,
+    whatever their header order), the mode and ``a``.
     """
+    from lora_core.formats import content_digest
+
     folder = Path(cache_dir) if cache_dir is not None else data_dir() / "cache" / "mixing"
-    digests = f"{file_digest(lora_a)}:{file_digest(lora_b)}"
+    digests = f"{content_digest(lora_a)}:{content_digest(lora_b)}"
     loaded = None
     files = {}
     for mode in MODES:
@@ -302,7 +316,7 @@ def mixing_summary(aggregated: pd.DataFrame, settings: MixingSettings) -> dict[s
     """
     style_a = settings.styles[0]
     weights = sorted(settings.weights)
-    middle = weights[len(weights) // 2]
+    middle = middle_weight(weights)
     summary: dict[str, object] = {"middle_a": middle}
 
     def series(measure: str, mode: str, target: str) -> pd.Series:
@@ -325,40 +339,134 @@ def mixing_summary(aggregated: pd.DataFrame, settings: MixingSettings) -> dict[s
     return summary
 
 
-# ---- figures ----------------------------------------------------------------------------------
+# ---- the chapter ------------------------------------------------------------------------------
 
-def strip_figure(images: Mapping[tuple[str, float], torch.Tensor], evalset: EvalSet, settings: MixingSettings,
-                 title: str):
-    """Picture strips: one row per (subject, mode), one column per ``a``; rows are labelled with
-    the subject's first caption phrase and the mode."""
-    from lora_core.plots import contact_sheet
-
-    pictures, rows = [], []
-    for i in range(settings.strip_prompts):
-        subject = evalset.captions[i].split(",")[0]
-        for mode in MODES:
-            for a in settings.weights:
-                pictures.append(images[(mode, a)][i].permute(1, 2, 0).numpy())
-                rows.append({"row": f"{subject}\n{mode}", "a": a})
-    return contact_sheet(pictures, pd.DataFrame(rows), rows="row", cols="a", title=title)
+FIGURE_MEASURES = ("p_target_style", "feature_to_target", "alignment", ENDPOINT_MEASURE, MODE_GAP_MEASURE,
+                   "st_lpips_diversity")
 
 
-def measures_figure(aggregated: pd.DataFrame, measures: Sequence[str], title: str):
-    """One panel per measure: value against ``a`` with its 95% interval, a line per (mode, target)."""
-    import matplotlib.pyplot as plt
+@dataclass(kw_only=True)
+class MixingResult(ChapterResult):
+    """Chapter 4's LoRA pairs, per-layer gaps, images and scores (filled by :func:`run_mixing`).
+    Facts: see :func:`read_mixing`."""
 
-    present = [m for m in measures if m in set(aggregated["measure"])]
-    figure, axes = plt.subplots(1, max(len(present), 1), figsize=(3.2 * max(len(present), 1), 3), squeeze=False)
-    for ax, measure in zip(axes[0], present):
-        rows = aggregated[aggregated["measure"] == measure]
-        for (mode, target), line in rows.groupby(["mode", "target_style"], sort=False):
-            line = line.sort_values("a")
-            error = [(line["value"] - line["ci_low"]).clip(lower=0), (line["ci_high"] - line["value"]).clip(lower=0)]
-            label = MODE_NAMES[mode] if target == NO_TARGET else f"{MODE_NAMES[mode]}, to {target}"
-            ax.errorbar(line["a"], line["value"], yerr=error, marker="o", capsize=2, label=label)
-        ax.set_title(f"{measure}\n({rows['metric'].iloc[0]})", fontsize=8)
-        ax.set_xlabel("a (weight of style A)")
-        ax.legend(fontsize=6)
-    figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
-    return figure
+    settings: MixingSettings
+    configs: dict[tuple[str, int], TrainConfig]
+    records: dict[tuple[str, int], Any]
+    evalset: EvalSet
+    gaps: pd.DataFrame = field(default_factory=pd.DataFrame)          # per layer and a, first seed
+    divergence: pd.DataFrame = field(default_factory=pd.DataFrame)    # per layer, first seed
+    images: dict[int, dict[tuple[str, float], torch.Tensor]] = field(default_factory=dict)  # seed -> (mode, a)
+    aggregated: pd.DataFrame = field(default_factory=pd.DataFrame)
+    unavailable: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return self.settings.training_seeds(self.profile)
+
+    def config_table(self) -> pd.DataFrame:
+        """``common.config_table`` of both LoRAs at every seed, labelled ``<style> seed <seed>``."""
+        from lora_core.experiments.common import config_table
+
+        return config_table({f"{style} seed {seed}": config for (style, seed), config in self.configs.items()})
+
+    def lora_table(self) -> pd.DataFrame:
+        """One row per trained LoRA: its run folder, rank, alpha, scale and final loss."""
+        return pd.DataFrame([{"LoRA": f"{style} seed {seed}", "run": record.run_dir.name,
+                              "rank": record.summary["adapter"]["rank"], "alpha": record.summary["adapter"]["alpha"],
+                              "scale": record.summary["adapter"]["scale"], "final loss": record.summary["final_loss"]}
+                             for (style, seed), record in self.records.items()])
+
+    def block_table(self) -> pd.DataFrame:
+        """Per block at the middle weight: mean gap, blend size, relative gap and factor distances."""
+        at_middle = self.gaps[self.gaps["a"] == middle_weight(self.settings.weights)]
+        by_block = at_middle.groupby("block")[["gap_norm", "blend_norm", "relative_gap"]].mean()
+        return by_block.join(self.divergence.groupby("block")[["down", "up"]].mean())
+
+    def results_table(self) -> pd.DataFrame:
+        """``value [95% interval]`` per (measure, target style, mode) row and ``a`` column."""
+        return format_results(self.aggregated, index=["measure", "metric", "target_style", "mode"], columns="a")
+
+    def measure_panels(self, measures: Sequence[str] = FIGURE_MEASURES) -> pd.DataFrame:
+        """The aggregated ``measures`` with ``panel`` and ``line`` (mode, and target style where the
+        measure has one) for ``plots.interval_panels``."""
+        rows = measure_panels(self.aggregated, measures)
+        return rows.assign(line=[MODE_NAMES[mode] if target == NO_TARGET else f"{MODE_NAMES[mode]}, to {target}"
+                                 for mode, target in zip(rows["mode"], rows["target_style"])])
+
+    def strip_sheet(self, seed: int | None = None) -> Sheet:
+        """Picture strips of training seed ``seed`` (default the first): one row per (subject, mode),
+        one column per ``a``."""
+        seed = self.seeds[0] if seed is None else seed
+        subjects = [caption.split(",")[0] for caption in self.evalset.captions[:self.settings.strip_prompts]]
+        cells = [(self.images[seed][(mode, a)][i], {"row": f"{subject}\n{mode}", "a": a})
+                 for i, subject in enumerate(subjects) for mode in MODES for a in self.settings.weights]
+        style_a, style_b = self.settings.styles
+        return Sheet.of(cells, rows="row", cols="a", cell_inches=1.3,
+                        title=f"{style_a} (a=1) to {style_b} (a=0), {self.profile.name} profile, training seed {seed}")
+
+
+def run_mixing(profile: Profile | str = "tiny", *, base=None, runs_root: str | Path | None = None,
+               style_a: str = "twemoji", style_b: str = "openmoji",
+               weights: Sequence[float] = (1.0, 0.75, 0.5, 0.25, 0.0), n_prompts: int = 0,
+               n_seeds: int = 0) -> MixingResult:
+    """Chapter 4: train (or reuse) chapter 1's LoRAs of ``style_a`` and ``style_b``, mix each
+    seed's pair at every weight ``a`` in both modes, generate ``n_prompts`` held-out subjects
+    (0: the profile's :data:`MIXING` size) and score them; the per-layer gaps of the first pair."""
+    from lora_core.experiments.evaluate import Evaluator, aggregate_seeds
+    from lora_core.models import load_base
+    from lora_core.train import train
+
+    settings = resolve_profile(profile)
+    mix = mixing_settings(settings, styles=(style_a, style_b), weights=tuple(weights),
+                          **{key: value for key, value in (("n_prompts", n_prompts), ("n_seeds", n_seeds)) if value})
+    base = base if base is not None else load_base(settings.base_model)
+    configs = lora_configs(settings, mix)
+    with quiet_libraries():
+        records = {key: train(config, base=base, runs_root=runs_root, progress=False) for key, config in configs.items()}
+    result = MixingResult(settings, settings=mix, configs=configs, records=records, evalset=mixing_eval_set(mix))
+    lora_files = {key: record.exports["diffusers"] for key, record in records.items()}
+    pair = {seed: (lora_files[(style_a, seed)], lora_files[(style_b, seed)]) for seed in result.seeds}
+    factors = load_factors(base, *pair[result.seeds[0]])
+    result.gaps, result.divergence = layer_gaps(*factors, mix.weights), factor_divergence(*factors)
+    evaluator, per_seed = Evaluator(settings), []
+    for seed, (lora_a, lora_b) in pair.items():
+        result.images[seed] = mixing_images(base, mix_files(base, lora_a, lora_b, mix.weights), result.evalset, settings)
+        per_seed.append(mixing_measures(evaluator, result.images[seed], result.evalset, mix, {"seed": seed}))
+    result.aggregated = aggregate_seeds(pd.concat(per_seed, ignore_index=True))
+    result.unavailable = dict(evaluator.unavailable)
+    return read_mixing(result)
+
+
+def read_mixing(result: MixingResult) -> MixingResult:
+    """Chapter 4's facts: the set-up (``style_a``, ``style_b``, ``n_prompts``, ``n_seeds``,
+    ``example_prompt``, ``missing_measures``), the per-layer gap of :func:`gap_facts`, the reading
+    of :func:`mixing_summary` (a missing measure "cannot be judged") and the finding box's ``found_*``."""
+    mix = result.settings
+    summary = mixing_summary(result.aggregated, mix)
+    judged = {key: summary.get(key, "cannot be judged in this build (its measure is missing)")
+              for key in ("shift_blend", "shift_interpolate", "mid_alignment_blend", "mid_alignment_interpolate")}
+    result.add_facts(style_a=mix.styles[0], style_b=mix.styles[1], n_prompts=len(result.evalset),
+                     n_seeds=len(result.seeds), example_prompt=result.evalset.prompts[0],
+                     missing_measures=unavailable_text(result.unavailable), **judged,
+                     mode_gap_mid=summary.get("mode_gap_mid", float("nan")),
+                     **gap_facts(result.gaps, result.divergence, mix.weights))
+    result.add_facts(found_shift=(f"P({mix.styles[0]}) {judged['shift_blend']} under the output-space blend and "
+                                  f"{judged['shift_interpolate']} under weight-space interpolation."))
+    return result
+
+
+def gap_facts(gaps: pd.DataFrame, divergence: pd.DataFrame, weights: Sequence[float]) -> dict[str, Any]:
+    """At the middle weight: the median and largest relative gap between interpolation and blend
+    over the layers (and the block of the largest), the median relative distance between the two
+    LoRAs' down (A) and up (B) factors, and the sentence ``found_gap``."""
+    middle = middle_weight(weights)
+    at_middle = gaps[gaps["a"] == middle]
+    facts = {"middle_a": middle, "gap_median": float(at_middle["relative_gap"].median()),
+             "gap_max": float(at_middle["relative_gap"].max()),
+             "gap_max_block": at_middle.loc[at_middle["relative_gap"].idxmax(), "block"],
+             "down_divergence": float(divergence["down"].median()), "up_divergence": float(divergence["up"].median())}
+    facts["found_gap"] = (f"At a = {middle:g}, weight-space interpolation differs from the blend by a median "
+                          f"{facts['gap_median']:.3f} of the blend's size per layer (largest {facts['gap_max']:.3f}, "
+                          f"in {facts['gap_max_block']}).")
+    return facts

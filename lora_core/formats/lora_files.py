@@ -1,9 +1,12 @@
 """LoRA files: save peft LoRAs for diffusers and for kohya/A1111, read any of them back, and
 say in the file what it is.
 
-Both files reload exactly in ``StableDiffusionPipeline.load_lora_weights``, also when
-alpha != rank: the diffusers file carries peft's ``LoraConfig`` in its ``lora_adapter_metadata``
-(without it diffusers silently assumes alpha = rank), the kohya file an ``.alpha`` per module.
+Both files reload exactly with ``blend.load_lora``, also when alpha != rank and when modules
+differ in rank or alpha: the diffusers file carries peft's ``LoraConfig`` in its
+``lora_adapter_metadata`` (without it diffusers silently assumes alpha = rank), the kohya file an
+``.alpha`` per module. diffusers' own ``load_lora_weights`` reloads the diffusers file exactly, and
+the kohya file only when all its alphas are equal (it gives every module the most common one; see
+``formats.lora_scales``).
 
 >>> metadata = provenance_metadata(method="lora", rank=8, alpha=4, seed=0, base_model="toy:base")
 >>> metadata["lsl_scale"], metadata["ss_network_dim"], metadata["ss_network_alpha"]
@@ -19,7 +22,7 @@ import torch
 
 from lora_core.formats.lora_keys import (PEFT_PREFIX, KeyMatchReport, LoraKeyError, kohya_module_name,
                                          lora_modules, match_lora_modules)
-from lora_core.io import atomic_path
+from lora_core.formats.safetensors_file import save_safetensors
 
 DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # what load_lora_weights looks for in a folder
 ADAPTER_METADATA_KEY = "lora_adapter_metadata"               # diffusers' LORA_ADAPTER_METADATA_KEY
@@ -98,15 +101,7 @@ def kohya_state_dict(unet_lora_state_dict: dict, text_encoder_lora_state_dict: d
 
 
 def _write_safetensors(path: Path, state_dict: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
-    from safetensors.torch import save_file
-
-    bad = {key: type(value).__name__ for key, value in metadata.items() if not isinstance(value, str)}
-    if bad:
-        raise TypeError(f"{path}: safetensors metadata values must be str, got {bad}")
-    tensors = {key: value.detach().to("cpu").contiguous() for key, value in state_dict.items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt", **metadata})
-    return path
+    return save_safetensors(path, state_dict, {"format": "pt", **metadata})
 
 
 def save_lora_kohya(path: str | Path, unet_lora_state_dict: dict, text_encoder_lora_state_dict: dict | None = None,
@@ -191,14 +186,12 @@ def detect_layout(keys: list[str], path: str | Path = "state dict") -> str:
 
 def load_lora_file(path: str | Path) -> LoraFile:
     """Read a LoRA ``.safetensors`` file (pickles refused) with its metadata and layout."""
-    from safetensors import safe_open
+    from lora_core.io import read_safetensors
 
     path = _safetensors_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such LoRA file")
-    with safe_open(str(path), "pt") as handle:
-        state_dict = {key: handle.get_tensor(key) for key in handle.keys()}
-        metadata = dict(handle.metadata() or {})
+    state_dict, metadata = read_safetensors(path)
     return LoraFile(path, state_dict, metadata, detect_layout(list(state_dict), path))
 
 

@@ -73,17 +73,18 @@ def _shape(tensor) -> tuple[int, ...]:
     return tuple(tensor.shape) if tensor is not None else ()
 
 
-def adaptable_modules(model, component: str) -> dict[str, torch.nn.Module]:
-    """Module path -> Linear/Conv2d layer (the base layer where peft already wrapped it)."""
+def adaptable_modules(model, component: str) -> dict[str, tuple[str, torch.nn.Module]]:
+    """Name a file may use -> (module path in ``model``, Linear/Conv2d layer; the base layer where
+    peft already wrapped it)."""
     layers = {}
     for path, module in model.named_modules():
         if ".lora_" in path or path.endswith(".base_layer") or ".base_layer." in path:
             continue
         layer = getattr(module, "base_layer", module)
         if isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)):
-            layers[path] = layer
+            layers[path] = (path, layer)
             if component == "text_encoder" and not path.startswith("text_model."):
-                layers["text_model." + path] = layer  # the path older transformers and kohya use
+                layers["text_model." + path] = (path, layer)  # the path older transformers and kohya use
     return layers
 
 
@@ -94,6 +95,7 @@ class KeyMatchReport:
     matched: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)       # name no module of the model
     wrong_shape: list[str] = field(default_factory=list)   # "key: LoRA in->out vs module in->out"
+    resolved: dict[str, tuple[str, str]] = field(default_factory=dict)  # matched key -> (component, path)
 
     @property
     def ok(self) -> bool:
@@ -121,17 +123,19 @@ def match_lora_modules(modules: list[LoraModuleWeights], unet, text_encoder=None
     by_component = {"unet": adaptable_modules(unet, "unet")}
     if text_encoder is not None:
         by_component["text_encoder"] = adaptable_modules(text_encoder, "text_encoder")
-    kohya_layers = {kohya_module_name(component, path): layer for component, layers in by_component.items()
-                    for path, layer in layers.items()}
+    kohya_layers = {kohya_module_name(component, name): (component, *target)
+                    for component, layers in by_component.items() for name, target in layers.items()}
     report = KeyMatchReport()
     for module in modules:
         if module.module_path is None:  # diffusers reads lora_te1_ (SDXL's first encoder) as lora_te_
-            layer = kohya_layers.get(module.key.replace("lora_te1_", "lora_te_", 1))
+            found = kohya_layers.get(module.key.replace("lora_te1_", "lora_te_", 1))
         else:
-            layer = by_component.get(module.component, {}).get(module.module_path)
-        if layer is None:
+            target = by_component.get(module.component, {}).get(module.module_path)
+            found = (module.component, *target) if target else None
+        if found is None:
             report.missing.append(module.key)
             continue
+        component, path, layer = found
         expected_in, expected_out = _layer_dims(layer)
         lora_in, lora_out = module.down_shape[1], (module.up_shape[0] if module.up_shape else None)
         if (lora_in, lora_out) != (expected_in, expected_out):
@@ -139,4 +143,5 @@ def match_lora_modules(modules: list[LoraModuleWeights], unet, text_encoder=None
                                       f"{expected_in}->{expected_out}")
         else:
             report.matched.append(module.key)
+            report.resolved[module.key] = (component, path)
     return report

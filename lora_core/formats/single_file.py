@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from lora_core.io import atomic_path
+from lora_core.formats.safetensors_file import save_safetensors
 
 LDM_UNET_PREFIX = "model.diffusion_model."
 LDM_VAE_PREFIX = "first_stage_model."
@@ -176,14 +176,10 @@ def save_single_file(base, path: str | Path, metadata: dict[str, str] | None = N
 
     Load it back with ``load_base(path, config=<diffusers folder of the same architecture>)``.
     """
-    from safetensors.torch import save_file
-
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"{path}: a single-file checkpoint must be written as .safetensors")
-    with atomic_path(path) as tmp:
-        save_file(base_to_ldm(base), str(tmp), metadata={"format": "pt", **(metadata or {})})
-    return path
+    return save_safetensors(path, base_to_ldm(base), {"format": "pt", **(metadata or {})})
 
 
 class SingleFileKeyError(ValueError):
@@ -213,10 +209,10 @@ def check_single_file(path: str | Path, config: str | Path, examples: int = 3) -
     Extra tensors (EMA weights, ``alphas_cumprod``, ``position_ids``) are allowed: real
     checkpoints carry them and loaders ignore them.
     """
-    from safetensors import safe_open
+    from lora_core.io import open_safetensors
 
     expected = expected_single_file_shapes(config)
-    with safe_open(str(path), "pt") as checkpoint:
+    with open_safetensors(path) as checkpoint:
         found = {key: tuple(checkpoint.get_slice(key).get_shape()) for key in checkpoint.keys()}
     missing = [key for key in expected if key not in found]
     wrong_shape = [f"{key} {found[key]} (expected {expected[key]})"

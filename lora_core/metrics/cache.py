@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from lora_core.io import atomic_path
+from lora_core.io import atomic_path, read_safetensors
 
 
 def content_key(images_uint8: torch.Tensor, backbone_name: str, kind: str) -> str:
@@ -73,11 +73,7 @@ class FeatureCache:
 
     @staticmethod
     def _read(path: Path, key: str) -> torch.Tensor:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
+        tensors, metadata = read_safetensors(path)
         if metadata.get("key") != key:
             raise ValueError(f"feature cache file {path} does not hold key {key[:12]}... (found {metadata.get('key')!r})")
-        tensors = load_file(str(path))
         return tensors[metadata["kind"]]

@@ -37,7 +37,7 @@ import torch
 from lora_core.metrics.backbones import FeatureBackbone, get_backbone
 from lora_core.metrics.cache import FeatureCache
 from lora_core.metrics.preprocess import as_uint8_images
-from lora_core.metrics.stats import MetricResult, bootstrap_ci, default_generator
+from lora_core.metrics.stats import NON_NEGATIVE, MetricResult, bootstrap_ci, default_generator, in_support
 
 
 def _as_features(features: Any, name: str) -> np.ndarray:
@@ -45,6 +45,21 @@ def _as_features(features: Any, name: str) -> np.ndarray:
     if array.ndim != 2:
         raise ValueError(f"{name}: expected features (n, d), got shape {array.shape}")
     return array
+
+
+def _check_finite(values: np.ndarray, name: str) -> None:
+    """Refuse inf and nan: a -inf logit gives 0 * log 0 = nan, which would pass silently as the score.
+
+    >>> _check_finite(np.array([[0.0, -np.inf], [1.0, 2.0]]), "logits")
+    Traceback (most recent call last):
+    ...
+    ValueError: logits: must be finite, got 1 non-finite value (-inf at row 0, column 1)
+    """
+    bad = np.argwhere(~np.isfinite(values))
+    if len(bad):
+        row, column = bad[0]
+        raise ValueError(f"{name}: must be finite, got {len(bad)} non-finite value{'s' if len(bad) > 1 else ''} "
+                         f"({values[row, column]} at row {row}, column {column})")
 
 
 def _check_min_n(n: int, name: str, minimum: int = 2) -> None:
@@ -142,6 +157,7 @@ def inception_score(logits: Any, splits: int = 10) -> tuple[float, float]:
     logits = _as_features(logits, "logits")
     if not 1 <= splits <= len(logits):
         raise ValueError(f"inception_score: splits must be in [1, n={len(logits)}], got {splits}")
+    _check_finite(logits, "inception_score: logits")
     log_p = logits - logits.max(axis=1, keepdims=True)
     log_p = log_p - np.log(np.exp(log_p).sum(axis=1, keepdims=True))
     scores = []
@@ -169,7 +185,7 @@ def small_n_note(n: int, num_features: int) -> str:
 def fd_result(real: Any, generated: Any, backbone: FeatureBackbone, source_size: str,
               n_resamples: int = 200, generator: torch.Generator | None = None) -> MetricResult:
     """FD of feature sets with a bootstrap interval over images of both sets (re-centred: a
-    resample repeats images, which raises FD)."""
+    resample repeats images, which raises FD; FD >= 0, so the value and interval are cut at 0)."""
     x, y = _as_features(real, "real"), _as_features(generated, "generated")
     _check_min_n(len(x), "real")
     _check_min_n(len(y), "generated")
@@ -180,8 +196,8 @@ def fd_result(real: Any, generated: Any, backbone: FeatureBackbone, source_size:
         a, b = a[:, 0].astype(int), b[:, 0].astype(int)
         return frechet_distance_from_gram(g_xx[np.ix_(a, a)], g_yy[np.ix_(b, b)], g_xy[np.ix_(a, b)])
 
-    value = frechet_distance_from_gram(g_xx, g_yy, g_xy)
-    low, high = bootstrap_ci(indices, statistic, n_resamples, generator, recentre_on=value)
+    value = in_support(frechet_distance_from_gram(g_xx, g_yy, g_xy), NON_NEGATIVE)
+    low, high = bootstrap_ci(indices, statistic, n_resamples, generator, recentre_on=value, support=NON_NEGATIVE)
     n = min(len(x), len(y))
     return MetricResult(backbone.describe("FD", source_size), backbone.name, n, value, low, high,
                         small_n_note(n, backbone.num_features))
@@ -193,7 +209,8 @@ def kid_result(real: Any, generated: Any, backbone: FeatureBackbone, source_size
     """KID (mean over subsets) with a bootstrap interval over images.
 
     A bootstrap resample repeats images; pairs of one image with its own copy are left out of
-    the within-set sums, so the resampled statistic stays unbiased.
+    the within-set sums, so the resampled statistic stays unbiased. The estimator is unbiased, so
+    it can be below 0 for close sets: its interval has no support to respect.
     """
     x, y = _as_features(real, "real"), _as_features(generated, "generated")
     generator = default_generator(generator)
@@ -217,11 +234,12 @@ def kid_result(real: Any, generated: Any, backbone: FeatureBackbone, source_size
 
 def is_result(logits: Any, backbone: FeatureBackbone, source_size: str, splits: int = 10,
               n_resamples: int = 200, generator: torch.Generator | None = None) -> MetricResult:
-    """IS (mean over splits) from a backbone's logits with a bootstrap interval over images."""
+    """IS (mean over splits) from a backbone's logits with a bootstrap interval over images, cut to
+    IS's range: 1 (every image the same class distribution) to the number of classes."""
     logits = _as_features(logits, "logits")
     mean, std = inception_score(logits, splits)
     low, high = bootstrap_ci(logits, lambda p: inception_score(p, splits)[0], n_resamples, generator,
-                             recentre_on=mean)
+                             recentre_on=mean, support=(1.0, float(logits.shape[1])))
     return MetricResult(backbone.describe("IS", source_size), backbone.name, len(logits), mean, low, high,
                         f"mean ± std over {splits} splits: {mean:.4g} ± {std:.4g}")
 

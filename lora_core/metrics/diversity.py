@@ -40,13 +40,15 @@ def vendi_score(features: Any) -> float:
 
 def vendi_result(images: Any, backbone: str = "inception", cache: Any = None, n_resamples: int = 200,
                  generator: torch.Generator | None = None) -> MetricResult:
-    """Vendi score of an image set on a backbone's features, with a (re-centred) bootstrap interval."""
+    """Vendi score of an image set on a backbone's features, with a (re-centred) bootstrap interval
+    cut to the score's range, 1 to the number of images."""
     model = get_backbone(backbone)
     images_uint8 = as_uint8_images(images, "images")
     features = model.features(images_uint8, cache=cache).numpy()
     label = f"Vendi ({model.label} cosine, {images_uint8.shape[-1]}->{model.input_size} px)"
     return bootstrap_result(label, model.name, features, vendi_score, n_resamples, generator,
-                            note=f"effective number of distinct images out of {len(features)}", recentre=True)
+                            note=f"effective number of distinct images out of {len(features)}", recentre=True,
+                            support=(1.0, float(len(features))))
 
 
 def random_pairs(n: int, n_pairs: int, generator: torch.Generator | None = None) -> torch.Tensor:

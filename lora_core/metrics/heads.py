@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
-from lora_core.io import atomic_path, atomic_write_json
-from lora_core.models import REPO_ROOT
+from lora_core.io import atomic_path, atomic_write_json, read_safetensors
+from lora_core.paths import REPO_ROOT
 
 METRIC_MODELS_DIR = REPO_ROOT / "models" / "metrics"
 
@@ -158,10 +157,8 @@ def load_head(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such head file; retrain with "
                                 "`python -m lora_core.toy train-heads`")
-    with safe_open(str(path), framework="pt") as f:
-        card = json.loads((f.metadata() or {}).get("card", "{}"))
-        state = {k: f.get_tensor(k) for k in f.keys()}
-    return state, card
+    state, metadata = read_safetensors(path)
+    return state, json.loads(metadata.get("card", "{}"))
 
 
 IMAGE_CNN = "image-cnn"   # the card's ``architecture["kind"]`` of an :class:`ImageClassifier`

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from lora_core.images import composite_rgb, prepare_image
+from lora_core.images import ImageFileError, composite_rgb, prepare_image, read_image
 
 RESIZE_FILTER = "bicubic, antialiased, float (torch.nn.functional.interpolate)"
 IMAGE_SUFFIXES = (".png",)
@@ -98,11 +98,9 @@ def _tensor_to_uint8(images: torch.Tensor, name: str) -> torch.Tensor:
 
 def _open(path: Path, name: str) -> Image.Image:
     try:
-        with Image.open(path) as im:
-            im.load()
-            return im.copy()
-    except (OSError, ValueError) as error:
-        raise ValueError(f"{name}: cannot read image {path}: {error}") from error
+        return read_image(path)
+    except ImageFileError as error:
+        raise ValueError(f"{name}: cannot read image {error}") from None
 
 
 def _load_folder(folder: Path, name: str) -> list[Image.Image]:

@@ -26,6 +26,8 @@ from scipy import stats as scipy_stats
 
 CONFIDENCE = 0.95
 DEFAULT_SEED = 0  # used when no generator is passed: results stay deterministic
+UNBOUNDED = (-math.inf, math.inf)
+NON_NEGATIVE = (0.0, math.inf)   # the support of a distance
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,38 +107,63 @@ def bootstrap_replicates(values: Any, statistic: Callable[..., float] = np.mean,
     return replicates
 
 
-def percentile_interval(replicates: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float]:
+def in_support(value: float, support: tuple[float, float] = UNBOUNDED) -> float:
+    """``value`` clipped into ``support`` = (lowest, highest) value the statistic can take.
+
+    >>> in_support(-7e-15, NON_NEGATIVE), in_support(3.0, (1.0, 2.0))
+    (0.0, 2.0)
+    """
+    return float(min(max(value, support[0]), support[1]))
+
+
+def percentile_interval(replicates: np.ndarray, confidence: float = CONFIDENCE,
+                        support: tuple[float, float] = UNBOUNDED) -> tuple[float, float]:
+    """The central ``confidence`` share of ``replicates``, intersected with ``support``.
+
+    >>> replicates = np.arange(-10.0, 91.0)   # 101 values: 2.5% and 97.5% fall half way between two
+    >>> [round(v, 9) for v in percentile_interval(replicates)], percentile_interval(replicates, support=NON_NEGATIVE)
+    ([-7.5, 87.5], (0.0, 87.5))
+    """
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     alpha = (1.0 - confidence) / 2
     low, high = np.quantile(replicates, [alpha, 1.0 - alpha])
-    return float(low), float(high)
+    return in_support(low, support), in_support(high, support)
 
 
 def bootstrap_ci(values: Any, statistic: Callable[..., float] = np.mean, n_resamples: int = 1000,
                  generator: torch.Generator | None = None, confidence: float = CONFIDENCE,
-                 recentre_on: float | None = None) -> tuple[float, float]:
+                 recentre_on: float | None = None, support: tuple[float, float] = UNBOUNDED) -> tuple[float, float]:
     """Percentile bootstrap interval of ``statistic`` over images (see :func:`bootstrap_replicates`).
 
     ``recentre_on=estimate`` shifts the replicates so their mean is the estimate before taking
     percentiles. Use it for statistics that a resample biases: a resample repeats images, which
     raises a Fréchet distance and lowers a Vendi score, so the raw replicates can miss the
     estimate altogether; the bootstrap then only measures the spread.
+
+    The shift can carry the interval past what the statistic can be: the FD of a set with itself
+    is 0, its resamples' FDs average ~35 (repeats look like a different set), so the shifted
+    replicates straddle 0 and the interval read ``0 [-32.98, 37.58]``. A statistic that cannot
+    leave a range declares it as ``support`` (a distance: :data:`NON_NEGATIVE`) and the interval is
+    cut to it. Cutting loses no coverage: the true value lies in the support, so the cut interval
+    holds it whenever the uncut one did.
     """
     replicates = bootstrap_replicates(values, statistic, n_resamples, generator)
     if recentre_on is not None:
         replicates = replicates - replicates.mean() + recentre_on
-    return percentile_interval(replicates, confidence)
+    return percentile_interval(replicates, confidence, support)
 
 
 def bootstrap_result(metric: str, backbone: str, values: Any, statistic: Callable[..., float] = np.mean,
                      n_resamples: int = 1000, generator: torch.Generator | None = None, note: str = "",
-                     confidence: float = CONFIDENCE, recentre: bool = False) -> MetricResult:
-    """:class:`MetricResult` with ``value = statistic(*values)`` and its bootstrap interval."""
+                     confidence: float = CONFIDENCE, recentre: bool = False,
+                     support: tuple[float, float] = UNBOUNDED) -> MetricResult:
+    """:class:`MetricResult` with ``value = statistic(*values)`` and its bootstrap interval, both in
+    ``support`` (a value outside it is float rounding, such as an FD of -7e-15)."""
     samples = _as_samples(values)
-    value = float(statistic(*samples))
+    value = in_support(float(statistic(*samples)), support)
     low, high = bootstrap_ci(samples, statistic, n_resamples, generator, confidence,
-                             recentre_on=value if recentre else None)
+                             recentre_on=value if recentre else None, support=support)
     return MetricResult(metric, backbone, min(len(s) for s in samples), value, low, high, note)
 
 

@@ -59,14 +59,14 @@ def extract_features(images: torch.Tensor, backbone: str, cache_dir: str | Path,
 
 def encode_texts(texts: list[str], cache_dir: str | Path) -> torch.Tensor:
     """MiniLM sentence embeddings, cached in ``cache_dir`` by the sha256 of the texts."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
-    from lora_core.io import atomic_path
+    from lora_core.io import atomic_path, read_safetensors
 
     digest = hashlib.sha256(json.dumps(["all-MiniLM-L6-v2", texts]).encode()).hexdigest()
     path = Path(cache_dir) / f"minilm-texts-{digest[:32]}.safetensors"
     if path.is_file():
-        return load_file(str(path))["embeddings"]
+        return read_safetensors(path)[0]["embeddings"]
     embeddings = sentence_encoder().encode(texts).contiguous()
     with atomic_path(path) as tmp:
         save_file({"embeddings": embeddings}, str(tmp), metadata={"sha256": digest})

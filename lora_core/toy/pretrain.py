@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from lora_core.config import Config, option
 from lora_core.io import atomic_path, atomic_write_text
 from lora_core.toy.catalog import SKIN_TONES, hash_order
-from lora_core.world import DATA_DIR, REPO_ROOT, STYLE_CAPTION_TEMPLATE, TRIGGER_WORDS
+from lora_core.paths import REPO_ROOT
+from lora_core.world import DATA_DIR, STYLE_CAPTION_TEMPLATE, TRIGGER_WORDS
 
 SCRATCH = REPO_ROOT / "scratch" / "pretrain"
 
@@ -110,7 +111,7 @@ def vae_heldout_keys(keys: list[str], fraction: float, seed: int) -> set[str]:
 
 def step_generator(seed: int, phase: str, step: int) -> torch.Generator:
     """The generator of one step: depends only on seed, phase and step, so resume is exact."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + {"vae": 1, "unet": 2, "eval": 3}[phase] * 7_919 + step * 2)
+    return torch.Generator().manual_seed(seed * 1_000_003 + {"vae": 1, "unet": 2, "eval": 3, "vae_finetune": 4}[phase] * 7_919 + step * 2)
 
 
 def lr_lambda(warmup_steps: int, decay_start: int = 0, decay_steps: int = 0):
