@@ -11,8 +11,9 @@ from PIL import Image
 
 from lora_core.metrics.style import STYLE_CLASSIFIER_PATH, StyleClassifier, load_true_images
 from lora_core.metrics.train_heads import vae_reconstruct
-from lora_core.toy.judge import (BOOK_STYLES, JudgeConfig, content_hash, sample_check_keys, split_subjects,
-                                 train_judge)
+from lora_core.toy.heads import load_pairs
+from lora_core.toy.judge import (BOOK_STYLES, JudgeConfig, card_markdown, content_hash, sample_check_keys,
+                                 split_pairs, split_subjects, train_judge, vae_digest)
 from lora_core.world import DATA_DIR, VENDORS, true_images_dir
 
 needs_world = pytest.mark.skipif(
@@ -68,6 +69,24 @@ def test_card_accuracy_is_reproduced_on_a_held_out_sample(judge):
 
 
 @needs_world
+def test_judge_was_trained_on_the_round_trips_of_the_shipped_vae(judge):
+    """A retrained VAE changes what generations look like: the judge must be retrained with it."""
+    from lora_core.models import load_base
+
+    vae = load_base(judge.card["config"]["vae"]).vae
+    assert judge.card["vae_sha256"] == vae_digest(vae), "models/tiny-sd's VAE changed: python -m lora_core.toy train-judge"
+
+
+@needs_world
+def test_card_table_is_the_cards_numbers(judge):
+    """The book includes the .md table: it must be the JSON card's numbers, not edited by hand."""
+    table = STYLE_CLASSIFIER_PATH.with_suffix(".md").read_text()
+    assert table == card_markdown(judge.card)
+    for style in BOOK_STYLES:
+        assert f"| accuracy on {style} images | {judge.card['heldout_per_class'][style]:.2f} |" in table
+
+
+@needs_world
 def test_card_records_the_previous_classifier_on_the_same_images(judge):
     previous = judge.card["previous"]
     assert previous["heldout_accuracy"] < judge.card["heldout_accuracy"]
@@ -77,15 +96,16 @@ def test_card_records_the_previous_classifier_on_the_same_images(judge):
 
 
 def _tiny_world(root, n_subjects: int = 24) -> None:
-    """Two vendors (top half white or black) of coloured squares; the first 6 subjects form a
-    style set, so they are held out."""
+    """Coloured squares drawn by two vendors (top half white or black; the catalogue says every
+    vendor draws them, as it says of the style sets' subjects); the first 6 subjects form a style
+    set, so they are held out."""
     rng = np.random.default_rng(0)
     rows = []
     for i in range(n_subjects):
         key = f"1f{600 + i:03x}"
         rows.append({"key": key, "unified": key.upper(), "name": f"thing {i}", "category": "Objects",
                      "subcategory": "things", "skin_tone": "", "caption": f"thing {i}",
-                     **{v: int(v in ("noto", "twemoji")) for v in VENDORS}})
+                     **{v: 1 for v in VENDORS}})   # the judge of this world names noto and twemoji only
         colour = rng.integers(0, 256, 3)
         for vendor, top in (("noto", 255), ("twemoji", 0)):
             pixels = np.full((16, 16, 3), colour, dtype=np.uint8)
@@ -98,23 +118,46 @@ def _tiny_world(root, n_subjects: int = 24) -> None:
     pd.DataFrame(rows).to_csv(root / "emoji" / "catalog.csv", index=False)
 
 
-def test_training_resumed_after_a_kill_equals_an_uninterrupted_run(tmp_path):
-    _tiny_world(tmp_path / "data")
-    cfg = JudgeConfig(data_dir=str(tmp_path / "data"), work_dir=str(tmp_path / "work"), previous="",
-                      out=str(tmp_path / "judge.safetensors"), vae="tiny-random", classes=("noto", "twemoji"),
-                      resolution=16, width=4, epochs=3, batch_size=4, sampled_round_trips=1, validation_fraction=0.2)
-    uninterrupted = train_judge(cfg, log=lambda _: None)
-    weights = StyleClassifier(cfg.out).head.state_dict()
+def _tiny_config(root) -> JudgeConfig:
+    return JudgeConfig(data_dir=str(root / "data"), work_dir=str(root / "work"), previous="",
+                       out=str(root / "judge.safetensors"), vae="tiny-random", classes=("noto", "twemoji"),
+                       resolution=16, width=4, epochs=3, batch_size=4, sampled_round_trips=1, validation_fraction=0.2)
 
-    def killed_after_epoch_2(message: str) -> None:
-        if message.startswith("[judge] epoch 2/"):
+
+@pytest.fixture(scope="module")
+def tiny_judge(tmp_path_factory):
+    """The judge of the tiny world trained without interruption: its config and card."""
+    root = tmp_path_factory.mktemp("tiny")
+    _tiny_world(root / "data")
+    cfg = _tiny_config(root)
+    return cfg, train_judge(cfg, log=lambda _: None)
+
+
+def _killed_after_epoch(epoch: int):
+    def log(message: str) -> None:
+        if message.startswith(f"[judge] epoch {epoch}/"):
             raise KeyboardInterrupt
+    return log
 
+
+def test_tiny_split_is_disjoint_and_holds_out_the_style_sets(tiny_judge):
+    cfg, card = tiny_judge
+    split = split_subjects(cfg.path("data_dir"), cfg.validation_fraction)
+    train, validation, heldout = (set(split[name]) for name in ("train", "validation", "heldout"))
+    assert not train & validation and not train & heldout and not validation & heldout
+    assert heldout == {p.stem for p in (cfg.path("data_dir") / "styles").glob("*/*/*.png")}
+    assert len(heldout) == 6 and len(validation) == round(0.2 * 18) and len(train) == 24 - 6 - 4
+    assert card["split"]["heldout_keys"] == split["heldout"] and card["split"]["validation_keys"] == split["validation"]
+
+
+def test_training_resumed_after_a_kill_equals_an_uninterrupted_run(tiny_judge, tmp_path):
+    cfg, uninterrupted = tiny_judge
+    weights = StyleClassifier(cfg.out).head.state_dict()
     # the first judge stands in for the previous classifier: its report must equal the judge's own
     resumed_cfg = cfg.replace(work_dir=str(tmp_path / "work2"), out=str(tmp_path / "resumed.safetensors"),
                               previous=cfg.out)
     with pytest.raises(KeyboardInterrupt):
-        train_judge(resumed_cfg, log=killed_after_epoch_2)
+        train_judge(resumed_cfg, log=_killed_after_epoch(2))
     messages = []
     resumed = train_judge(resumed_cfg, log=messages.append)
     assert any(m.startswith("[judge] resumed after epoch 2") for m in messages)
@@ -125,12 +168,55 @@ def test_training_resumed_after_a_kill_equals_an_uninterrupted_run(tmp_path):
     previous = resumed["previous"]
     assert previous["heldout_confusion"] == resumed["heldout_confusion"]
     assert previous["p_style_on_round_trips"] == resumed["p_style_on_round_trips"]
-    assert uninterrupted["split"]["heldout_subjects"] == 6 and uninterrupted["split"]["validation_subjects"] == 4
-    assert sum(sum(row.values()) for row in uninterrupted["heldout_confusion"].values()) == 12  # 6 subjects x 2
-    assert set(uninterrupted["p_style_on_round_trips"]) == {"noto", "twemoji"}
-    table = (tmp_path / "judge.md").read_text()
-    accuracy = uninterrupted["heldout_per_class"]["twemoji"]
-    assert f"| accuracy on twemoji images | {accuracy:.2f} | – |" in table   # no previous classifier here
+
+
+def test_card_numbers_are_the_judge_scored_on_held_out_round_trips(tiny_judge):
+    """Recomputed from the written file: the held-out pairs' round trips through the VAE, the
+    judge's argmax against the vendor, counted by hand."""
+    from lora_core.models import load_base
+
+    cfg, card = tiny_judge
+    judge = StyleClassifier(cfg.out)
+    pairs = split_pairs(cfg.path("data_dir"), card["split"]["heldout_keys"], cfg.classes)
+    trips = vae_reconstruct(load_base(cfg.vae).vae.eval())(load_pairs(cfg.path("data_dir"), pairs, cfg.resolution))
+    named = [judge.classes[i] for i in judge.predict_proba(trips).argmax(-1).tolist()]
+    hits = [name == vendor for name, (_, vendor) in zip(named, pairs)]
+    assert len(hits) == card["split"]["heldout_images"] == 12   # 6 subjects x 2 vendors
+    assert card["heldout_accuracy"] == pytest.approx(sum(hits) / len(hits))
+    for vendor in cfg.classes:
+        mine = [hit for hit, (_, v) in zip(hits, pairs) if v == vendor]
+        assert card["heldout_per_class"][vendor] == pytest.approx(sum(mine) / len(mine))
+        assert sum(card["heldout_confusion"][vendor].values()) == len(mine)
+    assert set(card["p_style_on_round_trips"]) == {"noto", "twemoji"}
+    table = (cfg.path("out")).with_suffix(".md").read_text()
+    assert table == card_markdown(card)
+    assert f"| accuracy on twemoji images | {card['heldout_per_class']['twemoji']:.2f} | – |" in table  # no previous
+
+
+def test_a_retrained_vae_reuses_neither_round_trips_nor_the_checkpoint(tiny_judge, tmp_path, monkeypatch):
+    """``vae`` names a model; the model behind the name can be retrained (models/tiny-sd got a new
+    VAE). A run interrupted on the old VAE must not be resumed on the new one, and no round trip
+    of the old one may be read back."""
+    from lora_core import models
+
+    cfg = tiny_judge[0].replace(work_dir=str(tmp_path / "work"), out=str(tmp_path / "judge.safetensors"))
+    with pytest.raises(KeyboardInterrupt):
+        train_judge(cfg, log=_killed_after_epoch(1))
+    load_base = models.load_base
+
+    def retrained(name):
+        base = load_base(name)
+        with torch.no_grad():
+            base.vae.decoder.conv_out.bias.add_(0.05)
+        return base
+
+    monkeypatch.setattr(models, "load_base", retrained)
+    messages = []
+    card = train_judge(cfg, log=messages.append)
+    assert not any("resumed" in m for m in messages)
+    assert sum(m.startswith("[judge] epoch") for m in messages) == cfg.epochs
+    assert sum("VAE round trips" in m for m in messages) == 4   # train's mean and sample, validation, held-out
+    assert card["vae_sha256"] == vae_digest(retrained(cfg.vae).vae) != vae_digest(load_base(cfg.vae).vae)
 
 
 def test_judge_config_checks_its_classes():

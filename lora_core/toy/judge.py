@@ -114,24 +114,39 @@ def split_pairs(data_dir: Path, keys: list[str], classes: tuple[str, ...]) -> li
 
 
 def content_hash(*parts) -> str:
-    """sha256 over tensors (their bytes) and JSON-able values, in order."""
+    """sha256 over tensors (dtype, shape and bytes) and JSON-able values, in order.
+
+    >>> content_hash(torch.zeros(2)) == content_hash(torch.zeros(2, dtype=torch.float64)), len(content_hash("a"))
+    (False, 64)
+    """
     digest = hashlib.sha256()
     for part in parts:
-        digest.update(part.contiguous().numpy().tobytes() if torch.is_tensor(part)
-                      else json.dumps(part, sort_keys=True).encode())
+        if torch.is_tensor(part):
+            part = part.detach().cpu().contiguous()
+            digest.update(f"{part.dtype}{tuple(part.shape)}".encode())
+            digest.update(part.reshape(-1).view(torch.uint8).numpy().tobytes())
+        else:
+            digest.update(json.dumps(part, sort_keys=True).encode())
     return digest.hexdigest()
 
 
+def vae_digest(vae: torch.nn.Module) -> str:
+    """sha256 of the VAE's content (every parameter and buffer, by name): what its round trips
+    depend on, so a retrained VAE reuses neither cached round trips nor a checkpoint."""
+    return content_hash(*[part for name, tensor in sorted(vae.state_dict().items()) for part in (name, tensor)])
+
+
 def cached_round_trips(vae, images: torch.Tensor, variants: int, seed: int, cache_dir: Path,
-                       log=print) -> torch.Tensor:
+                       log=print, digest: str | None = None) -> torch.Tensor:
     """(variants + 1, N, 3, R, R) uint8: the mean round trip, then ``variants`` sampled ones, each
-    cached in ``cache_dir`` by the content of the VAE's weights, the images, the seed and its index."""
+    cached in ``cache_dir`` by :func:`vae_digest` (``digest`` when given), the images, the seed
+    and its index."""
     from safetensors.torch import load_file, save_file
 
-    weights = [t for _, t in sorted(vae.state_dict().items())]
+    digest = digest or vae_digest(vae)
     trips = []
     for variant in range(variants + 1):   # variant 0: the mean
-        key = content_hash(*weights, images, seed, variant)[:32]
+        key = content_hash(digest, images, seed, variant)[:32]
         path = cache_dir / f"round-trips-{key}.safetensors"
         if not path.is_file():
             log(f"  VAE round trips of {len(images)} images ({'mean' if not variant else f'sample {variant}'})")
@@ -167,6 +182,7 @@ class JudgeData:
     pairs: dict[str, list[tuple[str, str]]]
     images: dict[str, torch.Tensor]     # train (variants + 1, N, 3, R, R); validation, heldout (N, 3, R, R)
     labels: dict[str, torch.Tensor]
+    vae_sha256: str                     # :func:`vae_digest` of the VAE that made the round trips
 
 
 def prepare_data(cfg: JudgeConfig, log=print) -> JudgeData:
@@ -178,14 +194,15 @@ def prepare_data(cfg: JudgeConfig, log=print) -> JudgeData:
     pairs = {name: split_pairs(data_dir, keys, cfg.classes) for name, keys in split.items()}
     log("judge images: " + ", ".join(f"{len(p)} {name} ({len(split[name])} subjects)" for name, p in pairs.items()))
     vae = load_base(cfg.vae).vae.eval()
+    digest = vae_digest(vae)
     images, labels = {}, {}
     for name, split_pairs_ in pairs.items():
         real = load_pairs(data_dir, split_pairs_, cfg.resolution)
         variants = cfg.sampled_round_trips if name == "train" else 0
-        trips = cached_round_trips(vae, real, variants, cfg.seed, cfg.path("work_dir"), log)
+        trips = cached_round_trips(vae, real, variants, cfg.seed, cfg.path("work_dir"), log, digest)
         images[name] = trips if name == "train" else trips[0]
         labels[name] = torch.tensor([cfg.classes.index(vendor) for _, vendor in split_pairs_])
-    return JudgeData(split, pairs, images, labels)
+    return JudgeData(split, pairs, images, labels, digest)
 
 
 def lr_multiplier(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -255,8 +272,12 @@ def train_epoch(training: Training, data: JudgeData, cfg: JudgeConfig, epoch: in
     return sum(losses) / len(losses)
 
 
-def _checkpoint_path(cfg: JudgeConfig) -> Path:
-    return cfg.path("work_dir") / f"judge-{cfg.hash()}.pt"
+def checkpoint_path(cfg: JudgeConfig, data: JudgeData) -> Path:
+    """Where training on ``data`` with ``cfg`` checkpoints: named by the config and by the content
+    of the VAE (``cfg.vae`` names a model, and the model behind a name can be retrained) and of
+    the training images and labels, so a resume never continues training on other round trips."""
+    key = content_hash(cfg.hash(), data.vae_sha256, data.images["train"], data.labels["train"])
+    return cfg.path("work_dir") / f"judge-{key[:16]}.pt"
 
 
 def train_judge(cfg: JudgeConfig = JudgeConfig(), log=print) -> dict:
@@ -266,7 +287,7 @@ def train_judge(cfg: JudgeConfig = JudgeConfig(), log=print) -> dict:
     start_time = time.time()
     data = prepare_data(cfg, log)
     training = new_training(cfg, data.images["train"].shape[1] // cfg.batch_size)
-    checkpoint = cfg.path("work_dir") / f"judge-{cfg.hash()}.pt"
+    checkpoint = checkpoint_path(cfg, data)
     history = []
     if checkpoint.is_file():
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -346,6 +367,7 @@ def judge_card(cfg: JudgeConfig, model: ImageClassifier, data: JudgeData, histor
                          "parameters": sum(p.numel() for p in model.parameters())},
         "classes": list(cfg.classes), "book_styles": [c for c in BOOK_STYLES if c in cfg.classes],
         "resolution": cfg.resolution, "seed": cfg.seed, "config": cfg.to_dict(), "config_hash": cfg.hash(),
+        "vae_sha256": data.vae_sha256,
         "data": f"true emoji of every vendor in classes at {cfg.resolution} px, as VAE round trips through "
                 f"{cfg.vae}'s VAE: the mean's and {cfg.sampled_round_trips} sampled per training image",
         "split": {"rule": "held out: every subject of data/styles/*, never trained on; validation: a "
