@@ -9,7 +9,8 @@ from pathlib import Path
 
 from lora_core.cli import UserError, add_debug_option, command_parser, run_command
 from lora_core.config import config_help
-from lora_core.toy.heads import HeadsConfig
+from lora_core.toy.heads import HeadsConfig, parse_override
+from lora_core.toy.judge import JudgeConfig
 from lora_core.toy.pretrain import SCRATCH, PretrainConfig, load_checkpoint, pretrain_unet, pretrain_vae
 from lora_core.toy.vae_finetune import VaeFinetuneConfig
 
@@ -25,12 +26,15 @@ def main(argv: list[str] | None = None) -> int:
     pretrain_keys = config_help(PretrainConfig)
     heads_keys = config_help(HeadsConfig)
     vae_keys = config_help(VaeFinetuneConfig)
+    judge_keys = config_help(JudgeConfig)
     for name, subcommand in commands.choices.items():
         add_debug_option(subcommand, subcommand=True)
         if name.startswith("pretrain-") or name == "export":
             subcommand.epilog = f"PretrainConfig keys of the --config JSON file (default, then help):\n{pretrain_keys}"
         elif name == "train-heads":
             subcommand.epilog = f"HeadsConfig keys for --set KEY=VALUE (default, then help):\n{heads_keys}"
+        elif name == "train-judge":
+            subcommand.epilog = f"JudgeConfig keys for --set KEY=VALUE (default, then help):\n{judge_keys}"
         elif name in ("vae-finetune", "export-vae"):
             subcommand.epilog = f"VaeFinetuneConfig keys of the --config JSON file (default, then help):\n{vae_keys}"
         subcommand.formatter_class = parser.formatter_class
@@ -120,8 +124,7 @@ def _run_model_command(args) -> int:
         from lora_core.toy.heads import train_heads_command
         return train_heads_command(args.set)
     if args.command == "train-judge":
-        from lora_core.toy.heads import parse_override
-        from lora_core.toy.judge import JudgeConfig, train_judge
+        from lora_core.toy.judge import train_judge
         train_judge(JudgeConfig.from_dict(dict(parse_override(item) for item in args.set)))
         return 0
     out = Path(args.out)

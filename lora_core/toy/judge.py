@@ -53,6 +53,9 @@ class JudgeConfig(Config):
     work_dir: str = option("scratch/judge", "round-trip cache and checkpoints: a rerun resumes from here")
     previous: str = option("models/metrics/style_classifier_effnet_v1.safetensors",
                            "the classifier the judge replaces, measured on the same images for the card ('' = none)")
+    earlier: str = option("models/metrics/style_classifier_judge_v1.safetensors",
+                          "this judge trained on the round trips of the tiny base's earlier VAE (before its phase 3), "
+                          "measured on the same images for the card ('' = none)")
     vae: str = option("toy:base", "base model whose VAE makes the round trips")
     classes: tuple = option(BOOK_STYLES, "vendors the judge names: the book's styles (with all 7 vendors its "
                                          "accuracy on these fell from 0.87 to 0.79 on the validation subjects)")
@@ -272,11 +275,16 @@ def train_epoch(training: Training, data: JudgeData, cfg: JudgeConfig, epoch: in
     return sum(losses) / len(losses)
 
 
+NOT_TRAINING = ("out", "work_dir", "previous", "earlier")   # options that change what is written, not what is trained
+
+
 def checkpoint_path(cfg: JudgeConfig, data: JudgeData) -> Path:
-    """Where training on ``data`` with ``cfg`` checkpoints: named by the config and by the content
-    of the VAE (``cfg.vae`` names a model, and the model behind a name can be retrained) and of
-    the training images and labels, so a resume never continues training on other round trips."""
-    key = content_hash(cfg.hash(), data.vae_sha256, data.images["train"], data.labels["train"])
+    """Where training on ``data`` with ``cfg`` checkpoints: named by the options training depends
+    on and by the content of the VAE (``cfg.vae`` names a model, and the model behind a name can
+    be retrained) and of the training images and labels, so a resume never continues training on
+    other round trips."""
+    training = {k: v for k, v in cfg.to_dict().items() if k not in NOT_TRAINING}
+    key = content_hash(training, data.vae_sha256, data.images["train"], data.labels["train"])
     return cfg.path("work_dir") / f"judge-{key[:16]}.pt"
 
 
@@ -356,7 +364,7 @@ def sample_check_keys(heldout: list[str], n: int = 25) -> list[str]:
 
 def judge_card(cfg: JudgeConfig, model: ImageClassifier, data: JudgeData, history: list[dict]) -> dict:
     """Training data, split, accuracy on held-out subjects, confusion matrix, the ceiling P(style)
-    per style set, and the previous classifier's numbers on the same images."""
+    per style set, and the earlier judge's and the previous classifier's numbers on the same images."""
     probs = model.predict_proba(data.images["heldout"])
     report = classification_report(probs, data.labels["heldout"], cfg.classes, BOOK_STYLES)
     sample = sample_check_keys(data.split["heldout"])
@@ -387,59 +395,83 @@ def judge_card(cfg: JudgeConfig, model: ImageClassifier, data: JudgeData, histor
         "sample_check": {"subjects": sample, "styles": [c for c in BOOK_STYLES if c in cfg.classes],
                          "images": len(rows), "accuracy": accuracy(probs[rows], data.labels["heldout"][rows])},
         "history": history,
-        "previous": previous_classifier_report(cfg, data),
+        "earlier": compared_classifier_report(cfg, data, "earlier"),
+        "previous": compared_classifier_report(cfg, data, "previous"),
     }
 
 
-def previous_classifier_report(cfg: JudgeConfig, data: JudgeData) -> dict | None:
-    """The replaced classifier on the judge's held-out round trips, its own card's numbers beside.
+def compared_classifier_report(cfg: JudgeConfig, data: JudgeData, name: str) -> dict | None:
+    """Another style classifier (the file of option ``name``) on the judge's held-out round trips,
+    its own card's numbers beside; None when the option is '' or the file is missing.
 
     Its accuracies are over the judge's classes only (the argmax among them), so both name the
     same styles; its P(style) is its own, over every class it knows, as the book read it."""
     from lora_core.metrics.cache import FeatureCache
     from lora_core.metrics.style import StyleClassifier
 
-    if not cfg.previous or not cfg.path("previous").is_file():
+    if not getattr(cfg, name) or not cfg.path(name).is_file():
         return None
-    previous = StyleClassifier(cfg.path("previous"), cache=FeatureCache(cfg.path("data_dir") / "cache" / "features"))
-    missing = [c for c in cfg.classes if c not in previous.classes]
+    other = StyleClassifier(cfg.path(name), cache=FeatureCache(cfg.path("data_dir") / "cache" / "features"))
+    missing = [c for c in cfg.classes if c not in other.classes]
     if missing:
-        raise ValueError(f"previous: {cfg.previous} does not name {missing}; it cannot be compared")
-    probs = previous.predict_proba(data.images["heldout"])
-    same_classes = probs[:, [previous.classes.index(c) for c in cfg.classes]]
+        raise ValueError(f"{name}: {getattr(cfg, name)} does not name {missing}; it cannot be compared")
+    probs = other.predict_proba(data.images["heldout"])
+    same_classes = probs[:, [other.classes.index(c) for c in cfg.classes]]
     report = classification_report(same_classes, data.labels["heldout"], cfg.classes, BOOK_STYLES)
-    return {"file": cfg.previous, "backbone": previous.backbone_name, "classes": list(previous.classes),
-            "its_card": {k: previous.card.get(k) for k in ("heldout_accuracy", "heldout_per_vendor", "split")},
+    own = ("heldout_accuracy", "heldout_accuracy_book_styles", "heldout_per_vendor", "heldout_per_class", "split",
+           "vae_sha256")
+    return {"file": getattr(cfg, name), "backbone": other.backbone_name, "classes": list(other.classes),
+            "its_card": {k: other.card[k] for k in own if k in other.card},
             "heldout_accuracy": report["accuracy"], "heldout_accuracy_book_styles": report["accuracy_book_styles"],
             "heldout_per_class": report["per_class"], "heldout_confusion": report["confusion"],
-            "p_style_on_round_trips": p_class_on_style_sets(probs, data.pairs["heldout"], previous.classes,
+            "p_style_on_round_trips": p_class_on_style_sets(probs, data.pairs["heldout"], other.classes,
                                                             cfg.path("data_dir"))}
 
 
+COLUMNS = (("judge", None), ("judge on the earlier VAE", "earlier"), ("previous classifier", "previous"))
+
+
+def _value_row(label: str, columns: list[dict], *path: str) -> str:
+    """A table row: the number at ``path`` (keys into nested dicts) of each column's card, '–' where absent."""
+    values = []
+    for value in columns:
+        for key in path:
+            value = (value or {}).get(key)
+        values.append(value)
+    return f"| {label} | " + " | ".join("–" if v is None else f"{v:.2f}" for v in values) + " |"
+
+
 def card_markdown(card: dict) -> str:
-    """The card's numbers as the table the book's data page includes (``<judge>.md``)."""
-    previous = card.get("previous") or {}
-    split = card["split"]
+    """The card's numbers as the table the book's data page includes (``<judge>.md``): the judge,
+    and beside it on the same images the classifiers of :data:`COLUMNS` that the card holds."""
+    shown = [(title, card if key is None else card[key]) for title, key in COLUMNS if key is None or card.get(key)]
+    columns = [column for _, column in shown]
+    rows = [_value_row(f"accuracy, the book's styles ({', '.join(card['book_styles'])})", columns,
+                       "heldout_accuracy_book_styles"),
+            _value_row(f"accuracy, all {len(card['classes'])} vendors the judge names", columns, "heldout_accuracy")]
+    rows += [_value_row(f"accuracy on {c} images", columns, "heldout_per_class", c) for c in card["classes"]]
+    rows += [_value_row(f"P({c}) on {c} round trips of the style sets' {p['n']} held-out subjects", columns,
+                        "p_style_on_round_trips", c, "p") for c, p in card["p_style_on_round_trips"].items()]
+    return (_card_sentences(card) + "\n\n| held-out subjects, VAE round trips | " + " | ".join(t for t, _ in shown)
+            + " |\n|---|" + "---|" * len(shown) + "\n" + "\n".join(rows) + "\n")
 
-    def row(label: str, key: str, sub: str | None = None) -> str:
-        values = [(c.get(key) or {}).get(sub) if sub else c.get(key) for c in (card, previous)]
-        return f"| {label} | " + " | ".join("–" if v is None else f"{v:.2f}" for v in values) + " |"
 
-    rows = [row(f"accuracy, the book's styles ({', '.join(card['book_styles'])})", "heldout_accuracy_book_styles"),
-            row(f"accuracy, all {len(card['classes'])} vendors the judge names", "heldout_accuracy")]
-    rows += [row(f"accuracy on {c} images", "heldout_per_class", c) for c in card["classes"]]
-    rows += [f"| P({c}) on {c} round trips of the style sets' {card['p_style_on_round_trips'][c]['n']} "
-             f"held-out subjects | {card['p_style_on_round_trips'][c]['p']:.2f} | "
-             + (f"{previous['p_style_on_round_trips'][c]['p']:.2f} |" if c in previous.get("p_style_on_round_trips", {})
-                else "– |") for c in card["p_style_on_round_trips"]]
-    return (f"The style judge names which of {len(card['classes'])} vendors drew a {card['resolution']} px image: "
-            f"a CNN of {card['architecture']['parameters']:,} parameters trained for "
-            f"{len(card['history'])} epochs ({card['train_minutes']} min on one thread) on VAE round trips of "
-            f"{split['train_images']:,} true images of {split['train_subjects']:,} subjects. Held out: the "
-            f"{split['heldout_subjects']} subjects of the style sets in every vendor, {split['heldout_images']:,} "
-            f"round trips through the VAE of `{card['config']['vae']}`."
-            + (f" The previous classifier ({previous['backbone']} features and a linear head, "
-               f"{len(previous['classes'])} vendors) is measured on the same images; its accuracies count its "
-               "choice among the judge's classes." if previous else "") + "\n\n"
-            "| held-out subjects, VAE round trips | judge | previous classifier |\n|---|---|---|\n"
-            + "\n".join(rows) + "\n")
+def _card_sentences(card: dict) -> str:
+    split, earlier, previous = card["split"], card.get("earlier"), card.get("previous")
+    text = (f"The style judge names which of {len(card['classes'])} vendors drew a {card['resolution']} px image: "
+            f"a CNN of {card['architecture']['parameters']:,} parameters trained for {len(card['history'])} epochs "
+            f"({card['train_minutes']} min on one thread) on VAE round trips of {split['train_images']:,} true "
+            f"images of {split['train_subjects']:,} subjects. Held out: the {split['heldout_subjects']} subjects of "
+            f"the style sets in every vendor, {split['heldout_images']:,} round trips through the VAE of "
+            f"`{card['config']['vae']}`. Beside it, on the same images, ")
+    compared = []
+    if earlier:
+        compared.append(f"the same judge trained on the round trips of the tiny base's earlier VAE (before its "
+                        f"phase 3; it scored {earlier['its_card']['heldout_accuracy_book_styles']:.2f} on the "
+                        "round trips of that VAE)")
+    if previous:
+        compared.append(f"the previous classifier ({previous['backbone']} features and a linear head, "
+                        f"{len(previous['classes'])} vendors)")
+    if not compared:
+        return text.replace(" Beside it, on the same images, ", "")
+    return text + " and ".join(compared) + "; their accuracies count their choice among the judge's classes."
