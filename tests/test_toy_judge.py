@@ -75,7 +75,7 @@ def test_judge_was_trained_on_the_round_trips_of_the_shipped_vae(judge):
     from lora_core.models import load_base
 
     vae = load_base(judge.card["config"]["vae"]).vae
-    assert judge.card["vae_sha256"] == vae_digest(vae), "models/tiny-sd's VAE changed: python -m lora_core.toy train-judge"
+    assert judge.card["vae_sha256"] == vae_digest(vae), "the VAE changed: python -m lora_core.toy train-judge"
 
 
 @needs_world

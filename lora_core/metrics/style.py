@@ -5,8 +5,9 @@
   paired images exist.
 - :class:`StyleClassifier`: P(vendor) from the style judge of ``models/metrics`` (a small CNN
   trained on VAE round trips of real images at the tiny profile's 32 px, so decoded generations
-  are judged on equal terms; trained by ``python -m lora_core.toy train-judge``). :class:`SubjectGroupClassifier`: the emoji category from real-image features,
-  for "the subject stays recognisable".
+  are judged on equal terms; ``python -m lora_core.toy train-judge``).
+  :class:`SubjectGroupClassifier`: the emoji category from real-image features, for "the subject
+  stays recognisable".
 - :func:`cross_style_control`: each adapter should score best on its own style.
 - Fidelity as in the LyCORIS evaluation (Yeh et al., ICLR 2024): mean cross-pair cosine and
   squared centroid distance between generated and training features.
