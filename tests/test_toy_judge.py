@@ -15,6 +15,7 @@ from lora_core.metrics.train_heads import vae_reconstruct
 from lora_core.toy.heads import load_pairs
 from lora_core.toy.judge import (BOOK_STYLES, JudgeConfig, card_markdown, content_hash, sample_check_keys,
                                  split_pairs, split_subjects, train_judge, vae_digest)
+from lora_core.paths import REPO_ROOT
 from lora_core.world import DATA_DIR, VENDORS, true_images_dir
 
 needs_world = pytest.mark.skipif(
@@ -94,6 +95,11 @@ def test_card_records_the_previous_classifier_on_the_same_images(judge):
     assert set(previous["p_style_on_round_trips"]) == set(judge.card["p_style_on_round_trips"]) == set(judge.classes)
     confusion = pd.DataFrame(judge.card["heldout_confusion"]).fillna(0)
     assert confusion.values.sum() == judge.card["split"]["heldout_images"]
+    earlier = judge.card["earlier"]   # the same judge trained on the VAE before phase 3, on these images
+    earlier_judge = StyleClassifier(REPO_ROOT / earlier["file"])
+    assert earlier["its_card"]["heldout_accuracy_book_styles"] == earlier_judge.card["heldout_accuracy_book_styles"]
+    assert "vae_sha256" not in earlier_judge.card and earlier_judge.card["config"]["vae"] == judge.card["config"]["vae"]
+    assert sum(sum(row.values()) for row in earlier["heldout_confusion"].values()) == judge.card["split"]["heldout_images"]
 
 
 def _tiny_world(root, n_subjects: int = 24) -> None:

@@ -450,8 +450,9 @@ def card_markdown(card: dict) -> str:
                        "heldout_accuracy_book_styles"),
             _value_row(f"accuracy, all {len(card['classes'])} vendors the judge names", columns, "heldout_accuracy")]
     rows += [_value_row(f"accuracy on {c} images", columns, "heldout_per_class", c) for c in card["classes"]]
-    rows += [_value_row(f"P({c}) on {c} round trips of the style sets' {p['n']} held-out subjects", columns,
-                        "p_style_on_round_trips", c, "p") for c, p in card["p_style_on_round_trips"].items()]
+    ceilings = card["p_style_on_round_trips"]   # in the classes' order: a stored card's keys come back sorted
+    rows += [_value_row(f"P({c}) on {c} round trips of the style sets' {ceilings[c]['n']} held-out subjects",
+                        columns, "p_style_on_round_trips", c, "p") for c in card["classes"] if c in ceilings]
     return (_card_sentences(card) + "\n\n| held-out subjects, VAE round trips | " + " | ".join(t for t, _ in shown)
             + " |\n|---|" + "---|" * len(shown) + "\n" + "\n".join(rows) + "\n")
 
