@@ -140,7 +140,7 @@ show_table(result.results_table(), first=["measure", "target_style", "mode"],
 #
 # Why ours may differ from S1: their LoRAs were rank-16 attention LoRAs on SD v1.5 at 512 px
 # trained 1000 steps on ~100 anime frames, ours are the profile's LoRAs on the tiny model at
-# 32 px; they judged by eye and with CLIP, we use a learned style classifier, EfficientNet-Lite0
-# features, ST-LPIPS and a stand-in alignment score; and S1 does not say whether their
+# 32 px; they judged by eye and with CLIP, we use a learned style judge (a CNN on pixels), EffNet
+# feature distances, ST-LPIPS and a stand-in alignment score; and S1 does not say whether their
 # "interpolation" mixed LoRA factors (as here) or merged full weight deltas, which would be the
 # blend.

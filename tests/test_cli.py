@@ -137,6 +137,7 @@ def test_every_kohya_name_maps_to_a_real_key():
 def test_toy_help_lists_the_config_keys_of_pretraining_and_heads(capsys):
     from lora_core.toy.__main__ import main as toy_main
     from lora_core.toy.heads import HeadsConfig
+    from lora_core.toy.judge import JudgeConfig
     from lora_core.toy.pretrain import PretrainConfig
     from lora_core.toy.vae_finetune import VaeFinetuneConfig
 
@@ -145,6 +146,8 @@ def test_toy_help_lists_the_config_keys_of_pretraining_and_heads(capsys):
         assert [k for k in _keys(PretrainConfig) if f"  {k}=" not in text] == [], command
     text = _help(toy_main, ["train-heads", "--help"], capsys)
     assert [k for k in _keys(HeadsConfig) if f"  {k}=" not in text] == []
+    text = _help(toy_main, ["train-judge", "--help"], capsys)
+    assert [k for k in _keys(JudgeConfig) if f"  {k}=" not in text] == []
     for command in ("vae-finetune", "export-vae"):
         text = _help(toy_main, [command, "--help"], capsys)
         assert [k for k in _keys(VaeFinetuneConfig) if f"  {k}=" not in text] == [], command
@@ -166,8 +169,10 @@ def test_toy_user_errors_are_one_line_after_or_before_the_subcommand(tmp_path, c
 def test_heads_user_error_is_one_line(capsys):
     from lora_core.toy.__main__ import main as toy_main
 
-    assert toy_main(["train-heads", "--set", "align_step=3", "--vae", "none"]) == 2
+    assert toy_main(["train-heads", "--set", "align_step=3"]) == 2
     assert capsys.readouterr().err.startswith("error: HeadsConfig: unknown key 'align_step'. Valid keys:")
+    assert toy_main(["train-judge", "--set", "epoch=3"]) == 2
+    assert capsys.readouterr().err.startswith("error: JudgeConfig: unknown key 'epoch'. Valid keys:")
 
 
 def test_book_help_lists_profiles_and_the_parameters_papermill_sees(capsys):

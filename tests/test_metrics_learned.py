@@ -168,6 +168,27 @@ def test_style_classifier_file_round_trip_and_p_style(tmp_path):
         load_classifier(tmp_path / "style.pt")
 
 
+def test_image_classifier_judge_file_round_trip_applies_to_pixels(tmp_path):
+    from lora_core.metrics.heads import IMAGE_CNN, ImageClassifier
+
+    torch.manual_seed(0)
+    net = ImageClassifier(("noto", "twemoji", "openmoji"), width=4).eval()
+    path = save_head(net, tmp_path / "judge.safetensors",
+                     {"classes": list(net.classes), "architecture": {"kind": IMAGE_CNN, "width": 4},
+                      "backbone": "judge", "resolution": 8, "heldout_accuracy": 0.9})
+    classifier = style.StyleClassifier(path)
+    assert isinstance(classifier.head, ImageClassifier) and classifier.backbone_name == "judge"
+    images = torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():   # the reference: the module's own forward on [-1, 1] pixels
+        expected = torch.softmax(net(images.float() / 127.5 - 1), dim=-1)
+    assert torch.allclose(classifier.predict_proba(images), expected, atol=1e-6)
+    result = classifier.p_style(images, "openmoji")
+    assert result.metric == "P(style=openmoji)" and result.backbone == "judge"
+    assert result.value == pytest.approx(float(expected[:, 2].double().mean()), rel=1e-5)
+    with pytest.raises(RuntimeError, match="predict_proba needs eval mode"):
+        net.train().predict_proba(images)
+
+
 # ---------------------------------------------------------------- paired distances
 
 def _toy_data(tmp_path, keys=("1f600", "1f431")) -> tuple:
@@ -355,17 +376,13 @@ def test_train_heads_pipeline_writes_heads_and_cards(tmp_path):
     cfg = train_heads.HeadsConfig(data_dir=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"),
                                   out_dir=str(tmp_path / "heads"), backbone="pixels-8", resolution=8,
                                   eval_subjects=6, align_steps=5, align_batch=8, classifier_epochs=20)
-    cards = train_heads.train_all(cfg, reconstruct=lambda images: 255 - images, reconstruct_name="invert")
+    cards = train_heads.train_all(cfg)
     for name, card in cards.items():
         state, stored = load_head(tmp_path / "heads" / f"{name}.safetensors")
         assert stored == card and stored["config_hash"] == cfg.hash() and state
-    assert sorted(cards) == ["align_standin", "style_classifier", "subject_category", "subject_subcategory"]
+    assert sorted(cards) == ["align_standin", "subject_category", "subject_subcategory"]
     assert cards["align_standin"]["split"]["heldout_subjects"] == 6
     assert cards["align_standin"]["heldout_retrieval"]["chance_top1"] == pytest.approx(1 / 6)
-    assert cards["style_classifier"]["reconstruct"] == "invert"
-    assert set(cards["style_classifier"]["heldout_per_vendor"]) == {"noto", "twemoji"}
-    assert cards["style_classifier"]["heldout_accuracy"] == 1.0   # half white vs half black: trivially separable
-    assert style.StyleClassifier(tmp_path / "heads" / "style_classifier.safetensors").classes[:2] == ("noto", "twemoji")
     scorer = alignment.StandInAlignScorer(tmp_path / "heads" / "align_standin.safetensors")
     assert scorer.card["backbone"] == "pixels-8"
     groups = style.SubjectGroupClassifier(tmp_path / "heads" / "subject_category.safetensors")

@@ -91,7 +91,8 @@ class Evaluator:
 
         path = style.STYLE_CLASSIFIER_PATH if kind == "style" else style.SUBJECT_GROUP_PATHS["category"]
         if not path.is_file():
-            self.unavailable[kind] = f"{path} is missing (python -m lora_core.toy train-heads)"
+            command = "train-judge" if kind == "style" else "train-heads"
+            self.unavailable[kind] = f"{path} is missing (python -m lora_core.toy {command})"
             return None
         head_class = style.StyleClassifier if kind == "style" else style.SubjectGroupClassifier
         return head_class(path, cache=self.cache)

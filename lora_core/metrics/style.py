@@ -3,10 +3,11 @@
 - Paired distances: a generation of subject ``k`` against the true image of ``k`` in the target
   style and in the base style (pixel MSE and backbone-feature distance): exact, because the
   paired images exist.
-- :class:`StyleClassifier`: P(vendor) from EfficientNet-Lite0 features, trained on VAE
-  reconstructions of real images at the tiny profile's 32 px, so decoded generations are judged
-  on equal terms. :class:`SubjectGroupClassifier`: the emoji category from real-image features,
-  for "the subject stays recognisable".
+- :class:`StyleClassifier`: P(vendor) from the style judge of ``models/metrics`` (a small CNN
+  trained on VAE round trips of real images at the tiny profile's 32 px, so decoded generations
+  are judged on equal terms; ``python -m lora_core.toy train-judge``).
+  :class:`SubjectGroupClassifier`: the emoji category from real-image features, for "the subject
+  stays recognisable".
 - :func:`cross_style_control`: each adapter should score best on its own style.
 - Fidelity as in the LyCORIS evaluation (Yeh et al., ICLR 2024): mean cross-pair cosine and
   squared centroid distance between generated and training features.
@@ -33,7 +34,7 @@ import pandas as pd
 import torch
 
 from lora_core.images import prepare_image
-from lora_core.metrics.heads import METRIC_MODELS_DIR, load_classifier
+from lora_core.metrics.heads import METRIC_MODELS_DIR, ImageClassifier, load_classifier
 from lora_core.metrics.preprocess import as_uint8_images, check_same_shape, resize_for_backbone
 from lora_core.metrics.stats import MetricResult, bootstrap_result
 
@@ -108,7 +109,8 @@ def paired_style_distances(generated: Any, subject_keys: Sequence[str], target_f
 
 
 class _FeatureHeadMetric:
-    """A trained classifier head on a backbone's features, loaded from ``models/metrics``."""
+    """A trained classifier loaded from ``models/metrics``: a head on a backbone's features, or a
+    CNN on the pixels (``backbone_name`` then names the CNN)."""
 
     def __init__(self, path: str | Path, cache: Any = None):
         self.head, self.card = load_classifier(path)
@@ -129,6 +131,8 @@ class _FeatureHeadMetric:
         if self.resolution is not None and images.shape[-1] != self.resolution:
             raise ValueError(f"images: this head was trained at {self.resolution} px, got "
                              f"{images.shape[-1]} px (prepare them with lora_core.images.prepare_image)")
+        if isinstance(self.head, ImageClassifier):   # judges the pixels: no backbone
+            return self.head.predict_proba(images)
         return self.head.predict_proba(self.backbone.features(images, "images", cache=self.cache).float())
 
 

@@ -25,8 +25,10 @@ from lora_core.metrics.alignment import AlignHeads, info_nce_loss, retrieval_acc
 Reconstruct = Callable[[torch.Tensor], torch.Tensor]   # uint8 (N, 3, R, R) -> uint8 (N, 3, R, R)
 
 
-def vae_reconstruct(vae: torch.nn.Module, batch_size: int = 64) -> Reconstruct:
-    """Encode to the latent mean and decode: what the VAE keeps of an image (deterministic)."""
+def vae_reconstruct(vae: torch.nn.Module, batch_size: int = 64,
+                    generator: torch.Generator | None = None) -> Reconstruct:
+    """Encode to the latent mean and decode: what the VAE keeps of an image (deterministic). With
+    ``generator``, decode a latent sampled from the posterior instead (one draw per image)."""
     from lora_core.images import to_uint8
 
     @torch.no_grad()
@@ -34,7 +36,8 @@ def vae_reconstruct(vae: torch.nn.Module, batch_size: int = 64) -> Reconstruct:
         out = []
         for start in range(0, len(images_uint8), batch_size):
             x = images_uint8[start:start + batch_size].float().div(127.5).sub(1.0)
-            latents = vae.encode(x).latent_dist.mode()
+            posterior = vae.encode(x).latent_dist
+            latents = posterior.mode() if generator is None else posterior.sample(generator=generator)
             out.append(to_uint8(vae.decode(latents).sample))
         return torch.cat(out)
     return reconstruct

@@ -3,8 +3,9 @@
 
 ``python -m lora_core.toy build`` prepares ``data/`` from the npm emoji packages;
 ``pretrain-vae``/``pretrain-unet``/``pretrain-all``/``export``/``check`` make and measure
-``models/tiny-sd``; ``train-heads`` trains the learned metrics' heads on the world. The world's
-vocabulary (vendors, style and subject sets, trigger words) lives in :mod:`lora_core.world`, re-exported
+``models/tiny-sd``; ``train-heads`` and ``train-judge`` train the learned metrics' heads and the
+style judge on the world. The world's vocabulary (vendors, style and subject sets, trigger words)
+lives in :mod:`lora_core.world`, re-exported
 here. See ``book/data.md`` for sources and licences.
 """
 from lora_core.toy.build import BuildConfig, build, verify

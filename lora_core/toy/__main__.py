@@ -1,5 +1,5 @@
 """Command line: ``python -m lora_core.toy {build,pretrain-vae,pretrain-unet,pretrain-all,export,check,train-heads,
-vae-finetune,export-vae}``."""
+vae-finetune,export-vae,train-judge}``."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,8 @@ from pathlib import Path
 
 from lora_core.cli import UserError, add_debug_option, command_parser, run_command
 from lora_core.config import config_help
-from lora_core.toy.heads import HeadsConfig
+from lora_core.toy.heads import HeadsConfig, parse_override
+from lora_core.toy.judge import JudgeConfig
 from lora_core.toy.pretrain import SCRATCH, PretrainConfig, load_checkpoint, pretrain_unet, pretrain_vae
 from lora_core.toy.vae_finetune import VaeFinetuneConfig
 
@@ -25,12 +26,15 @@ def main(argv: list[str] | None = None) -> int:
     pretrain_keys = config_help(PretrainConfig)
     heads_keys = config_help(HeadsConfig)
     vae_keys = config_help(VaeFinetuneConfig)
+    judge_keys = config_help(JudgeConfig)
     for name, subcommand in commands.choices.items():
         add_debug_option(subcommand, subcommand=True)
         if name.startswith("pretrain-") or name == "export":
             subcommand.epilog = f"PretrainConfig keys of the --config JSON file (default, then help):\n{pretrain_keys}"
         elif name == "train-heads":
             subcommand.epilog = f"HeadsConfig keys for --set KEY=VALUE (default, then help):\n{heads_keys}"
+        elif name == "train-judge":
+            subcommand.epilog = f"JudgeConfig keys for --set KEY=VALUE (default, then help):\n{judge_keys}"
         elif name in ("vae-finetune", "export-vae"):
             subcommand.epilog = f"VaeFinetuneConfig keys of the --config JSON file (default, then help):\n{vae_keys}"
         subcommand.formatter_class = parser.formatter_class
@@ -72,10 +76,11 @@ def add_commands(commands) -> None:
     p.add_argument("--n", type=int, default=200, help="captions to generate for check 2")
     p.add_argument("--out", default=str(SCRATCH))
     p = commands.add_parser("train-heads", help="train the learned metrics' heads (alignment stand-in, subject "
-                                                "and style classifiers) on the world into models/metrics")
+                                                "classifiers) on the world into models/metrics")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="HeadsConfig overrides")
-    p.add_argument("--vae", default="toy:base",
-                   help="base model whose VAE reconstructs the style classifier's images ('none': real images)")
+    p = commands.add_parser("train-judge", help="train the style judge on VAE round trips into models/metrics "
+                                                "(resumes an interrupted run)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="JudgeConfig overrides")
 
 
 def _config(args) -> PretrainConfig:
@@ -117,7 +122,11 @@ def _run_model_command(args) -> int:
         return _run_vae_finetune(args)
     if args.command == "train-heads":
         from lora_core.toy.heads import train_heads_command
-        return train_heads_command(args.set, args.vae)
+        return train_heads_command(args.set)
+    if args.command == "train-judge":
+        from lora_core.toy.judge import train_judge
+        train_judge(JudgeConfig.from_dict(dict(parse_override(item) for item in args.set)))
+        return 0
     out = Path(args.out)
     if args.command == "check":
         from lora_core.toy.check import run_checks

@@ -9,10 +9,10 @@ Heads (each a safetensors file plus a JSON card in ``models/metrics/``):
 
 - ``align_standin``: two linear projections (MiniLM text, EfficientNet-Lite0 image) trained with
   InfoNCE; card: zero-shot retrieval on held-out subjects, text->image and image->text, top-1/5.
-- ``style_classifier``: vendor from EfficientNet features of VAE reconstructions (the tiny
-  base's VAE) at 32 px; card: held-out accuracy and confusion matrix.
 - ``subject_category`` and ``subject_subcategory``: the emoji's group from real-image features
   (does the subject stay recognisable?); card: held-out accuracy beside the majority baseline.
+
+The style classifier is the style judge, trained on VAE round trips by :mod:`lora_core.toy.judge`.
 
 Backbone features are cached by content hash (``data/cache/features``), so a retrain after the
 first run costs only the head training (seconds). Everything is seeded; reruns are identical.
@@ -31,8 +31,7 @@ import torch
 
 from lora_core.config import Config, option
 from lora_core.metrics.heads import METRIC_MODELS_DIR, accuracy, save_head, train_classifier
-from lora_core.metrics.train_heads import (Reconstruct, encode_texts, extract_features, retrieval_report,
-                                           train_align_heads, vae_reconstruct)
+from lora_core.metrics.train_heads import encode_texts, extract_features, retrieval_report, train_align_heads
 from lora_core.world import VENDORS, true_images_dir
 
 EXCLUDED_CATEGORIES = ("Component",)  # skin-tone and hair swatches, not subjects
@@ -48,8 +47,6 @@ class HeadsConfig(Config):
     seed: int = option(0, "seed of every sample and initialisation")
     vendors_per_train_subject: int = option(1, "real images per training subject (random vendors)")
     eval_subjects: int = option(100, "held-out subjects (all vendors each) for every head's accuracy")
-    style_train_subjects: int = option(700, "training images reconstructed for the style classifier")
-    style_eval_subjects: int = option(60, "held-out subjects (all vendors) reconstructed for its accuracy")
     align_dim: int = option(256, "joint embedding size of the alignment stand-in")
     align_steps: int = option(1500, "InfoNCE optimizer steps")
     align_batch: int = option(256, "subjects per InfoNCE batch (distinct, so no false negatives)")
@@ -58,8 +55,8 @@ class HeadsConfig(Config):
     classifier_epochs: int = option(300, "full-batch epochs of the classifier heads")
 
     def __post_init__(self):
-        if self.vendors_per_train_subject < 1 or self.eval_subjects < 5 or self.style_eval_subjects < 1:
-            raise ValueError("vendors_per_train_subject >= 1, eval_subjects >= 5, style_eval_subjects >= 1")
+        if self.vendors_per_train_subject < 1 or self.eval_subjects < 5:
+            raise ValueError("vendors_per_train_subject >= 1, eval_subjects >= 5")
 
 
 def load_catalog(data_dir: str | Path) -> pd.DataFrame:
@@ -117,8 +114,7 @@ def _card(cfg: HeadsConfig, **fields) -> dict:
             "resolution": cfg.resolution, **fields}
 
 
-def train_all(cfg: HeadsConfig = HeadsConfig(), reconstruct: Reconstruct | None = None,
-              reconstruct_name: str = "none (real images)") -> dict[str, dict]:
+def train_all(cfg: HeadsConfig = HeadsConfig()) -> dict[str, dict]:
     """Assemble data, cache features, train and save the heads; returns their cards."""
     start = time.time()
     catalog = load_catalog(cfg.data_dir)
@@ -139,8 +135,6 @@ def train_all(cfg: HeadsConfig = HeadsConfig(), reconstruct: Reconstruct | None 
     for level in ("category", "subcategory"):
         cards[f"subject_{level}"] = _train_group(cfg, level, catalog, train_pairs, train_feats, eval_pairs,
                                                  eval_feats, split)
-    cards["style_classifier"] = _train_style(cfg, train_pairs, train_feats, eval_pairs, eval_feats,
-                                             generator, reconstruct, reconstruct_name)
     print(f"done in {time.time() - start:.0f} s", flush=True)
     return cards
 
@@ -179,41 +173,6 @@ def _train_group(cfg, level, catalog, train_pairs, train_feats, eval_pairs, eval
     return card
 
 
-def _train_style(cfg, train_pairs, train_feats, eval_pairs, eval_feats, generator, reconstruct,
-                 reconstruct_name):
-    """Vendor classifier. Without ``reconstruct`` it reuses the real-image features; with it, a
-    subset (``style_train_subjects`` pairs, ``style_eval_subjects`` held-out subjects) is
-    reconstructed and encoded again."""
-    vendors = tuple(VENDORS)
-    if reconstruct is not None:
-        keep = sorted(torch.randperm(len(train_pairs), generator=generator)[:cfg.style_train_subjects].tolist())
-        eval_subjects = sorted({k for k, _ in eval_pairs})[:cfg.style_eval_subjects]
-        train_pairs = [train_pairs[i] for i in keep]
-        eval_pairs = [(k, v) for k, v in eval_pairs if k in set(eval_subjects)]
-        print(f"style images: {len(train_pairs)} train, {len(eval_pairs)} held-out ({reconstruct_name})", flush=True)
-        train_feats, eval_feats = (extract_features(reconstruct(load_pairs(cfg.data_dir, pairs, cfg.resolution)),
-                                                    cfg.backbone, cfg.cache_dir)
-                                   for pairs in (train_pairs, eval_pairs))
-    labels = torch.tensor([vendors.index(v) for _, v in train_pairs])
-    eval_labels = torch.tensor([vendors.index(v) for _, v in eval_pairs])
-    head = train_classifier(train_feats, labels, vendors, seed=cfg.seed, epochs=cfg.classifier_epochs)
-    eval_logits = head(eval_feats).detach()
-    confusion = pd.crosstab(pd.Series([vendors[i] for i in eval_labels], name="true"),
-                            pd.Series([vendors[i] for i in eval_logits.argmax(-1)], name="predicted"))
-    card = _card(cfg, kind="style (vendor) classifier", classes=list(vendors), reconstruct=reconstruct_name,
-                 data="emoji of every vendor" + ("" if reconstruct is None else ", VAE-reconstructed"),
-                 split={"train_images": len(train_pairs), "heldout_subjects": len({k for k, _ in eval_pairs}),
-                        "heldout_images": len(eval_pairs),
-                        "heldout_rule": "subjects of data/styles/* (never trained on)"},
-                 heldout_accuracy=accuracy(eval_logits, eval_labels),
-                 train_accuracy=accuracy(head(train_feats).detach(), labels),
-                 heldout_per_vendor={v: accuracy(eval_logits[eval_labels == i], eval_labels[eval_labels == i])
-                                     for i, v in enumerate(vendors) if bool((eval_labels == i).any())},
-                 heldout_confusion={true: row.to_dict() for true, row in confusion.iterrows()})
-    save_head(head, Path(cfg.out_dir) / "style_classifier.safetensors", card)
-    return card
-
-
 def parse_override(item: str) -> tuple[str, object]:
     """``"key=value"`` -> ``(key, value)``, the value read as JSON when it parses.
 
@@ -229,15 +188,10 @@ def parse_override(item: str) -> tuple[str, object]:
         return key, text
 
 
-def train_heads_command(overrides: list[str], vae: str) -> int:
-    """``python -m lora_core.toy train-heads``: every head, the style classifier on ``vae``'s round trips."""
+def train_heads_command(overrides: list[str]) -> int:
+    """``python -m lora_core.toy train-heads``: the alignment stand-in and the subject classifiers."""
     cfg = HeadsConfig.from_dict(dict(parse_override(item) for item in overrides))
-    reconstruct, name = None, "none (real images)"
-    if vae != "none":
-        from lora_core.models import load_base
-
-        reconstruct, name = vae_reconstruct(load_base(vae).vae), f"VAE of {vae} (encode mean, decode)"
-    for head, card in train_all(cfg, reconstruct, name).items():
+    for head, card in train_all(cfg).items():
         summary = card.get("heldout_retrieval") or {"heldout_accuracy": card.get("heldout_accuracy")}
         print(head, {k: v for k, v in summary.items() if not isinstance(v, dict)})
     return 0
