@@ -4,6 +4,7 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -40,3 +41,29 @@ def smoke_book(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("book")
     return root, run_book("smoke", {}, root=root)
+
+
+class BrightnessEvaluator:
+    """An evaluator that judges style by mean brightness (dark: the base style, bright: the other
+    ``classes`` alike); true images are mid-grey and every subject is recognised."""
+
+    base_style, cache = "noto", None
+
+    def __init__(self, classes):
+        self.style_classifier = type("Judge", (), {"classes": tuple(classes)})()
+
+    def true_images(self, subject_keys, style, resolution):
+        return torch.full((len(subject_keys), 3, resolution, resolution), 128, dtype=torch.uint8)
+
+    def style_probabilities(self, images):
+        bright = images.double().mean(dim=(1, 2, 3)) / 255
+        return torch.stack([1 - bright, bright / 3, bright / 3, bright / 3], dim=1)
+
+    def subject_hits(self, images, subject_keys):
+        return np.ones(len(subject_keys))
+
+
+@pytest.fixture
+def brightness_evaluator():
+    """:class:`BrightnessEvaluator`, to build with the judge's classes."""
+    return BrightnessEvaluator

@@ -216,36 +216,14 @@ def test_tradeoff_facts_name_the_best_run_and_the_best_within_the_bound():
     assert ablation.tradeoff_facts(pd.DataFrame())["tradeoff_measure"].startswith("not measured")
 
 
-class _Judge:
-    classes = ("noto", "twemoji", "openmoji", "fluent3d")
-
-
-class _Evaluator:
-    """Judges by mean brightness; true images mid-grey; every subject recognised."""
-
-    style_classifier, base_style, cache = _Judge(), "noto", None
-
-    def true_images(self, subject_keys, style, resolution):
-        import torch
-
-        return torch.full((len(subject_keys), 3, resolution, resolution), 128, dtype=torch.uint8)
-
-    def style_probabilities(self, images):
-        import torch
-
-        bright = images.double().mean(dim=(1, 2, 3)) / 255
-        return torch.stack([1 - bright, bright / 3, bright / 3, bright / 3], dim=1)
-
-    def subject_hits(self, images, subject_keys):
-        return np.ones(len(subject_keys))
-
-
-def test_judge_grid_judges_every_distinct_run_once_on_held_out_subjects(trained, tmp_path, monkeypatch):
+def test_judge_grid_judges_every_distinct_run_once_on_held_out_subjects(trained, tmp_path, monkeypatch,
+                                                                      brightness_evaluator):
     from lora_core.experiments import common
 
     result, base = trained
     monkeypatch.setattr(common, "generation_cache_dir", lambda: tmp_path)
-    judged = ablation.judge_grid(SMOKE, result.settings, result.configs, result.records, base, _Evaluator())
+    evaluator = brightness_evaluator(("noto", "twemoji", "openmoji", "fluent3d"))
+    judged = ablation.judge_grid(SMOKE, result.settings, result.configs, result.records, base, evaluator)
     n = SMOKE.n_eval_images
     assert judged.groupby("source").size().to_dict() == {"true": n, "base": n, "lora": n * len(result.configs)}
     assert len(list(tmp_path.glob("*.safetensors"))) == 1 + len(result.records)   # a shared run generated once

@@ -1,5 +1,4 @@
 """Chapter 1's logic on constructed result tables (hand-computed effects, spreads and verdicts)."""
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -202,34 +201,15 @@ def test_blind_facts_set_the_lora_between_ceiling_and_floor():
                                                                               "(no style judge in this build).")
 
 
-class _Judge:
-    classes = ("noto", "twemoji", "openmoji", "fluent_hc")
-
-
-class _Evaluator:
-    """Judges by mean brightness; true images are mid-grey; every subject recognised."""
-
-    style_classifier, base_style, cache = _Judge(), "noto", None
-
-    def true_images(self, subject_keys, style, resolution):
-        return torch.full((len(subject_keys), 3, resolution, resolution), 128, dtype=torch.uint8)
-
-    def style_probabilities(self, images):
-        bright = images.double().mean(dim=(1, 2, 3)) / 255
-        return torch.stack([1 - bright, bright / 3, bright / 3, bright / 3], dim=1)
-
-    def subject_hits(self, images, subject_keys):
-        return np.ones(len(subject_keys))
-
-
-def test_judge_heldout_judges_truth_base_and_every_seed_of_every_style(tiny_base):
+def test_judge_heldout_judges_truth_base_and_every_seed_of_every_style(tiny_base, brightness_evaluator):
     smoke = get_profile("smoke")
     sets = {style: {"heldout": eval_set(style, "heldout", 3)} for style in ("twemoji", "openmoji")}
     images = {(style, adapter, seed, "heldout"): torch.full((3, 3, 32, 32), value, dtype=torch.uint8)
               for style in sets for adapter, seed, value in (("base", None, 0), ("lora", 0, 200), ("lora", 1, 250))}
     result = benchmark.BenchmarkResult(smoke, configs={}, records={}, eval_sets=sets, images=images,
                                        judge_classes=("noto", "twemoji", "openmoji"))
-    judged = benchmark.judge_heldout(result, _Evaluator(), tiny_base)
+    evaluator = brightness_evaluator(("noto", "twemoji", "openmoji", "fluent_hc"))
+    judged = benchmark.judge_heldout(result, evaluator, tiny_base)
     assert judged.groupby(["style", "source"]).size().to_dict() == {
         (style, source): n for style in sets for source, n in (("base", 3), ("lora", 6), ("true", 3))}
     assert judged.loc[judged.source == "true", "subject_hit"].isna().all()
