@@ -447,8 +447,10 @@ def card_markdown(card: dict) -> str:
     shown = [(title, card if key is None else card[key]) for title, key in COLUMNS if key is None or card.get(key)]
     columns = [column for _, column in shown]
     rows = [_value_row(f"accuracy, the book's styles ({', '.join(card['book_styles'])})", columns,
-                       "heldout_accuracy_book_styles"),
-            _value_row(f"accuracy, all {len(card['classes'])} vendors the judge names", columns, "heldout_accuracy")]
+                       "heldout_accuracy_book_styles")]
+    if set(card["classes"]) != set(card["book_styles"]):   # otherwise the same number twice
+        rows.append(_value_row(f"accuracy, all {len(card['classes'])} vendors the judge names", columns,
+                               "heldout_accuracy"))
     rows += [_value_row(f"accuracy on {c} images", columns, "heldout_per_class", c) for c in card["classes"]]
     ceilings = card["p_style_on_round_trips"]   # in the classes' order: a stored card's keys come back sorted
     rows += [_value_row(f"P({c}) on {c} round trips of the style sets' {ceilings[c]['n']} held-out subjects",
