@@ -38,6 +38,7 @@ import torch
 from lora_core.experiments.common import EvalSet
 from lora_core.metrics.stats import MetricResult, aggregate_over_seeds, bootstrap_result
 from lora_core.profiles import Profile
+from lora_core.profiling import phase
 
 RESULT_COLUMNS = ("metric", "backbone", "n", "value", "ci_low", "ci_high", "note")
 # measure key -> (which direction is better for a style LoRA, what it asks)
@@ -129,6 +130,7 @@ class Evaluator:
         return load_true_images(list(subject_keys), true_images_dir(style), resolution)
 
     # -- the table ------------------------------------------------------------------------------
+    @phase("metrics: other")
     def evaluate(self, images: Any, eval_set: EvalSet, target_style: str, labels: dict[str, Any] | None = None,
                  reference: Any = None, measures: Sequence[str] = DEFAULT_MEASURES) -> pd.DataFrame:
         """One row per measure for ``images`` (generated from ``eval_set``'s prompts, in order).

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from lora_core.metrics.preprocess import as_uint8_images, resize_for_backbone
+from lora_core.profiling import phase
 
 BATCH_SIZE = 16  # images per forward pass: bounds memory at 299 px on a laptop CPU
 
@@ -95,12 +96,13 @@ class FeatureBackbone(nn.Module):
     def _run(self, images: Any, name: str, batch_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         images_uint8 = as_uint8_images(images, name)
         features, logits = [], []
-        for start in range(0, len(images_uint8), batch_size):
-            batch = images_uint8[start:start + batch_size].to(self.device)
-            f, lg = self.forward_normalised(self.normalise(resize_for_backbone(batch, self.input_size)))
-            features.append(f.double().cpu())
-            if lg is not None:
-                logits.append(lg.double().cpu())
+        with phase(f"features: {self.name}"):
+            for start in range(0, len(images_uint8), batch_size):
+                batch = images_uint8[start:start + batch_size].to(self.device)
+                f, lg = self.forward_normalised(self.normalise(resize_for_backbone(batch, self.input_size)))
+                features.append(f.double().cpu())
+                if lg is not None:
+                    logits.append(lg.double().cpu())
         return torch.cat(features), (torch.cat(logits) if logits else None)
 
     def features(self, images: Any, name: str = "images", batch_size: int = BATCH_SIZE,
