@@ -174,7 +174,7 @@ class Evaluator:
     def _features_and_logits_once(self, images: torch.Tensor) -> None:
         """Fill the cache with the feature backbone's features and logits of ``images`` from one
         forward pass (``features()`` and ``logits()`` would each run the network)."""
-        from lora_core.metrics.backbones import BATCH_SIZE, get_backbone
+        from lora_core.metrics.backbones import get_backbone
 
         net = get_backbone(self.profile.feature_backbone)
         if not net.has_logits or self.cache is None:
@@ -184,7 +184,7 @@ class Evaluator:
         def run(kind: int):
             def compute(imgs):
                 if not both:
-                    both.extend(net._run(imgs, "generated", BATCH_SIZE))
+                    both.extend(net._run(imgs, "generated"))
                 return both[kind]
             return compute
 
