@@ -39,6 +39,9 @@ SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
     "Euler": ("EulerDiscreteScheduler", {}),
     "Euler a": ("EulerAncestralDiscreteScheduler", {}),
     "DPM++ 2M": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "DPM++ 2M Karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2,
+                                                        "use_karras_sigmas": True}),
+    "UniPC": ("UniPCMultistepScheduler", {}),
     "PNDM": ("PNDMScheduler", {"skip_prk_steps": True}),
 }
 PNG_JSON_KEY = "lora_style_lab"

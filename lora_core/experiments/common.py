@@ -277,8 +277,8 @@ def quiet_libraries() -> Iterator[None]:
 
 def generate_eval_images(base, prompts, seeds, profile: Profile, adapter: str | Path | None = None,
                          batch_size: int | None = None, cache_dir: str | Path | None = None) -> torch.Tensor:
-    """uint8 (N, 3, R, R) images of ``prompts`` with their own ``seeds`` (DDIM, the profile's steps
-    and guidance), with a LoRA file (``adapter``) or without (the base).
+    """uint8 (N, 3, R, R) images of ``prompts`` with their own ``seeds`` (the profile's sampler,
+    steps and guidance), with a LoRA file (``adapter``) or without (the base).
 
     Results are cached in ``data/cache/generated`` under a key made of the base weights, the
     adapter file's content (tensors and metadata, not the header's byte order:
@@ -295,8 +295,9 @@ def generate_eval_images(base, prompts, seeds, profile: Profile, adapter: str | 
     if len(prompts) != len(seeds):
         raise ValueError(f"prompts and seeds must pair up: {len(prompts)} prompts, {len(seeds)} seeds")
     adapters = ((str(adapter), 1.0),) if adapter is not None else ()
-    cells = [Cell(prompt=p, seed=int(s), steps=profile.inference_steps, guidance_scale=profile.guidance_scale,
-                  adapters=adapters, adapter=Path(str(adapter)).stem if adapter else "none")
+    cells = [Cell(prompt=p, seed=int(s), sampler=profile.sampler, steps=profile.inference_steps,
+                  guidance_scale=profile.guidance_scale, adapters=adapters,
+                  adapter=Path(str(adapter)).stem if adapter else "none")
              for p, s in zip(prompts, seeds)]
     key_source = json.dumps({"base": base_fingerprint(base), "adapter": content_digest(adapter) if adapter else None,
                              "cells": [c.replace(adapters=(), adapter="").to_dict() for c in cells],
