@@ -197,9 +197,9 @@ def test_benchmark_results_are_read_with_their_figures_and_tabled(tmp_path):
     assert results["peer"]["figure"] == str(tmp_path / "peer.png")
     [(caption, table)] = appendix.benchmark_tables("peer", results["peer"])
     assert caption.startswith("ours against a reproduction of diffusers' example step")
-    assert table.loc[0, "speed ours/peer"] == 1.5 and table.loc[0, "peak MiB ours"] == 1024.0
+    assert table.loc[0, "steps/s ours/peer"] == 1.5 and table.loc[0, "peak MiB ours"] == 1024.0
     assert appendix.peer_sentence(results["peer"]) == (
-        "Training runs 1.50x as many steps per second as a reproduction of diffusers' example step (median of "
+        "Training processes 1.50x as many images per second as a reproduction of diffusers' example step (median of "
         "1 interleaved pairs, 1.50-1.50) with 1.00x its peak memory; measured 2026-12-01 on 2 cores at load 3.0-4.0.")
     assert appendix.peer_sentence(None).startswith("The comparison with the peer has not been run here")
     assert appendix.benchmark_results(tmp_path / "absent") == {}

@@ -319,9 +319,10 @@ def peer_sentence(peer: Mapping[str, Any] | None) -> str:
     """The training speed against the peer, with its spread and the load it was measured at."""
     if not peer:
         return "The comparison with the peer has not been run here (benchmarks/bench_peer.py)."
-    speed, memory = peer["summary"]["speed_ratio"], peer["summary"]["memory_ratio"]
-    return (f"Training runs {speed['median']:.2f}x as many steps per second as a {peer['peer']} (median of "
-            f"{len(peer['pairs'])} interleaved pairs, {speed['min']:.2f}-{speed['max']:.2f}) with "
+    summary = peer["summary"]
+    speed, memory = summary.get("image_speed_ratio", summary["speed_ratio"]), summary["memory_ratio"]
+    return (f"Training processes {speed['median']:.2f}x as many images per second as a {peer['peer']} (median "
+            f"of {len(peer['pairs'])} interleaved pairs, {speed['min']:.2f}-{speed['max']:.2f}) with "
             f"{1 / memory['median']:.2f}x its peak memory; measured {peer['machine']['date_utc'][:10]} on "
             f"{peer['machine']['cpu_count']} cores at load {peer['load_before']}-{peer['load_after']}.")
 
@@ -331,10 +332,10 @@ def benchmark_tables(name: str, result: Mapping[str, Any]) -> list[tuple[str, pd
     agreement, the metric networks' throughput."""
     if name == "peer":
         rows = [{"pair": i + 1, "ours steps/s": p["ours"]["steps_per_s"], "peer steps/s": p["peer"]["steps_per_s"],
-                 "speed ours/peer": p["speed_ratio"], "CPU s/step ours": p["ours"]["cpu_s_per_step"],
-                 "CPU s/step peer": p["peer"]["cpu_s_per_step"], "peak MiB ours": p["ours"]["peak_rss_bytes"] / 2**20,
-                 "peak MiB peer": p["peer"]["peak_rss_bytes"] / 2**20, "load": p["ours"]["load"]}
-                for i, p in enumerate(result["pairs"])]
+                 "steps/s ours/peer": p["speed_ratio"], "images/s ours/peer": p.get("image_speed_ratio"),
+                 "CPU s/image ours": p["ours"].get("cpu_s_per_image"), "CPU s/image peer": p["peer"].get("cpu_s_per_image"),
+                 "peak MiB ours": p["ours"]["peak_rss_bytes"] / 2**20, "peak MiB peer": p["peer"]["peak_rss_bytes"] / 2**20,
+                 "load": p["ours"]["load"]} for i, p in enumerate(result["pairs"])]
         return [(f"ours against a {result['peer']}, {result['settings']}", pd.DataFrame(rows))]
     if name == "generate":
         tables = [("generation cost per sampler setting (one thread, 16 images, CFG)",
