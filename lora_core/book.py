@@ -45,6 +45,9 @@ NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 BOOK_DIR = REPO_ROOT / "book"
 EXECUTED_DIR = BOOK_DIR / "notebooks"
 TIMINGS_FILE = EXECUTED_DIR / "_timings.json"
+# Files chapters write for the built book to serve as they are (the study kit of chapter 7):
+# _config.yml's html_extra_path, relative to the book's root
+EXTRA_DIR = Path("book") / "notebooks" / "_extra"
 KERNEL_NAME = "python3"
 # Parameters the runner itself provides to the notebooks that declare them (machine-specific:
 # never recorded as a chapter's parameters, so re-run commands do not carry them).
@@ -197,6 +200,7 @@ def build_html(root: Path = REPO_ROOT, strict: bool = True) -> Path:
     Warnings are errors (``-W``), as QuantEcon's books build: a broken reference or a missing
     page fails the build instead of shipping.
     """
+    (root / EXTRA_DIR).mkdir(parents=True, exist_ok=True)  # Sphinx warns (an error here) about a missing extra path
     command = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(root),
                "--config", str(root / "_config.yml"), "--toc", str(root / "book" / "_toc.yml")]
     if strict:
@@ -209,14 +213,17 @@ def build_html(root: Path = REPO_ROOT, strict: bool = True) -> Path:
 
 def stage_book(root: Path) -> None:
     """Copy the book's sources (config, toc, prose pages) to ``root`` for a build elsewhere; the
-    shipped models they include are linked, not copied."""
+    shipped models they include and the package (whose Sphinx extension the config loads from the
+    book's root) are linked, not copied."""
     root.mkdir(parents=True, exist_ok=True)
     shutil.copy2(REPO_ROOT / "_config.yml", root / "_config.yml")
     shutil.copytree(BOOK_DIR, root / "book", dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("notebooks"))
-    models = root / "models"  # book/data.md includes models/tiny-sd/MODEL_CARD.md and its figures
-    if not models.exists():
-        models.symlink_to(REPO_ROOT / "models", target_is_directory=True)
+    # models: book/data.md includes models/tiny-sd/MODEL_CARD.md and its figures; lora_core: the
+    # config's Sphinx extension (lora_core.pairing)
+    for name in ("models", "lora_core"):
+        if not (root / name).exists():
+            (root / name).symlink_to(REPO_ROOT / name, target_is_directory=True)
 
 
 def run_book(profile: str, overrides: dict[str, Any], only: list[str] | None = None,

@@ -1,4 +1,5 @@
-"""What ran a result: library versions, device and machine, recorded beside every run.
+"""What ran a result: library versions, device, GPU and torch build, and machine, recorded beside
+every run.
 
 >>> info = environment_info()
 >>> sorted(k for k in info if k in ("torch", "diffusers", "device"))
@@ -25,7 +26,7 @@ def device_name(device: str | torch.device = "cpu") -> str:
 
 
 def environment_info(device: str | torch.device = "cpu") -> dict[str, str]:
-    """Library versions, Python, platform, device and thread counts as strings."""
+    """Library versions, Python, platform, device, GPU and torch build, thread counts as strings."""
     info = {"python": platform.python_version(), "platform": platform.platform()}
     for name in LIBRARIES:
         try:
@@ -34,6 +35,9 @@ def environment_info(device: str | torch.device = "cpu") -> dict[str, str]:
             info[name] = "not installed"
     info["device"] = str(torch.device(device))
     info["device_name"] = device_name(device)
+    from lora_core.gpu import environment_entries
+
+    info.update(environment_entries())  # the GPU and the torch build's CUDA and kernel list
     info["cpu_count"] = str(os.cpu_count())
     info["torch_threads"] = str(torch.get_num_threads())
     return info

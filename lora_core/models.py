@@ -6,7 +6,8 @@
 * ``"toy:base"``: the tiny model pretrained by this project and shipped in ``models/tiny-sd``,
 * a local diffusers folder (``model_index.json`` inside),
 * a single-file ``.safetensors`` checkpoint in the A1111/kohya (LDM) layout, with
-  ``config=`` naming a diffusers folder or hub id that describes its architecture,
+  ``config=`` naming a diffusers folder or hub id that describes its architecture (SD v1.5's hub
+  id when none is given),
 * a hub id such as ``"stable-diffusion-v1-5/stable-diffusion-v1-5"``.
 
 Pickle checkpoints (``.ckpt``, ``.bin``, ``.pt``, ``.pth``) are refused: unpickling can run
@@ -33,6 +34,7 @@ import torch
 from lora_core.paths import REPO_ROOT
 
 TOY_BASE_DIR = REPO_ROOT / "models" / "tiny-sd"
+SD15_HUB_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # what a single-file checkpoint named alone is read as
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
 
 # The tiny SD architecture: the same classes as SD v1.5, scaled down. 32 px images,
@@ -144,6 +146,17 @@ def base_fingerprint(base: BaseModel) -> str:
     return _BASE_FINGERPRINTS[key][1]
 
 
+def mark_applied(base: BaseModel, digest: str) -> str:
+    """Fold ``digest`` (the content of a weights file applied to ``base`` in place) into
+    :func:`base_fingerprint` of ``base``, and return the new fingerprint. For adapters that wrap
+    modules' ``forward`` instead of adding weights to the modules (LyCORIS networks live outside
+    the UNet's and text encoder's state dicts): without it an adapted copy fingerprints like its
+    base, and generation caches keyed by the fingerprint hand back the base's images."""
+    combined = hashlib.sha256(f"{base_fingerprint(base)}|{digest}".encode()).hexdigest()
+    _BASE_FINGERPRINTS[id(base)] = (weakref.ref(base), combined)
+    return combined
+
+
 def build_tiny_random(seed: int = 0, tokenizer_dir: str | Path | None = None) -> BaseModel:
     """The tiny SD architecture with seeded random weights (labelled ``random_weights``)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -250,7 +263,7 @@ def _load_pretrained(source: str, dtype: torch.dtype, local: bool) -> BaseModel:
     for weights in sorted(Path(source).rglob("*.safetensors")) if local else ():
         check_safetensors(weights)   # diffusers would say only "Unable to load weights from checkpoint file"
     pipe = StableDiffusionPipeline.from_pretrained(
-        source, dtype=dtype, safety_checker=None, requires_safety_checker=False,
+        source, dtype=dtype, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
         use_safetensors=True, local_files_only=local or os.environ.get("HF_HUB_OFFLINE") == "1")
     return _check_tokenizer(_components_from_pipeline(pipe, source))
 
@@ -260,14 +273,24 @@ def _load_single_file(path: Path, config: str | Path | None, dtype: torch.dtype)
 
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint")
-    if config is None:
-        raise ValueError(f"{path}: a single-file checkpoint needs config= (a diffusers folder or hub "
-                         "id with the same architecture), because it stores weights, not configs")
     from lora_core.formats import check_single_file
 
-    check_single_file(path, config)  # a clear key/shape report instead of diffusers' meta-tensor error
+    # An A1111/kohya checkpoint named alone (a profile's base_model) is read as SD v1.5: its configs
+    # and tokenizer come from SD v1.5's hub id (a few kB; the weights are the file's).
+    config_given = config is not None
+    config = config if config_given else SD15_HUB_ID
+    try:
+        check_single_file(path, config)  # a clear key/shape report instead of diffusers' meta-tensor error
+    except OSError as error:  # the hub's "offline, not cached" and "not found" errors
+        if config_given:
+            raise
+        raise ValueError(f"{path}: a single-file checkpoint needs config= (a diffusers folder or hub id with the "
+                         "same architecture), because it stores weights, not configs; without it SD v1.5's "
+                         f"({SD15_HUB_ID}) are read from the hub, which failed: {str(error).split('. ')[0]}") from error
     local = Path(str(config)).exists() or os.environ.get("HF_HUB_OFFLINE") == "1"
+    # feature_extractor=None: SD v1.5's model_index.json names CLIPFeatureExtractor, which
+    # transformers 5 no longer has (from_single_file fails on it); we never use it, nor the safety checker
     pipe = StableDiffusionPipeline.from_single_file(
-        str(path), config=str(config), dtype=dtype, safety_checker=None,
+        str(path), config=str(config), dtype=dtype, safety_checker=None, feature_extractor=None,
         requires_safety_checker=False, local_files_only=local)
     return _check_tokenizer(_components_from_pipeline(pipe, str(path)))

@@ -5,7 +5,9 @@ Optimizers: ``adamw`` (torch), ``adamw8bit`` (bitsandbytes; 8-bit state for tens
 ``d`` itself and uses each group's ``lr`` as a multiplier of ``d``: ``lr=1.0`` is the usual
 setting, and because ``d`` is shared, every group must have the same ``lr`` (or 0) — so separate
 UNet and text-encoder learning rates are refused with Prodigy (prodigyopt raises at the first
-step; we refuse before training).
+step; we refuse before training). Prodigy runs with :data:`PRODIGY_SETTINGS`, its README's advice
+for diffusion models; after each step :func:`step_size_estimate` reads its current ``d`` for the
+run's metrics.
 
 Schedules: ``constant``, ``linear``, ``cosine``, ``cosine_with_restarts`` (``num_cycles`` hard
 restarts), each after a linear warmup of ``warmup_steps`` (diffusers.optimization.get_scheduler
@@ -24,6 +26,10 @@ import torch
 
 OPTIMIZERS = ("adamw", "adamw8bit", "prodigy")
 SCHEDULERS = ("constant", "linear", "cosine", "cosine_with_restarts")
+# prodigyopt's README for diffusion models: safeguard_warmup, bias correction (and weight decay
+# 0.01, a TrainConfig field); d_coef scales the estimated d and stays at its default 1.0, the
+# README's advice being to change d_coef, never lr, when d comes out too small or too large.
+PRODIGY_SETTINGS = {"d_coef": 1.0, "safeguard_warmup": True, "use_bias_correction": True}
 
 
 def build_optimizer(name: str, param_groups: list[dict], weight_decay: float = 1e-2,
@@ -47,9 +53,27 @@ def build_optimizer(name: str, param_groups: list[dict], weight_decay: float = 1
                 f"lr only as its multiplier, so all groups need the same lr (got {sorted(distinct)} "
                 f"for {[g['name'] for g in groups]}); set text_encoder_learning_rate equal to "
                 "learning_rate (usually 1.0) or 0")
-        return Prodigy(groups, betas=betas, eps=eps, weight_decay=weight_decay, safeguard_warmup=True,
-                       use_bias_correction=True)
+        return Prodigy(groups, betas=betas, eps=eps, weight_decay=weight_decay, **PRODIGY_SETTINGS)
     raise ValueError(f"unknown optimizer {name!r}. Valid optimizers: {', '.join(OPTIMIZERS)}")
+
+
+def step_size_estimate(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """``{"d": ...}``: Prodigy's current estimate of the step size (one value shared by its groups;
+    the step taken is ``d * lr``), for the metrics row of each step; ``{}`` for optimizers whose
+    step size is the learning rate alone.
+
+    >>> w = torch.nn.Parameter(torch.ones(2))
+    >>> opt = build_optimizer("prodigy", [{"params": [w], "lr": 1.0}])
+    Using decoupled weight decay
+    >>> before = step_size_estimate(opt)
+    >>> for _ in range(20):  # minimise |w|^2 / 2: d grows from d0 = 1e-6 as progress shows
+    ...     w.grad = w.detach().clone()
+    ...     opt.step()
+    >>> before, round(step_size_estimate(opt)["d"], 10), step_size_estimate(torch.optim.SGD([w], lr=0.1))
+    ({'d': 1e-06}, 1.7985e-06, {})
+    """
+    group = optimizer.param_groups[0]
+    return {"d": float(group["d"])} if "d" in group else {}
 
 
 def warmup_steps_for(total_steps: int, warmup_steps: int, warmup_ratio: float) -> int:

@@ -25,7 +25,12 @@ class Profile(Config):
                                          ".safetensors file")
     resolution: int = option(32, "training and generation resolution in pixels (square)")
     train_steps: int = option(150, "optimizer steps per adapter training run")
-    batch_size: int = option(16, "images per optimizer step")
+    batch_size: int = option(16, "images per micro-batch (times gradient_accumulation_steps per optimizer step)")
+    gradient_accumulation_steps: int = option(1, "micro-batches per optimizer step")
+    gradient_checkpointing: bool = option(False, "recompute activations in backward (less memory, more compute)")
+    optimizer: str = option("adamw", "adamw, adamw8bit (bitsandbytes) or prodigy")
+    checkpoint_every_steps: int = option(0, "full resume state every N optimizer steps (0: none); a re-run "
+                                            "after a dead session resumes from the last one")
     learning_rate: float = option(1e-4, "default UNet learning rate")
     lora_rank: int = option(16, "default LoRA rank r")
     lora_alpha: float = option(16.0, "default LoRA alpha (scale = alpha / rank)")
@@ -65,15 +70,20 @@ PROFILES: dict[str, Profile] = {
         lora_rank=16, lora_alpha=16.0, inference_steps=20, guidance_scale=4.0, n_eval_images=50,
         n_seeds=3,
     ),
+    # The memory plan of a 16 GB T4 (lora_core.gpu.plan_for; tests keep them equal), which fits
+    # every card the studies used. The Colab/Kaggle set-up cell takes the plan of the card it finds
+    # (lora_core.gpu.sd15_for): the same images per step, split into micro-batches where the memory is smaller.
     "sd15": Profile(
         name="sd15",
         description="Stable Diffusion v1.5 at 512 px on one GPU with the studies' settings",
         base_model="stable-diffusion-v1-5/stable-diffusion-v1-5", resolution=512, train_steps=1000,
-        batch_size=1, learning_rate=1e-4, lora_rank=16, lora_alpha=16.0, inference_steps=30,
-        guidance_scale=7.5, n_eval_images=100, n_seeds=3, mixed_precision="fp16", device="cuda",
-        lpips_backbone="lpips-alex", alignment_backbone="clip-vit-large-patch14",
+        batch_size=4, gradient_accumulation_steps=1, optimizer="adamw8bit", checkpoint_every_steps=100,
+        learning_rate=1e-4, lora_rank=16, lora_alpha=16.0, inference_steps=30, guidance_scale=7.5,
+        n_eval_images=100, n_seeds=3, mixed_precision="fp16", device="cuda", lpips_backbone="lpips-alex",
+        alignment_backbone="clip-vit-large-patch14",
     ),
 }
+SD15_IMAGES_PER_STEP = 4  # the diffusers LoRA example's 1 x 4 accumulation
 
 
 def get_profile(name: str, **overrides) -> Profile:

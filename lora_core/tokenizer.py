@@ -88,13 +88,17 @@ def load_clip_tokenizer(folder: str | Path):
     """``CLIPTokenizer.from_pretrained(folder)``, checked against the saved vocabulary.
 
     transformers 5 can silently build a 2-token tokenizer when files are passed the wrong
-    way; this asserts the loaded size equals the vocabulary file's.
+    way; this asserts the loaded size equals the vocabulary file's: ``vocab.json``, or the
+    vocabulary inside ``tokenizer.json`` where a pipeline saved only that (``models/tiny-sd``).
     """
     from transformers import CLIPTokenizer
 
     folder = Path(folder)
     tokenizer = CLIPTokenizer.from_pretrained(str(folder))
-    expected = len(json.loads((folder / "vocab.json").read_text()))
+    if (folder / "vocab.json").is_file():
+        expected = len(json.loads((folder / "vocab.json").read_text()))
+    else:
+        expected = len(json.loads((folder / "tokenizer.json").read_text())["model"]["vocab"])
     if len(tokenizer) < expected:
-        raise RuntimeError(f"{folder}: CLIPTokenizer loaded {len(tokenizer)} tokens, vocab.json has {expected}")
+        raise RuntimeError(f"{folder}: CLIPTokenizer loaded {len(tokenizer)} tokens, its saved vocabulary has {expected}")
     return tokenizer

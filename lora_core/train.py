@@ -60,7 +60,8 @@ from lora_core.formats import provenance_metadata
 from lora_core.images import prepare_image, to_tensor
 from lora_core.io import atomic_folder, atomic_path
 from lora_core.models import BaseModel, base_fingerprint, load_base
-from lora_core.optim import OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler, warmup_steps_for
+from lora_core.optim import (OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler, step_size_estimate,
+                             warmup_steps_for)
 from lora_core.paths import resolve
 from lora_core.profiling import phase
 
@@ -630,7 +631,8 @@ def train_step(run: Run, step: int) -> dict[str, Any]:
         run.adapter.after_optimizer_step(run.base)
     done = step + 1
     row = {"step": done, "epoch": done * accum // run.micro_per_epoch, "loss": step_loss,
-           "lr": next(iter(step_lrs.values())), **step_lrs, "s_per_it": time.perf_counter() - started}
+           "lr": next(iter(step_lrs.values())), **step_lrs, "s_per_it": time.perf_counter() - started,
+           **step_size_estimate(run.optimizer)}  # Prodigy: its d after this step
     return {**row, "optimizer_step_skipped": True} if skipped else row
 
 

@@ -23,6 +23,7 @@
 # * {glue:text}`found_scale`
 # * {glue:text}`found_lr`
 # * {glue:text}`found_fid`
+# * {glue:text}`found_tradeoff`
 # ```
 #
 # Why twice: a LoRA's update is scaled by $s = \alpha / r$, so with alpha held at 16 S1's rank 8
@@ -118,6 +119,30 @@ show_table(result.results_table(), first=["measure", "alpha_mode", "study_lr"],
                    f"{len(grid.training_seeds)} training seed(s), {grid.n_prompts} images per run")
 
 # %% [markdown]
+# ## The trade-off: style gained against subject lost
+#
+# Every run of the grid on the held-out subjects of chapter 1 (subjects no run trained on): the
+# style gained, as the {glue:text}`tradeoff_measure` (chapter 1 defines it: the style judge's
+# P(style) on the LoRA's images, the base's and the true images after the VAE), against the
+# subject classifier's accuracy lost (the base's minus the LoRA's). Up and to the left is better.
+# A run both arms share (rank = alpha) is one point. Dotted: issue #15's bounds, at most 10
+# points of subject accuracy lost and, where the axis is the share of the way, the 0.75 a far
+# style should reach (the grid's style may be a near one, held only to moving beyond the base's
+# interval; chapter 1 reads its verdict). Intervals: a bootstrap over subjects within a seed, the
+# same subjects in every term, and a t-interval over seeds.
+
+# %% tags=["hide-input"]
+if len(result.tradeoff):
+    plots.tradeoff_figure(result.tradeoff, xlabel="subject accuracy lost (base - LoRA)",
+                          ylabel=result.facts["tradeoff_measure"],
+                          title=f"{grid.style}, held-out subjects, {name} profile", **result.tradeoff_guides())
+
+# %% tags=["hide-input"]
+show_table(result.gains_table(), first=["alpha_mode", "rank", "study_lr"])
+
+# %% [markdown]
+# {glue:text}`found_tradeoff`
+#
 # ## Do FID and FD-EffNet rank the runs alike?
 #
 # The other chapters measure distributions with FD-EffNet alone, because FID proper (Inception

@@ -26,6 +26,7 @@
 # * {glue:text}`found_versions`
 # * {glue:text}`found_time`
 # * {glue:text}`found_peer`
+# * {glue:text}`found_gpu`
 # ```
 
 # %% tags=["parameters", "hide-input"]
@@ -34,6 +35,8 @@ runs_root = "runs"  # folder of the run directories (<method>-<config hash>)
 executed_dir = "book/notebooks"  # executed chapters and the runner's _timings.json
 
 # %% tags=["hide-input"]
+from IPython.display import Image
+
 from lora_core import plots
 from lora_core.experiments.appendix import phase_order, profile_table, run_appendix, show_benchmark
 from lora_core.experiments.chapter import glue_facts, show_table
@@ -49,6 +52,23 @@ glue_facts(result.facts)
 
 # %% tags=["hide-input"]
 show_table(result.hardware, first=["item"])
+
+# %% [markdown]
+# ## GPU benchmarks
+#
+# {glue:text}`found_gpu` The benchmarks time training steps of SD v1.5's published architecture
+# with random weights (valid for speed and memory, not for quality) and record the date, GPU and
+# library versions beside every number: `benchmarks/bench_gpu_unet.py` (LoRA and full fine-tune
+# steps at 512 px in bf16 with SDPA: seconds per step, peak memory, model-FLOPs utilisation against
+# the card's peak, beside published speeds), `bench_gpu_peer.py` (our trainer beside the diffusers
+# LoRA example's step) and `bench_gpu_scaling.py` (cost against rank, batch and resolution). Their
+# results, when a GPU session wrote them to `benchmarks/results/`, follow.
+
+# %% tags=["hide-input"]
+for name, table in result.gpu_tables.items():
+    display(show_table(table, first=["name"], caption=name))
+for path in result.gpu_plots:
+    display(Image(filename=str(path)))
 
 # %% [markdown]
 # ## Library versions

@@ -30,3 +30,13 @@ def tiny_base():
 def tiny_base_dir(tiny_base, tmp_path_factory):
     """``tiny_base`` saved in the diffusers folder layout."""
     return tiny_base.save(tmp_path_factory.mktemp("tiny") / "tiny-sd")
+
+
+@pytest.fixture(scope="session")
+def smoke_book(tmp_path_factory):
+    """Every notebook executed in the smoke profile and the HTML built, in a temporary root:
+    ``(root, runs)``. Built once per session (minutes) for every test that reads the built book."""
+    from lora_core.book import run_book
+
+    root = tmp_path_factory.mktemp("book")
+    return root, run_book("smoke", {}, root=root)

@@ -94,13 +94,6 @@ def test_injected_parameters_cell_is_kept_but_removed_from_the_page(notebook_dir
     assert not any("remove-cell" in c["metadata"].get("tags", []) for c in cells if c is not injected[0])
 
 
-@pytest.fixture(scope="module")
-def smoke_book(tmp_path_factory):
-    """Every notebook executed in the smoke profile and the HTML built, in a temporary root."""
-    root = tmp_path_factory.mktemp("book")
-    return root, run_book("smoke", {}, root=root)
-
-
 def test_smoke_book_builds_with_every_chapter_and_figure(smoke_book):
     tmp_path, runs = smoke_book
     assert [r.name for r in runs] == toc_notebooks()
@@ -178,12 +171,22 @@ def browser():
     driver.quit()
 
 
+def _page_facts(browser, page, timeout_s: float = 120.0) -> dict:
+    """PAGE_FACTS of ``page`` once it is parsed: on a loaded machine chromedriver can hand back a
+    large file:// page while its article is still being parsed, so wait for it."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(page.as_uri())
+    WebDriverWait(browser, timeout_s).until(lambda b: b.execute_script(
+        "return document.readyState === 'complete' && document.querySelector('article.bd-article') !== null"))
+    return browser.execute_script(PAGE_FACTS)
+
+
 def test_pages_lead_with_their_finding_and_show_no_machine_path(smoke_book, browser):
     html_dir = smoke_book[0] / "_build" / "html"
     chapters = [html_dir / "book" / "notebooks" / f"{name}.html" for name in toc_notebooks()]
     for page in sorted(html_dir.glob("book/*.html")) + chapters:
-        browser.get(page.as_uri())
-        facts = browser.execute_script(PAGE_FACTS)
+        facts = _page_facts(browser, page)
         paths = sorted(set(m.group(0) for m in ABSOLUTE_PATH.finditer(facts["text"])))
         assert not paths, f"{page.name}: machine paths {paths}"
         assert not facts["page_scrolls_sideways"], f"{page.name}: the page is wider than the window"

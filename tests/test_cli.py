@@ -138,12 +138,16 @@ def test_toy_help_lists_the_config_keys_of_pretraining_and_heads(capsys):
     from lora_core.toy.__main__ import main as toy_main
     from lora_core.toy.heads import HeadsConfig
     from lora_core.toy.pretrain import PretrainConfig
+    from lora_core.toy.vae_finetune import VaeFinetuneConfig
 
     for command in ("pretrain-vae", "pretrain-unet", "pretrain-all", "export"):
         text = _help(toy_main, [command, "--help"], capsys)
         assert [k for k in _keys(PretrainConfig) if f"  {k}=" not in text] == [], command
     text = _help(toy_main, ["train-heads", "--help"], capsys)
     assert [k for k in _keys(HeadsConfig) if f"  {k}=" not in text] == []
+    for command in ("vae-finetune", "export-vae"):
+        text = _help(toy_main, [command, "--help"], capsys)
+        assert [k for k in _keys(VaeFinetuneConfig) if f"  {k}=" not in text] == [], command
 
 
 def test_toy_user_errors_are_one_line_after_or_before_the_subcommand(tmp_path, capsys):

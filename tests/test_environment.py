@@ -41,5 +41,5 @@ def test_notebooks_force_no_matplotlib_backend_and_have_parameters():
     for notebook in sorted((ROOT / "notebooks").glob("*.py")):
         text = notebook.read_text()
         assert "matplotlib.use(" not in text, notebook.name
-        assert 'tags=["parameters"]' in text, notebook.name
+        assert re.search(r'^# %% tags=\[[^\]]*"parameters"', text, re.M), notebook.name
         assert re.search(r'^profile = "tiny"', text, re.M), f"{notebook.name}: default profile is tiny"

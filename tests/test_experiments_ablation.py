@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 from lora_core.experiments import ablation
+from lora_core.experiments.style_share import gain_table
 from lora_core.experiments.common import style_lora_config
 from lora_core.experiments.evaluate import aggregate_seeds, reported_table
 from lora_core.profiles import get_profile
@@ -161,6 +162,8 @@ def test_read_ablation_fills_the_page_from_the_scores(trained):
     assert facts["profile_note"].startswith("This page was built with the smoke profile")
     assert facts["missing_measures"] == "none" and facts["seed_note"].startswith("With one training seed")
     assert facts["fid_agreement"].startswith("over the 6 distinct runs") and "rho" in facts["found_fid"]
+    assert facts["found_tradeoff"].startswith("The trade-off of style against subject was not measured")
+    assert page.tradeoff.empty and page.tradeoff_guides()["y_guide"] is None
     assert facts["fd_fixed"] == "fell at 2 of 2 ranks (2 of them beyond overlapping 95% intervals)"
     assert (facts["rank_low"], facts["rank_high"], facts["rank_ratio"]) == (2, 4, 2.0)
     assert facts["params_ratio"] == pytest.approx(2.0)
@@ -174,3 +177,92 @@ def test_read_ablation_fills_the_page_from_the_scores(trained):
     panels = page.rank_panels(["fd_effnet", "fid"])
     assert list(dict.fromkeys(panels["measure"])) == ["fd_effnet", "fid"]
     assert set(panels.loc[panels["dashed"], "alpha_mode"]) == {"tied"}
+
+
+def _gains(share=True):
+    """Per cell of a two-rank grid, one seed: rank 4 is shared by both arms (alpha 4)."""
+    rows = []
+    for mode, rank, alpha, gained, lost in (("fixed", 2, 4.0, 0.9, 0.3), ("fixed", 4, 4.0, 0.5, 0.05),
+                                            ("tied", 2, 2.0, 0.6, 0.1), ("tied", 4, 4.0, 0.5, 0.05)):
+        row = {"style": "twemoji", "alpha_mode": mode, "rank": rank, "study_lr": 1e-4, "alpha": alpha, "n_seeds": 1}
+        for name, value in (("share", gained if share else float("nan")), ("gain", gained / 2), ("subject_lost", lost)):
+            row.update({name: value, f"{name}_low": value - 0.1, f"{name}_high": value + 0.1})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_tradeoff_points_show_each_distinct_run_once_and_say_what_y_is():
+    points = ablation.tradeoff_points(_gains()).set_index("label")
+    assert list(points.index) == ["r2 alpha 4, lr 0.0001", "r4 alpha 4, lr 0.0001", "r2 alpha 2, lr 0.0001"]
+    assert len(points) == 3 and points["arm"].tolist() == ["alpha fixed (S1)", "both arms", "alpha tied to rank"]
+    first = points.iloc[0]
+    assert (first["style_gained"], first["style_gained_high"], first["subject_lost"]) == pytest.approx((0.9, 1.0, 0.3))
+    assert set(points["style_measure"]) == {"share of the way from the base to the truth"}
+    plain = ablation.tradeoff_points(_gains(share=False))       # no truth judged: P_LoRA - P_base instead
+    assert plain["style_gained"].tolist() == pytest.approx([0.45, 0.25, 0.3])
+    assert set(plain["style_measure"]) == {"P(style) gained, P_LoRA - P_base"}
+    assert ablation.tradeoff_points(pd.DataFrame()).empty
+
+
+def test_tradeoff_facts_name_the_best_run_and_the_best_within_the_bound():
+    facts = ablation.tradeoff_facts(ablation.tradeoff_points(_gains()))
+    assert facts["tradeoff_measure"] == "share of the way from the base to the truth"
+    assert facts["found_tradeoff"] == (
+        "On held-out subjects, the run that gains most style (r2 alpha 4, lr 0.0001, alpha fixed (S1)) reaches 0.90 "
+        "(share of the way from the base to the truth) and loses 0.30 of subject accuracy; among the runs that lose at "
+        "most 0.10, the best (r2 alpha 2, lr 0.0001, alpha tied to rank) reaches 0.60.")
+    none_kept = ablation.tradeoff_facts(ablation.tradeoff_points(_gains()), max_lost=0.01)
+    assert none_kept["found_tradeoff"].endswith("no run loses at most 0.01 of it.")
+    assert ablation.tradeoff_facts(pd.DataFrame())["tradeoff_measure"].startswith("not measured")
+
+
+class _Judge:
+    classes = ("noto", "twemoji", "openmoji", "fluent3d")
+
+
+class _Evaluator:
+    """Judges by mean brightness; true images mid-grey; every subject recognised."""
+
+    style_classifier, base_style, cache = _Judge(), "noto", None
+
+    def true_images(self, subject_keys, style, resolution):
+        import torch
+
+        return torch.full((len(subject_keys), 3, resolution, resolution), 128, dtype=torch.uint8)
+
+    def style_probabilities(self, images):
+        import torch
+
+        bright = images.double().mean(dim=(1, 2, 3)) / 255
+        return torch.stack([1 - bright, bright / 3, bright / 3, bright / 3], dim=1)
+
+    def subject_hits(self, images, subject_keys):
+        return np.ones(len(subject_keys))
+
+
+def test_judge_grid_judges_every_distinct_run_once_on_held_out_subjects(trained, tmp_path, monkeypatch):
+    from lora_core.experiments import common
+
+    result, base = trained
+    monkeypatch.setattr(common, "generation_cache_dir", lambda: tmp_path)
+    judged = ablation.judge_grid(SMOKE, result.settings, result.configs, result.records, base, _Evaluator())
+    n = SMOKE.n_eval_images
+    assert judged.groupby("source").size().to_dict() == {"true": n, "base": n, "lora": n * len(result.configs)}
+    assert len(list(tmp_path.glob("*.safetensors"))) == 1 + len(result.records)   # a shared run generated once
+    lora = judged[judged["source"] == "lora"]
+    shared = lora[(lora["rank"] == 4) & (lora["study_lr"] == 1e-4)]
+    assert shared.groupby("alpha_mode")["p_style"].apply(list).pipe(lambda arms: arms["fixed"] == arms["tied"])
+    gains = gain_table(judged, ablation.CELL_COLUMNS, n_resamples=20)
+    assert len(gains) == len(result.configs) and gains["subject_lost"].eq(0.0).all()
+    page = ablation.AblationResult(SMOKE, settings=result.settings, configs=result.configs, records=result.records,
+                                   tradeoff=ablation.tradeoff_points(gains))
+    assert len(page.tradeoff) == len(result.records) and "both arms" in set(page.tradeoff["arm"])
+    assert set(page.tradeoff["label"]) >= {"r2 alpha 4, lr 0.0001", "r4 alpha 4, lr 0.0005"}
+    # through the random VAE truth and generations all turn grey: whether a share exists is a coin toss here
+    shared_measure = gains["share"].notna().all()
+    assert set(page.tradeoff["style_measure"]) == {ablation.STYLE_MEASURES["share" if shared_measure else "gain"]}
+    assert page.tradeoff_guides()["x_guide"] == (0.10, "at most 10 points lost")
+    page.tradeoff = ablation.tradeoff_points(_gains())
+    assert page.tradeoff_guides()["y_guide"] == (0.75, "0.75 of the way (far styles)")
+    page.tradeoff = ablation.tradeoff_points(_gains(share=False))
+    assert page.tradeoff_guides()["y_guide"] is None

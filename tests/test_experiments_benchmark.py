@@ -1,4 +1,5 @@
 """Chapter 1's logic on constructed result tables (hand-computed effects, spreads and verdicts)."""
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -147,13 +148,92 @@ def test_sample_sheet_puts_the_true_images_beside_base_and_lora():
               for split in ("heldout", "unseen")}
     result = benchmark.BenchmarkResult(smoke, configs={}, records={}, eval_sets=sets, images=images)
     sheet = benchmark.sample_sheet(result, "heldout", n=2)
-    assert list(dict.fromkeys(sheet.table["column"])) == ["true noto", "true twemoji", "twemoji: base", "twemoji: lora",
-                                                          "true openmoji", "openmoji: base", "openmoji: lora"]
+    # each LoRA column directly beside its true target image, the base's after them
+    assert list(dict.fromkeys(sheet.table["column"])) == [
+        "true noto", "true twemoji", "LoRA twemoji", "base (twemoji prompt)",
+        "true openmoji", "LoRA openmoji", "base (openmoji prompt)"]
     assert len(sheet.images) == 14 and sheet.table["subject"].nunique() == 2
-    lora = sheet.table.index[(sheet.table["column"] == "openmoji: lora")][1]
+    lora = sheet.table.index[(sheet.table["column"] == "LoRA openmoji")][1]
     assert (sheet.images[lora] == 30).all() and sheet.images[lora].shape == (32, 32, 3)
+    base = sheet.table.index[(sheet.table["column"] == "base (openmoji prompt)")][0]
+    assert (sheet.images[base] == 10).all()
     truth = load_true_images([sets["openmoji"]["heldout"].subject_keys[0]], true_images_dir("openmoji"), 32)[0]
     first_true = sheet.table.index[sheet.table["column"] == "true openmoji"][0]
     assert (sheet.images[first_true] == truth.permute(1, 2, 0).numpy()).all()
     unseen = benchmark.sample_sheet(result, "unseen", n=2)   # no true image exists for unseen prompts
     assert not unseen.table["column"].str.startswith("true").any() and len(unseen.images) == 8
+    assert list(dict.fromkeys(unseen.table["column"]))[:2] == ["LoRA twemoji", "base (twemoji prompt)"]
+
+
+def _shares():
+    rows = [{"style": "openmoji", "share": 0.8, "share_low": 0.7, "share_high": 0.9, "subject_lora": 0.4,
+             "subject_base": 0.45, "meets_target": True, "verdict": "met: 0.80 of the way"},
+            {"style": "twemoji", "share": float("nan"), "share_low": float("nan"), "share_high": float("nan"),
+             "gain": -0.02, "subject_lora": 0.5, "subject_base": 0.5, "meets_target": False,
+             "verdict": "not met: 2 seed(s)"}]
+    return pd.DataFrame(rows)
+
+
+def test_share_facts_quote_each_style_and_count_the_targets_met():
+    facts = benchmark.share_facts(_shares())
+    assert facts["share_reading"] == (
+        "openmoji 0.80 [0.70, 0.90] of the way, subject accuracy 0.40 against the base's 0.45; twemoji no way to "
+        "share (the truth is judged no more in style than the base), P(style) -0.02 against the base, subject "
+        "accuracy 0.50 against the base's 0.50")
+    assert facts["share_targets_met"] == "1 of 2"
+    assert facts["share_verdicts"] == "openmoji: met: 0.80 of the way; twemoji: not met: 2 seed(s)"
+    assert facts["found_share"].endswith("Issue #15's targets hold for 1 of 2 styles.")
+    missing = benchmark.share_facts(pd.DataFrame())
+    assert missing["found_share"] == ("The share of the way from the base to the true style was not measured (no "
+                                      "style judge in this build).")
+
+
+def test_blind_facts_set_the_lora_between_ceiling_and_floor():
+    from lora_core.experiments.style_share import blind_check_table
+
+    judged = pd.DataFrame({"style": "openmoji", "source": ["true"] * 4 + ["base"] * 4 + ["lora"] * 4,
+                           "seed": [None] * 8 + [0, 0, 1, 1], "target": "openmoji",
+                           "named": ["openmoji"] * 3 + ["noto"] * 5 + ["openmoji"] * 2 + ["twemoji", "openmoji"]})
+    facts = benchmark.blind_facts(blind_check_table(judged, 3), ("noto", "twemoji", "openmoji"))
+    assert facts["blind_reading"] == "openmoji: LoRA 0.75 [0.30, 0.95] (ceiling 0.75, floor 0.00)"
+    assert facts["blind_chance"] == "0.33" and facts["blind_classes"] == "noto, twemoji, openmoji"
+    assert facts["found_blind"].startswith("Asked blind which of noto, twemoji, openmoji an image is (chance 0.33)")
+    assert benchmark.blind_facts(pd.DataFrame(), ("noto",))["found_blind"] == ("The blind check was not measured "
+                                                                              "(no style judge in this build).")
+
+
+class _Judge:
+    classes = ("noto", "twemoji", "openmoji", "fluent_hc")
+
+
+class _Evaluator:
+    """Judges by mean brightness; true images are mid-grey; every subject recognised."""
+
+    style_classifier, base_style, cache = _Judge(), "noto", None
+
+    def true_images(self, subject_keys, style, resolution):
+        return torch.full((len(subject_keys), 3, resolution, resolution), 128, dtype=torch.uint8)
+
+    def style_probabilities(self, images):
+        bright = images.double().mean(dim=(1, 2, 3)) / 255
+        return torch.stack([1 - bright, bright / 3, bright / 3, bright / 3], dim=1)
+
+    def subject_hits(self, images, subject_keys):
+        return np.ones(len(subject_keys))
+
+
+def test_judge_heldout_judges_truth_base_and_every_seed_of_every_style(tiny_base):
+    smoke = get_profile("smoke")
+    sets = {style: {"heldout": eval_set(style, "heldout", 3)} for style in ("twemoji", "openmoji")}
+    images = {(style, adapter, seed, "heldout"): torch.full((3, 3, 32, 32), value, dtype=torch.uint8)
+              for style in sets for adapter, seed, value in (("base", None, 0), ("lora", 0, 200), ("lora", 1, 250))}
+    result = benchmark.BenchmarkResult(smoke, configs={}, records={}, eval_sets=sets, images=images,
+                                       judge_classes=("noto", "twemoji", "openmoji"))
+    judged = benchmark.judge_heldout(result, _Evaluator(), tiny_base)
+    assert judged.groupby(["style", "source"]).size().to_dict() == {
+        (style, source): n for style in sets for source, n in (("base", 3), ("lora", 6), ("true", 3))}
+    assert judged.loc[judged.source == "true", "subject_hit"].isna().all()
+    assert judged.loc[judged.source == "lora", "subject_hit"].eq(1.0).all()
+    assert set(judged.loc[judged.source == "base", "named"]) == {"noto"}
+    assert judged.loc[(judged["style"] == "openmoji") & (judged.source == "lora"), "p_style"].tolist() == \
+        pytest.approx([200 / 255 / 3] * 3 + [250 / 255 / 3] * 3)

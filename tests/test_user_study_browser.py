@@ -193,3 +193,25 @@ def test_page_requests_nothing_but_its_own_files(browser, kit):
     kit_root = kit.resolve().as_uri()
     assert all(url.startswith(kit_root) for url in urls if url.startswith("file:"))
     assert not [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def test_the_built_book_serves_chapter_sevens_kit_and_a_participant_takes_it_there(smoke_book, browser, tmp_path):
+    """The smoke book's chapter 7 page links to the kit built from that chapter's own images; a
+    participant follows the link, takes the study in the built book, and its answers are analysed."""
+    from lora_core.experiments.subject_sets import set_folder
+
+    html = smoke_book[0] / "_build" / "html"
+    browser.get((html / "book" / "notebooks" / "07_lora_vs_ti.html").as_uri())
+    browser.find_element("link text", "open the study page").click()
+    kit = html / "user-study"
+    assert browser.current_url == (kit / "index.html").as_uri()
+    manifest = load_manifest(kit)
+    subjects = {entry["subject"] for entry in manifest["key"]["images"].values()}
+    assert len(subjects) == 5 and all((set_folder("landmarks", "heldout") / f"{s}.png").is_file() for s in subjects)
+    take_study(browser, kit, "P-book")
+    browser.find_element("id", "download").click()
+    shutil.copy(downloaded(browser, "answers-P-book.json"), tmp_path)
+    result = analyse_folder(tmp_path, kit, n_resamples=200)
+    assert result.dropped == () and result.n_kept == 1
+    # planned_choices: TI bought in the first study set only, LoRA's style always, "neither" twice
+    assert result.table.set_index("question")[["count", "answers"]].values.tolist() == [[4, 5], [5, 5], [2, 5]]

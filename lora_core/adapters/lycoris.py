@@ -158,6 +158,27 @@ def build_networks(base: "BaseModel", options: LycorisOptions, seed: int) -> dic
     return networks
 
 
+def wrapped_modules(base: "BaseModel", networks: dict[str, torch.nn.Module]) -> list[dict[str, Any]]:
+    """One row per module the ``networks`` (from :func:`build_networks` or :func:`load_lycoris`)
+    wrap: ``network`` (unet or text_encoder), ``module`` (its dotted path in that model), ``algo``
+    and ``parameters`` (what it trains there). The check that a preset wraps what it says.
+
+    >>> from lora_core.models import load_base
+    >>> base = load_base("tiny-random")
+    >>> rows = wrapped_modules(base, build_networks(base, LycorisOptions(algo="ia3"), seed=0))
+    >>> sorted({row["module"].rsplit(".", 1)[-1] for row in rows}), rows[0]["algo"]
+    (['2', 'to_k', 'to_v'], 'ia3')
+    """
+    models = {"unet": base.unet, "text_encoder": base.text_encoder}
+    rows = []
+    for name, network in networks.items():
+        paths = {id(module): path for path, module in models[name].named_modules()}
+        for wrapper in network.loras:
+            rows.append({"network": name, "module": paths[id(wrapper.org_module[0])], "algo": wrapper.name,
+                         "parameters": sum(p.numel() for p in wrapper.parameters())})
+    return rows
+
+
 def _state_dict(networks: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
     return {key: value.detach().cpu().clone()
             for network in networks.values() for key, value in network.state_dict().items()}
@@ -233,8 +254,14 @@ def load_lycoris(base: "BaseModel", path: str | Path) -> dict[str, torch.nn.Modu
     """Apply an exported ``lycoris.safetensors`` to ``base`` (in place); returns the networks.
 
     The options travel in the file's metadata, so a fresh base of the same architecture gives
-    the trained model's outputs exactly.
+    the trained model's outputs exactly. The networks wrap modules' ``forward`` and leave the
+    model's own weights as they were, so the file's content is folded into ``base``'s
+    fingerprint (``models.mark_applied``): caches keyed by it then tell the adapted model from
+    the base.
     """
+    from lora_core.formats.safetensors_file import content_digest
+    from lora_core.models import mark_applied
+
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"{path}: only .safetensors LyCORIS files are loaded (pickles can run code)")
@@ -246,4 +273,5 @@ def load_lycoris(base: "BaseModel", path: str | Path) -> dict[str, torch.nn.Modu
     freeze(base)
     networks = build_networks(base, options, seed=0)
     _load_into(networks, state, str(path))
+    mark_applied(base, content_digest(path))
     return networks

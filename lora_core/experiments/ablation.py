@@ -37,6 +37,8 @@ from lora_core.experiments.chapter import ChapterResult, resolve_profile
 from lora_core.experiments.common import eval_set, lr_scale, style_lora_config
 from lora_core.experiments.evaluate import (aggregate_seeds, format_results, measure_panels, reported_table,
                                             unavailable_text)
+from lora_core.experiments.style_share import (BASE, LORA, MAX_SUBJECT_LOSS, TARGET_SHARE, TRUE, gain_display,
+                                               gain_table, judge_images, round_trips)
 from lora_core.profiles import Profile
 from lora_core.train import TrainConfig
 
@@ -50,6 +52,9 @@ MEASURES = ("fd_effnet", "kid_effnet", "is_effnet", "st_lpips_diversity", "align
 FIGURE_MEASURES = ("fd_effnet", "alignment", "is_effnet", "st_lpips_diversity", "p_target_style",
                    "feature_to_target")
 Key = tuple[str, int, float, int]  # (alpha mode, rank, S1's learning rate, training seed)
+CELL_COLUMNS = ("style", "alpha_mode", "rank", "study_lr", "alpha")  # a grid cell, over its training seeds
+# what the trade-off figure's y axis shows: the share where the truth after the VAE was judged
+STYLE_MEASURES = {"share": "share of the way from the base to the truth", "gain": "P(style) gained, P_LoRA - P_base"}
 AGREEMENT_RHO = 0.8  # Spearman's rho from which two backbones are said to rank the runs alike
 
 
@@ -147,6 +152,9 @@ class AblationResult(ChapterResult):
     cells: pd.DataFrame = field(default_factory=pd.DataFrame)     # run_facts of every cell
     ranking: pd.DataFrame = field(default_factory=pd.DataFrame)   # FID vs FD-EffNet per distinct run
     s1_table: pd.DataFrame = field(default_factory=pd.DataFrame)
+    judged: pd.DataFrame = field(default_factory=pd.DataFrame)    # the style judge per held-out image
+    gains: pd.DataFrame = field(default_factory=pd.DataFrame)     # per cell: style gained, subject lost
+    tradeoff: pd.DataFrame = field(default_factory=pd.DataFrame)  # per distinct run: the figure's points
 
     def record(self, key: Key):
         return self.records[self.configs[key].hash()]
@@ -219,6 +227,18 @@ class AblationResult(ChapterResult):
         """The aggregated ``measures`` with ``panel``, ``line`` and ``dashed`` for ``plots.interval_panels``."""
         return arm_lines(measure_panels(self.aggregated, measures))
 
+    def tradeoff_guides(self) -> dict[str, tuple[float, str] | None]:
+        """``plots.tradeoff_figure``'s guide lines: issue #15's bound on the subject accuracy lost and,
+        where the figure shows the share of the way, its 0.75 target for a far style."""
+        share = len(self.tradeoff) and self.tradeoff["style_measure"].iloc[0] == STYLE_MEASURES["share"]
+        return {"x_guide": (MAX_SUBJECT_LOSS, f"at most {MAX_SUBJECT_LOSS * 100:.0f} points lost"),
+                "y_guide": (TARGET_SHARE, f"{TARGET_SHARE:g} of the way (far styles)") if share else None}
+
+    def gains_table(self) -> pd.DataFrame:
+        """Per cell on held-out subjects: P(style) of base, LoRA and truth, the share of the way,
+        the subject accuracies, as ``value [95% interval]`` text (``style_share.gain_display``)."""
+        return gain_display(self.gains, list(CELL_COLUMNS[1:]))
+
 
 def _key_labels(key: Key) -> dict[str, Any]:
     mode, rank, study_lr, seed = key
@@ -280,6 +300,35 @@ def evaluate_grid(profile: Profile, settings: AblationSettings, configs: dict[Ke
     return pd.concat(frames, ignore_index=True)
 
 
+def judge_grid(profile: Profile, settings: AblationSettings, configs: dict[Key, TrainConfig],
+               records: dict[str, Any], base, evaluator) -> pd.DataFrame:
+    """The style judge on held-out subjects (``style_share.judge_images``): the true images of the
+    grid's style after the base's VAE, the base's generations and every distinct run's, whose rows
+    repeat for each cell that shares it. The set is chapter 1's held-out set at the profile's size,
+    so the base's images and chapter 1's cell come from the generation cache. Empty without a judge."""
+    from lora_core.experiments.common import generate_eval_images, quiet_libraries
+
+    if evaluator.style_classifier is None:
+        return pd.DataFrame()
+    held_out, style = eval_set(settings.style, "heldout", profile.n_eval_images), settings.style
+    among = tuple(dict.fromkeys((evaluator.base_style, *profile.benchmark_styles, style)))
+    truth = round_trips(base, evaluator.true_images(held_out.subject_keys, style, profile.resolution), evaluator.cache)
+    frames = [judge_images(evaluator, truth, held_out.subject_keys, style, among, {"style": style, "source": TRUE},
+                           subjects=False)]
+    runs = {BASE: (None, BASE), **{config.hash(): (records[config.hash()].exports["diffusers"], LORA)
+                                   for config in configs.values()}}
+    judged = {}
+    for name, (adapter, source) in runs.items():
+        with quiet_libraries():
+            images = generate_eval_images(base, held_out.prompts, held_out.seeds, profile, adapter=adapter)
+        judged[name] = judge_images(evaluator, images, held_out.subject_keys, style, among,
+                                    {"style": style, "source": source})
+    frames.append(judged[BASE])
+    frames += [judged[config.hash()].assign(**_key_labels(key), alpha=config.options.effective_alpha)
+               for key, config in configs.items()]
+    return pd.concat(frames, ignore_index=True)
+
+
 def score_grid(profile: Profile, settings: AblationSettings, base, evaluator,
                runs_root: str | Path | None = None, fid: bool = False) -> AblationResult:
     """Train (or reuse) the grid, generate and score. ``fid`` adds FID (Inception 2015) when the
@@ -288,8 +337,9 @@ def score_grid(profile: Profile, settings: AblationSettings, base, evaluator,
     records = train_grid(configs, base, runs_root)
     measures = MEASURES + (("fid",) if fid and profile.fid_backbone != "none" else ())
     results = evaluate_grid(profile, settings, configs, records, base, evaluator, measures)
+    judged = judge_grid(profile, settings, configs, records, base, evaluator)
     return AblationResult(profile, settings=settings, configs=configs, records=records, results=results,
-                          unavailable=dict(evaluator.unavailable))
+                          judged=judged, unavailable=dict(evaluator.unavailable))
 
 
 def run_ablation(profile: Profile | str = "tiny", *, base=None, runs_root: str | Path | None = None,
@@ -335,6 +385,9 @@ def read_ablation(result: AblationResult, base=None) -> AblationResult:
                      alignment_fixed=direction_sentence(effects["alignment"], "fixed"))
     result.add_facts(found_lr=(f"Raising S1's learning rate five-fold, FD-EffNet {result.facts['fd_fixed']} with alpha "
                                f"fixed ({result.facts['fd_tied']} with alpha tied)."))
+    result.gains = gain_table(result.judged, CELL_COLUMNS, profile.n_bootstrap)
+    result.tradeoff = tradeoff_points(result.gains)
+    result.add_facts(**tradeoff_facts(result.tradeoff))
     return result
 
 
@@ -467,3 +520,60 @@ def direction_sentence(effects: pd.DataFrame, mode: str = "fixed") -> str:
     word, group = ("fell", falls) if len(falls) * 2 >= len(arm) else ("rose", arm[arm["difference"] >= 0])
     clear = int((~group["intervals_overlap"]).sum())
     return f"{word} at {len(group)} of {len(arm)} ranks ({clear} of them beyond overlapping 95% intervals)"
+
+
+# ---- the trade-off: style gained against subject lost -----------------------------------------
+
+def tradeoff_points(gains: pd.DataFrame) -> pd.DataFrame:
+    """The points of ``plots.tradeoff_figure`` from :attr:`AblationResult.gains`: one per distinct
+    run (a cell both arms share, where rank x alpha_per_rank = fixed_alpha, is one point with arm
+    "both arms"), with ``subject_lost`` (base minus LoRA subject accuracy) and ``style_gained``
+    and their ``_low``/``_high`` ends; the style gained is the share of the way where the truth was
+    judged (every cell has a share), else P_LoRA - P_base, as ``style_measure`` says. ``label``
+    names the run ("r8 alpha 16, lr 0.0005"), ``arm`` its alpha arm. Empty when nothing was judged."""
+    if gains.empty:
+        return pd.DataFrame()
+    measure = "share" if gains["share"].notna().all() else "gain"
+    points: dict[tuple, dict[str, Any]] = {}
+    for row in gains.itertuples():
+        rank = int(row.rank)   # a float where the judged table's base rows left it empty
+        run = (rank, row.study_lr, row.alpha)
+        if run in points:
+            points[run]["arm"] = "both arms"
+            continue
+        points[run] = {"label": f"r{rank} alpha {row.alpha:g}, lr {row.study_lr:g}",
+                       "arm": ALPHA_MODE_NAMES[row.alpha_mode],
+                       "rank": rank, "study_lr": row.study_lr, "alpha": row.alpha, "n_seeds": row.n_seeds,
+                       **{f"subject_lost{end}": getattr(row, f"subject_lost{end}") for end in ("", "_low", "_high")},
+                       **{f"style_gained{end}": getattr(row, f"{measure}{end}") for end in ("", "_low", "_high")},
+                       "style_measure": STYLE_MEASURES[measure]}
+    return pd.DataFrame(list(points.values()))
+
+
+def tradeoff_facts(points: pd.DataFrame, max_lost: float = MAX_SUBJECT_LOSS) -> dict[str, str]:
+    """``tradeoff_measure`` (what the y axis shows) and ``found_tradeoff``: the run that gains most
+    style, what it costs in subject accuracy, and the most style among the runs that lose at most
+    ``max_lost`` of it (issue #15's bound).
+
+    >>> points = pd.DataFrame({"label": ["r8, lr 0.0005", "r16, lr 0.0001"], "arm": ["alpha fixed (S1)", "both arms"],
+    ...                        "style_gained": [0.8, 0.4], "subject_lost": [0.2, 0.05], "style_measure": ["share"] * 2})
+    >>> print(tradeoff_facts(points)["found_tradeoff"])  # doctest: +NORMALIZE_WHITESPACE
+    On held-out subjects, the run that gains most style (r8, lr 0.0005, alpha fixed (S1)) reaches 0.80
+    (share) and loses 0.20 of subject accuracy; among the runs that lose at most 0.10, the best (r16, lr 0.0001,
+    both arms) reaches 0.40.
+    """
+    if points.empty or points["subject_lost"].isna().all():
+        missing = "not measured (no style judge or no subject classifier in this build)"
+        return {"tradeoff_measure": missing, "found_tradeoff": f"The trade-off of style against subject was {missing}."}
+    measure = points["style_measure"].iloc[0]
+    best = points.loc[points["style_gained"].idxmax()]
+    kept = points[points["subject_lost"] <= max_lost]
+    text = (f"On held-out subjects, the run that gains most style ({best['label']}, {best['arm']}) reaches "
+            f"{best['style_gained']:.2f} ({measure}) and loses {best['subject_lost']:.2f} of subject accuracy; ")
+    if kept.empty:
+        text += f"no run loses at most {max_lost:.2f} of it."
+    else:
+        top = kept.loc[kept["style_gained"].idxmax()]
+        text += (f"among the runs that lose at most {max_lost:.2f}, the best ({top['label']}, {top['arm']}) reaches "
+                 f"{top['style_gained']:.2f}.")
+    return {"tradeoff_measure": measure, "found_tradeoff": text}

@@ -32,6 +32,10 @@ from lora_core.profiles import Profile
 from lora_core.profiling import OTHER, PROFILE_FILE_NAME
 
 BENCHMARK_RESULTS = REPO_ROOT / "benchmarks" / "results"
+GPU_BENCHMARKS = {"bench_gpu_unet": ("steps", "references"), "bench_gpu_peer": ("rows",), "bench_gpu_scaling": ("rows",)}
+NO_GPU = ("No GPU was available in this build: the GPU benchmarks (benchmarks/bench_gpu_unet.py, bench_gpu_peer.py "
+          "and bench_gpu_scaling.py) have not run, so steps per second, peak memory and model-FLOPs utilisation on "
+          "SD v1.5's architecture remain to be measured; each runs with one command on a GPU machine.")
 RUN_COLUMNS = ("method", "config_hash", "run_dir", "finished", "seed", "steps", "rank", "alpha",
                "learning_rate", "data", "wall_time_s", "trainable_params", "torch", "diffusers", "device")
 
@@ -174,11 +178,37 @@ def rerun_table(notebooks: list[str], timings: pd.DataFrame, profile: str) -> pd
     return pd.DataFrame(rows, columns=["notebook", "book runner", "papermill"])
 
 
+def gpu_benchmarks(folder: str | Path = BENCHMARK_RESULTS) -> tuple[dict[str, pd.DataFrame], list[Path], str]:
+    """Tables of the GPU benchmarks' results (``<folder>/bench_gpu_*.json``; dry runs skipped), their
+    plots, and one sentence for the finding box: what was measured where and when, or that no GPU was
+    available.
+
+    >>> gpu_benchmarks("no-such-folder")[2].startswith("No GPU was available in this build")
+    True
+    """
+    tables, images, measured = {}, [], []
+    for name, parts in GPU_BENCHMARKS.items():
+        path = Path(folder) / f"{name}.json"
+        payload = json.loads(path.read_text()) if path.is_file() else None
+        if payload is None or payload.get("dry_run", True):
+            continue
+        stamp = {"device": payload["device"], "date_utc": payload["date_utc"], "torch": payload["versions"]["torch"]}
+        tables[name] = pd.DataFrame([{**row, **stamp} for part in parts for row in payload[part]])
+        images += [path.with_suffix(".png")] if path.with_suffix(".png").is_file() else []
+        measured.append(f"{name} on {payload['device']} ({payload['date_utc'][:10]})")
+    if not tables:
+        return tables, images, NO_GPU
+    lora = tables.get("bench_gpu_unet", pd.DataFrame(columns=["name", "mfu"]))
+    mfu = lora.loc[lora["name"] == "lora r16", "mfu"].dropna()
+    utilisation = f" A rank-16 LoRA step reached {100 * mfu.iloc[0]:.0f}% of the card's peak (target 40%)." if len(mfu) else ""
+    return tables, images, f"GPU benchmarks measured: {'; '.join(measured)}; random weights.{utilisation}"
+
+
 @dataclass(kw_only=True)
 class AppendixResult(ChapterResult):
     """The appendix's tables. Facts: ``base_model``, ``n_runs`` (finished runs of the profile),
-    ``n_unfinished``, ``n_used`` (named by an executed chapter), ``n_version_mismatches`` and the
-    finding box's ``found_runs``, ``found_versions``."""
+    ``n_unfinished``, ``n_used`` (named by an executed chapter), ``n_version_mismatches``,
+    ``n_gpu_benchmarks`` and the finding box's ``found_runs``, ``found_versions``, ``found_gpu``."""
 
     runs: pd.DataFrame          # runs_used_table without the machine-specific run_dir column
     versions: pd.DataFrame
@@ -187,6 +217,8 @@ class AppendixResult(ChapterResult):
     reruns: pd.DataFrame
     phases: pd.DataFrame = field(default_factory=pd.DataFrame)     # phase_profile: seconds per phase per notebook
     benchmarks: dict = field(default_factory=dict)                 # benchmark name -> its results JSON
+    gpu_tables: dict[str, pd.DataFrame] = field(default_factory=dict)   # benchmark name -> its rows
+    gpu_plots: list[Path] = field(default_factory=list)
 
 
 def run_appendix(profile: Profile | str = "tiny", *, runs_root: str | Path = "runs",
@@ -205,6 +237,8 @@ def run_appendix(profile: Profile | str = "tiny", *, runs_root: str | Path = "ru
                             reruns=rerun_table(toc_notebooks(), timings, settings.name))
     result.add_facts(base_model=settings.base_model, **run_counts(run_table),
                      n_version_mismatches=int((~result.versions["agrees"]).sum()))
+    result.gpu_tables, result.gpu_plots, found_gpu = gpu_benchmarks()
+    result.add_facts(found_gpu=found_gpu, n_gpu_benchmarks=len(result.gpu_tables))
     result.add_facts(found_runs=(f"Finished runs of this profile in the run folder: {result.facts['n_runs']} "
                                  f"({result.facts['n_used']} named by an executed chapter)."),
                      found_versions=versions_sentence(result.versions))
@@ -307,9 +341,12 @@ def time_sentence(phases: pd.DataFrame) -> str:
 
 def benchmark_results(results_dir: str | Path) -> dict[str, dict]:
     """Each ``<name>.json`` in ``results_dir`` (written by ``benchmarks/bench_*.py``) by name, with
-    the path of its figure ``<name>.png`` under ``"figure"`` where there is one."""
+    the path of its figure ``<name>.png`` under ``"figure"`` where there is one; the GPU benchmarks'
+    files are :func:`gpu_benchmarks`' to read."""
     folder, results = Path(results_dir), {}
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        if path.stem in GPU_BENCHMARKS:
+            continue
         figure = path.with_suffix(".png")
         results[path.stem] = {**json.loads(path.read_text()), **({"figure": str(figure)} if figure.is_file() else {})}
     return results

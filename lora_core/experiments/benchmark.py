@@ -5,12 +5,16 @@ compared with the original; then the same on held-out subjects (true images exis
 style, so distances are paired) and on unseen prompts. The toy world's "check 3" asks, on the
 held-out subjects, whether the LoRA moves generations toward the target style by more than the
 seed-to-seed spread while subjects stay recognisable, and whether each style's LoRA is closest
-to its own style (cross-style control).
+to its own style (cross-style control). The style judge then reads how far each LoRA got, as a
+share of the way from the base to the true images after the VAE, and whether it can name the
+LoRA's style blind (``style_share``).
 
     result = run_benchmark("tiny", fid=False)
     result.aggregated                        # one row per (style, adapter, eval set, measure)
     result.check3                            # effect vs seed spread on held-out subjects
     result.facts["style_verdicts"]           # the verdict per style, as the prose quotes it
+    result.shares                            # share of the way base -> truth, the issue's targets
+    result.blind                             # can the style judge name the LoRA's style blind?
 
 >>> from lora_core.profiles import get_profile
 >>> configs = benchmark_configs(get_profile("smoke"))
@@ -19,6 +23,7 @@ to its own style (cross-style control).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,11 +35,13 @@ from lora_core.experiments.chapter import ChapterResult, resolve_profile
 from lora_core.experiments.common import (EvalSet, eval_sets, generate_eval_images, quiet_libraries, style_lora_config,
                                           training_seeds)
 from lora_core.experiments.evaluate import DEFAULT_MEASURES, Evaluator, aggregate_seeds
+from lora_core.experiments.style_share import (BASE, LORA, SOURCE_NAMES, TRUE, blind_check_table, gain_display,
+                                               gain_table, judge_images, round_trips, target_verdicts)
 from lora_core.plots import Sheet
 from lora_core.profiles import Profile
 from lora_core.train import TrainConfig
+from lora_core.world import STYLE_SETS
 
-BASE, LORA = "base", "lora"
 # check 3 on held-out subjects: measure -> the direction a style LoRA should move it
 CHECK3_MEASURES = {"feature_to_target": "lower", "st_lpips_to_target": "lower", "p_target_style": "higher",
                    "target_style_rate": "higher"}
@@ -62,6 +69,10 @@ class BenchmarkResult(ChapterResult):
     controls: pd.DataFrame = field(default_factory=pd.DataFrame)
     directions: pd.DataFrame = field(default_factory=pd.DataFrame)
     sheets: dict[str, Sheet] = field(default_factory=dict)
+    judged: pd.DataFrame = field(default_factory=pd.DataFrame)   # the style judge per held-out image
+    judge_classes: tuple[str, ...] = ()                             # the styles the blind check names among
+    shares: pd.DataFrame = field(default_factory=pd.DataFrame)
+    blind: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def config_table(self) -> pd.DataFrame:
         """``common.config_table`` of every run, labelled ``<style> seed <seed>``."""
@@ -95,6 +106,11 @@ class BenchmarkResult(ChapterResult):
         directional = self.check3[self.check3.expected != "context"]
         return directional[~directional.passes.astype(bool)][["style", "measure", "base", "lora_mean", "effect",
                                                              "seed_range"]]
+
+    def share_table(self) -> pd.DataFrame:
+        """Per style, the share of the way and its terms, the subject accuracies, the issue's target
+        and the verdict, as ``value [95% interval]`` text (``style_share.gain_display``)."""
+        return gain_display(self.shares, ["style"])
 
     def cross_style_matrix(self, measure: str = "feature_to_target") -> pd.DataFrame:
         """Adapter style x target style values of one cross-style measure (rows: the LoRA's style)."""
@@ -163,8 +179,31 @@ def score_benchmark(profile: Profile, base=None, runs_root: str | Path | None = 
     result.results = pd.concat(tables, ignore_index=True)
     if "heldout" in splits and len(profile.benchmark_styles) > 1:
         result.cross_style = cross_style_scores(result, evaluator)
+    if "heldout" in splits:
+        result.judge_classes = (evaluator.base_style, *result.eval_sets)
+        result.judged = judge_heldout(result, evaluator, base)
     result.unavailable = dict(evaluator.unavailable)
     return result
+
+
+def judge_heldout(result: BenchmarkResult, evaluator: Evaluator, base) -> pd.DataFrame:
+    """The style judge on every held-out image of every style (``style_share.judge_images``,
+    choosing among ``result.judge_classes``): the true target-style images after the base's VAE,
+    the base's generations and each seed's LoRA generations. Empty without a judge."""
+    if evaluator.style_classifier is None:
+        return pd.DataFrame()
+    frames = []
+    for style, sets in result.eval_sets.items():
+        held_out = sets["heldout"]
+        truth = evaluator.true_images(held_out.subject_keys, style, result.profile.resolution)
+        sources = [(TRUE, None, round_trips(base, truth, evaluator.cache)),
+                   (BASE, None, result.images[(style, BASE, None, "heldout")])]
+        sources += [(LORA, seed, result.images[(style, LORA, seed, "heldout")])
+                    for seed in training_seeds(result.profile)]
+        for source, seed, images in sources:
+            frames.append(judge_images(evaluator, images, held_out.subject_keys, style, result.judge_classes,
+                                       {"style": style, "source": source, "seed": seed}, subjects=source != TRUE))
+    return pd.concat(frames, ignore_index=True)
 
 
 def cross_style_scores(result: BenchmarkResult, evaluator: Evaluator,
@@ -287,7 +326,8 @@ def s1_directions(aggregated: pd.DataFrame, split_name: str = "training captions
 
 def sample_sheet(result: BenchmarkResult, split: str = "heldout", n: int = 6, seed: int = 0) -> Sheet:
     """One row per subject: the true base-style image, then per style the true target-style image
-    | base | LoRA (training seed ``seed``); unseen prompts have no true images."""
+    ("true openmoji"), right beside it the LoRA's ("LoRA openmoji", training seed ``seed``) and then
+    the base's from the same prompt ("base (openmoji prompt)"); unseen prompts have no true images."""
     from lora_core.metrics.style import load_true_images
     from lora_core.world import true_images_dir
 
@@ -303,10 +343,10 @@ def sample_sheet(result: BenchmarkResult, split: str = "heldout", n: int = 6, se
             if sets[split].paired:
                 cells.append((load_true_images([sets[split].subject_keys[i]], true_images_dir(style), resolution)[0],
                               {"subject": subject, "column": f"true {style}"}))
-            cells += [(result.images[(style, adapter, run_seed, split)][i], {"subject": subject,
-                                                                              "column": f"{style}: {adapter}"})
-                      for adapter, run_seed in ((BASE, None), (LORA, seed))]
-    title = (f"{first.name}: true images, base and LoRA (seed {seed}); {result.profile.name} profile, "
+            cells += [(result.images[(style, LORA, seed, split)][i], {"subject": subject, "column": f"LoRA {style}"}),
+                      (result.images[(style, BASE, None, split)][i], {"subject": subject,
+                                                                       "column": f"base ({style} prompt)"})]
+    title = (f"{first.name}: true images, LoRA (seed {seed}) and base; {result.profile.name} profile, "
              f"{resolution} px")
     return Sheet.of(cells, rows="subject", cols="column", title=title, cell_inches=0.9)
 
@@ -315,7 +355,8 @@ def sample_sheet(result: BenchmarkResult, split: str = "heldout", n: int = 6, se
 
 def read_benchmark(result: BenchmarkResult, n_sheet_rows: int = 6) -> BenchmarkResult:
     """Fill the tables chapter 1 shows (aggregated results, check 3, verdicts, recognisability,
-    cross-style control, S1's directions, sample sheets) and its facts; returns ``result``."""
+    cross-style control, S1's directions, sample sheets, the share of the way with the issue's
+    targets, the blind check) and its facts; returns ``result``."""
     result.aggregated = aggregate_seeds(result.results)
     result.check3 = check3_table(result.results)
     result.verdicts = style_verdicts(result.check3)
@@ -326,9 +367,13 @@ def read_benchmark(result: BenchmarkResult, n_sheet_rows: int = 6) -> BenchmarkR
     result.directions = s1_directions(result.aggregated)
     result.sheets = {split: sample_sheet(result, split, n_sheet_rows)
                      for split in next(iter(result.eval_sets.values()))}
+    distances = {style: STYLE_SETS[style].distance for style in result.eval_sets}
+    result.shares = target_verdicts(gain_table(result.judged, ("style",), result.profile.n_bootstrap), distances)
+    result.blind = blind_check_table(result.judged, len(result.judge_classes))
     result.add_facts(**run_facts(result.profile, result.summaries()),
                      **benchmark_facts(result.check3, result.verdicts, result.recognisable, result.controls,
-                                       result.directions))
+                                       result.directions),
+                     **share_facts(result.shares), **blind_facts(result.blind, result.judge_classes))
     result.add_facts(check3_verdicts=result.verdicts)  # a table, pasted on the setup page
     return result
 
@@ -404,3 +449,63 @@ def feature_reading(check3: pd.DataFrame) -> str:
     if closer:
         return f"fell for {', '.join(closer)}"
     return f"rose for every style ({', '.join(f'{r.style} {r.effect:+.2f}' for r in feature.itertuples())})"
+
+
+NOT_JUDGED = "not measured (no style judge in this build)"
+
+
+def share_text(row) -> str:
+    """One style's share of the way with its interval and its subject accuracy against the base's
+    (a row of ``style_share.gain_table``); where the truth is judged no more in style than the
+    base, the plain gain instead.
+
+    >>> share_text(pd.Series({"share": 0.5, "share_low": 0.25, "share_high": 0.75, "subject_lora": 0.4,
+    ...                       "subject_base": 0.45}))
+    "0.50 [0.25, 0.75] of the way, subject accuracy 0.40 against the base's 0.45"
+    """
+    subjects = f", subject accuracy {row['subject_lora']:.2f} against the base's {row['subject_base']:.2f}"
+    if math.isnan(row["share"]):
+        return (f"no way to share (the truth is judged no more in style than the base), P(style) "
+                f"{row['gain']:+.2f} against the base{subjects}")
+    return f"{row['share']:.2f} [{row['share_low']:.2f}, {row['share_high']:.2f}] of the way{subjects}"
+
+
+def share_facts(shares: pd.DataFrame) -> dict[str, str]:
+    """``share_reading`` (per style: :func:`share_text`), ``share_targets_met`` ("1 of 3" styles
+    meet issue #15's targets), ``share_verdicts`` (each style's verdict) and the finding box's
+    ``found_share``."""
+    if shares.empty:
+        return {"share_reading": NOT_JUDGED, "share_targets_met": NOT_JUDGED, "share_verdicts": NOT_JUDGED,
+                "found_share": f"The share of the way from the base to the true style was {NOT_JUDGED}."}
+    reading = "; ".join(f"{row['style']} {share_text(row)}" for _, row in shares.iterrows())
+    met = count_text(shares["meets_target"])
+    return {"share_reading": reading, "share_targets_met": met,
+            "share_verdicts": "; ".join(f"{r.style}: {r.verdict}" for r in shares.itertuples()),
+            "found_share": (f"On held-out subjects, the share of the way from the base to the true style after the "
+                            f"VAE (by the style judge's P(style)): {reading}. Issue #15's targets hold for {met} "
+                            f"styles.")}
+
+
+def blind_facts(blind: pd.DataFrame, classes: tuple[str, ...]) -> dict[str, str]:
+    """``blind_classes`` (the styles the judge names among), ``blind_chance``, ``blind_reading``
+    (per style: how often the LoRA's images are named its style, beside the ceiling and the
+    floor) and the finding box's ``found_blind``, from ``style_share.blind_check_table``.
+
+    >>> blind = pd.DataFrame({"style": ["a"] * 3, "source": list(SOURCE_NAMES.values()), "value": [0.9, 0.5, 0.1],
+    ...                       "ci_low": [0.8, 0.4, 0.0], "ci_high": [1.0, 0.6, 0.2]})
+    >>> blind_facts(blind, ("noto", "a"))["blind_reading"]
+    'a: LoRA 0.50 [0.40, 0.60] (ceiling 0.90, floor 0.10)'
+    """
+    if blind.empty:
+        return {"blind_classes": ", ".join(classes), "blind_chance": NOT_JUDGED, "blind_reading": NOT_JUDGED,
+                "found_blind": f"The blind check was {NOT_JUDGED}."}
+    true, lora, base = SOURCE_NAMES[TRUE], SOURCE_NAMES[LORA], SOURCE_NAMES[BASE]
+    rows = {(r.style, r.source): r for r in blind.itertuples()}
+    reading = "; ".join(f"{style}: LoRA {rows[(style, lora)].value:.2f} [{rows[(style, lora)].ci_low:.2f}, "
+                        f"{rows[(style, lora)].ci_high:.2f}] (ceiling {rows[(style, true)].value:.2f}, floor "
+                        f"{rows[(style, base)].value:.2f})" for style in dict.fromkeys(blind["style"]))
+    chance = f"{1 / len(classes):.2f}"
+    return {"blind_classes": ", ".join(classes), "blind_chance": chance, "blind_reading": reading,
+            "found_blind": (f"Asked blind which of {', '.join(classes)} an image is (chance {chance}), the style judge "
+                            f"names the LoRA's style for this share of its held-out images: {reading}; the ceiling "
+                            f"is the true images after the VAE, the floor the base's images.")}

@@ -25,9 +25,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import torch
 
@@ -72,14 +72,26 @@ def style_folder(style: str, split: str = "train") -> str:
     >>> style_folder("openmoji", "heldout")
     'data/styles/openmoji/heldout'
     """
-    from lora_core.paths import REPO_ROOT
     from lora_core.world import STYLE_SETS
 
     if style not in STYLE_SETS:
         raise ValueError(f"style: unknown style set {style!r}. Valid: {', '.join(STYLE_SETS)}")
     if split not in SPLITS:
         raise ValueError(f"split: {split!r} is not one of {', '.join(SPLITS)}")
-    folder = data_dir() / "styles" / style / split
+    return repo_relative(data_dir() / "styles" / style / split)
+
+
+def repo_relative(folder: str | Path) -> str:
+    """``folder`` relative to the repository when it lies inside it, else as given (absolute):
+    run configs that name it then hash alike wherever the repository is checked out.
+
+    >>> from lora_core.paths import REPO_ROOT
+    >>> repo_relative(REPO_ROOT / "data" / "sets"), repo_relative("/elsewhere/images")
+    ('data/sets', '/elsewhere/images')
+    """
+    from lora_core.paths import REPO_ROOT
+
+    folder = Path(folder)
     try:
         return folder.relative_to(REPO_ROOT).as_posix()
     except ValueError:
@@ -104,7 +116,10 @@ def _train_fields(profile: Profile, style: str, seed: int, overrides: dict[str, 
     fields = {"data": DataConfig(folder=style_folder(style, "train"), resolution=profile.resolution),
               "base_model": profile.base_model, "seed": seed, "max_train_steps": profile.train_steps,
               "batch_size": profile.batch_size, "learning_rate": profile.learning_rate,
-              "mixed_precision": profile.mixed_precision}
+              "mixed_precision": profile.mixed_precision, "optimizer": profile.optimizer,
+              "gradient_accumulation_steps": profile.gradient_accumulation_steps,
+              "gradient_checkpointing": profile.gradient_checkpointing,
+              "checkpoint_every_steps": profile.checkpoint_every_steps}
     fields.update(overrides)
     return fields
 
@@ -233,11 +248,18 @@ def eval_set(style: str, split: str, n: int) -> EvalSet:
     if not files:
         raise FileNotFoundError(f"{folder}: no captions; build the toy world with `python -m lora_core.toy build`")
     files = [files[i] for i in _selection(len(files), n)]
-    prompts = [f.read_text(encoding="utf-8").splitlines()[0].strip() for f in files]
-    suffix = style_prompt(style, "")
-    captions = [p[: -len(suffix)] if p.endswith(suffix) else p for p in prompts]
-    return EvalSet(SPLITS[split], style, tuple(prompts), tuple(captions),
-                   tuple(GENERATION_SEED_START + i for i in range(len(files))), tuple(f.stem for f in files))
+    return captioned_eval_set(SPLITS[split], style, files, style_prompt(style, ""))
+
+
+def captioned_eval_set(name: str, style: str, caption_files: list[Path], suffix: str) -> EvalSet:
+    """An evaluation set of the subjects whose kohya captions (``<key>.txt``) are ``caption_files``,
+    in that order: the caption is the prompt, the caption without ``suffix`` (the style's trigger
+    phrase) the subject text, the file stem the subject key."""
+    prompts = [f.read_text(encoding="utf-8").splitlines()[0].strip() for f in caption_files]
+    captions = [p[: -len(suffix)] if suffix and p.endswith(suffix) else p for p in prompts]
+    return EvalSet(name, style, tuple(prompts), tuple(captions),
+                   tuple(GENERATION_SEED_START + i for i in range(len(caption_files))),
+                   tuple(f.stem for f in caption_files))
 
 
 def eval_sets(style: str, profile: Profile) -> dict[str, EvalSet]:
@@ -258,58 +280,103 @@ def generation_cache_dir() -> Path:
 def quiet_libraries() -> Iterator[None]:
     """diffusers and transformers at ERROR level and without progress bars, then back as they
     were. Loading a UNet-only LoRA logs "No LoRA keys associated to CLIPTextModel" per file, a
-    saved model logs dtype notes and progress bars per load: expected here, and they would bury a
-    notebook's output."""
+    saved model logs dtype notes and progress bars per load and save (diffusers' and transformers'
+    "Loading weights", "Writing model shards"): expected here, and they would bury a notebook's output."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
     levels = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
-    bars = diffusers_logging.is_progress_bar_enabled()
+    bars = diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
     diffusers_logging.set_verbosity_error(), transformers_logging.set_verbosity_error()
-    diffusers_logging.disable_progress_bar()
+    diffusers_logging.disable_progress_bar(), transformers_logging.disable_progress_bar()
     try:
         yield
     finally:
         diffusers_logging.set_verbosity(levels[0]), transformers_logging.set_verbosity(levels[1])
-        if bars:
+        if bars[0]:
             diffusers_logging.enable_progress_bar()
+        if bars[1]:
+            transformers_logging.enable_progress_bar()
 
 
-def generate_eval_images(base, prompts, seeds, profile: Profile, adapter: str | Path | None = None,
-                         batch_size: int | None = None, cache_dir: str | Path | None = None) -> torch.Tensor:
-    """uint8 (N, 3, R, R) images of ``prompts`` with their own ``seeds`` (the profile's sampler,
-    steps and guidance), with a LoRA file (``adapter``) or without (the base).
+@dataclass(frozen=True)
+class EvalRequest:
+    """One set of images to generate: ``prompts`` with their own ``seeds``, with a LoRA file
+    (``adapter``), several at their weights (``{file: weight}``, active together) or without
+    (``None``: the base), and other ``generate.Cell`` fields for every image (``settings``:
+    ``negative_prompt``, ``clip_skip``, ``sampler``, ``steps``, ``guidance_scale``; the profile's
+    sampler, steps and guidance by default)."""
 
-    Results are cached in ``data/cache/generated`` under a key made of the base weights, the
-    adapter file's content (tensors and metadata, not the header's byte order:
-    ``formats.content_digest``), the prompts, seeds and sampler settings, so re-running a notebook
-    for a new plot, or after retraining the same config, regenerates nothing.
-    """
+    prompts: tuple[str, ...]
+    seeds: tuple[int, ...]
+    adapter: Any = None
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.prompts) != len(self.seeds):
+            raise ValueError(f"prompts and seeds must pair up: {len(self.prompts)} prompts, {len(self.seeds)} seeds")
+
+    def cells(self, profile: Profile) -> list:
+        from lora_core.generate import Cell, adapter_entry
+
+        adapters, label = adapter_entry(self.adapter)
+        settings = {"sampler": profile.sampler, "steps": profile.inference_steps,
+                    "guidance_scale": profile.guidance_scale, **self.settings}
+        return [Cell(prompt=p, seed=int(s), adapters=adapters, adapter=label, **settings)
+                for p, s in zip(self.prompts, self.seeds)]
+
+    def cache_path(self, base, cells: list, folder: Path) -> Path:
+        """Where these images are cached: a key made of the base weights, the adapter files' content
+        (``formats.content_digest``) and weights, and every cell's prompt, seed and settings."""
+        from lora_core.formats import content_digest
+
+        adapters = cells[0].adapters if cells else ()
+        # one file at weight 1 keeps the key it always had (caches stay valid); weights enter the key otherwise
+        adapter_key = (content_digest(adapters[0][0]) if len(adapters) == 1 and adapters[0][1] == 1.0
+                       else [[content_digest(path), weight] for path, weight in adapters] or None)
+        key_source = json.dumps({"base": base_fingerprint(base), "adapter": adapter_key,
+                                 "cells": [c.replace(adapters=(), adapter="").to_dict() for c in cells],
+                                 "resolution": base.resolution}, sort_keys=True)
+        return folder / f"{hashlib.sha256(key_source.encode()).hexdigest()[:32]}.safetensors"
+
+
+def generate_eval_sets(base, requests: list[EvalRequest], profile: Profile, batch_size: int | None = None,
+                       cache_dir: str | Path | None = None) -> list[torch.Tensor]:
+    """uint8 (N, 3, R, R) images of each request (the profile's sampler), in one
+    ``generate.generate_cells`` call for all requests not cached yet, so a LoRA file the requests
+    share (at several weights, say) is loaded once. Each request is cached in ``data/cache/generated`` on its own key
+    (:meth:`EvalRequest.cache_path`), so re-running a notebook for a new plot, or after retraining
+    the same config, regenerates nothing."""
     from safetensors.torch import save_file
 
-    from lora_core.formats import content_digest
-    from lora_core.generate import Cell, generate_cells
+    from lora_core.generate import generate_cells
     from lora_core.io import atomic_path, read_safetensors
     from lora_core.metrics.preprocess import as_uint8_images
 
-    if len(prompts) != len(seeds):
-        raise ValueError(f"prompts and seeds must pair up: {len(prompts)} prompts, {len(seeds)} seeds")
-    adapters = ((str(adapter), 1.0),) if adapter is not None else ()
-    cells = [Cell(prompt=p, seed=int(s), sampler=profile.sampler, steps=profile.inference_steps,
-                  guidance_scale=profile.guidance_scale, adapters=adapters,
-                  adapter=Path(str(adapter)).stem if adapter else "none")
-             for p, s in zip(prompts, seeds)]
-    key_source = json.dumps({"base": base_fingerprint(base), "adapter": content_digest(adapter) if adapter else None,
-                             "cells": [c.replace(adapters=(), adapter="").to_dict() for c in cells],
-                             "resolution": base.resolution}, sort_keys=True)
     folder = Path(cache_dir) if cache_dir is not None else generation_cache_dir()
-    path = folder / f"{hashlib.sha256(key_source.encode()).hexdigest()[:32]}.safetensors"
-    if path.is_file():
-        return read_safetensors(path)[0]["images"]
-    with quiet_libraries():
-        grid = generate_cells(base, cells, batch_size=batch_size or profile.generation_batch_size)
-    images = as_uint8_images(grid.images, "generated")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        save_file({"images": images.contiguous()}, str(tmp))
-    return images
+    planned = [(cells, request.cache_path(base, cells, folder)) for request in requests
+               for cells in [request.cells(profile)]]
+    missing = [i for i, (_, path) in enumerate(planned) if not path.is_file()]
+    made = {}
+    if missing:
+        with quiet_libraries():
+            grid = generate_cells(base, [c for i in missing for c in planned[i][0]],
+                                  batch_size=batch_size or profile.generation_batch_size)
+        images = as_uint8_images(grid.images, "generated")
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in missing:
+            made[i], images = images[:len(planned[i][0])], images[len(planned[i][0]):]
+            with atomic_path(planned[i][1]) as tmp:
+                save_file({"images": made[i].contiguous()}, str(tmp))
+    return [made[i] if i in made else read_safetensors(path)[0]["images"] for i, (_, path) in enumerate(planned)]
+
+
+def generate_eval_images(base, prompts, seeds, profile: Profile, adapter: str | Path | Mapping | None = None,
+                         batch_size: int | None = None, cache_dir: str | Path | None = None,
+                         **cell_settings) -> torch.Tensor:
+    """uint8 (N, 3, R, R) images of ``prompts`` with their own ``seeds`` (the profile's sampler, steps
+    and guidance), with a LoRA file (``adapter``), several at their weights (``{file: weight}``,
+    active together) or without (the base); ``cell_settings`` are other ``generate.Cell`` fields.
+    Cached as :func:`generate_eval_sets` caches (one request)."""
+    request = EvalRequest(tuple(prompts), tuple(int(s) for s in seeds), adapter, cell_settings)
+    return generate_eval_sets(base, [request], profile, batch_size, cache_dir)[0]

@@ -212,15 +212,31 @@ class Evaluator:
                                                             self.n_resamples, self._generator())
         if {"subject_group_p", "subject_group_accuracy"} & set(wanted) and self.subject_classifier is not None:
             head = self.subject_classifier
-            small = _at_resolution(images, head.resolution)
-            results["subject_group_p"] = head.p_true_group(small, keys, self._generator())
-            probs = head.predict_proba(small)
-            truth = torch.tensor([head.classes.index(head.group_of[k]) for k in keys])
-            hits = (probs.argmax(-1) == truth).double().numpy()
+            results["subject_group_p"] = head.p_true_group(_at_resolution(images, head.resolution), keys,
+                                                           self._generator())
             results["subject_group_accuracy"] = bootstrap_result(
-                f"subject {head.card.get('level', 'category')} accuracy", head.backbone_name, hits,
-                n_resamples=self.n_resamples, generator=self._generator(), note=results["subject_group_p"].note)
+                f"subject {head.card.get('level', 'category')} accuracy", head.backbone_name,
+                self.subject_hits(images, keys), n_resamples=self.n_resamples, generator=self._generator(),
+                note=results["subject_group_p"].note)
         return {k: v for k, v in results.items() if k in wanted}
+
+    def subject_hits(self, images: torch.Tensor, subject_keys: Sequence[str]):
+        """Per image, 1.0 where the subject classifier names the category of its subject, else
+        0.0 (float64 array); None without a subject classifier."""
+        head = self.subject_classifier
+        if head is None:
+            return None
+        probs = head.predict_proba(_at_resolution(images, head.resolution))
+        truth = torch.tensor([head.classes.index(head.group_of[k]) for k in subject_keys])
+        return (probs.argmax(-1) == truth).double().numpy()
+
+    def style_probabilities(self, images: torch.Tensor) -> torch.Tensor | None:
+        """The style judge's probabilities (N, len(classes)) of uint8 ``images``, resized to the
+        judge's resolution where it names one; None without a judge."""
+        head = self.style_classifier
+        if head is None:
+            return None
+        return head.predict_proba(_at_resolution(images, getattr(head, "resolution", None)))
 
     def _style(self, images, target_style: str, wanted) -> dict[str, MetricResult]:
         from lora_core.world import style_vendor

@@ -9,6 +9,8 @@ the user-study analysis and the memorisation shares).
 0.7361
 >>> participants_needed(0.8)
 (20, 23)
+>>> [round(v, 4) for v in difference_interval(56, 70, 48, 80)]   # Newcombe (1998), Table II, example (a)
+[0.2, 0.0524, 0.3339]
 """
 from __future__ import annotations
 
@@ -49,6 +51,25 @@ def wilson_interval(successes: int, n: int, confidence: float = CONFIDENCE) -> t
     centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n))
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def difference_interval(successes_a: int, n_a: int, successes_b: int, n_b: int,
+                        confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    r"""The difference of two independent proportions :math:`d = \hat p_a - \hat p_b` and Newcombe's
+    (1998) hybrid score interval (his method 10) built from the two :func:`wilson_interval` s
+    :math:`(l_a, u_a)`, :math:`(l_b, u_b)`:
+    :math:`[d - \sqrt{(\hat p_a - l_a)^2 + (u_b - \hat p_b)^2},\; d + \sqrt{(u_a - \hat p_a)^2 + (\hat p_b - l_b)^2}]`.
+    Unlike the Wald interval it stays inside [-1, 1] and is not empty when both shares are 0.
+
+    >>> [round(v, 4) for v in difference_interval(0, 50, 0, 50)]
+    [0.0, -0.0713, 0.0713]
+    """
+    low_a, high_a = wilson_interval(successes_a, n_a, confidence)
+    low_b, high_b = wilson_interval(successes_b, n_b, confidence)
+    rate_a, rate_b = successes_a / n_a, successes_b / n_b
+    difference = rate_a - rate_b
+    return (difference, difference - math.hypot(rate_a - low_a, high_b - rate_b),
+            difference + math.hypot(high_a - rate_a, rate_b - low_b))
 
 
 def two_sided_p_values(n: int, chance: float) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Command line: ``python -m lora_core.toy {build,pretrain-vae,pretrain-unet,pretrain-all,export,check,train-heads}``."""
+"""Command line: ``python -m lora_core.toy {build,pretrain-vae,pretrain-unet,pretrain-all,export,check,train-heads,
+vae-finetune,export-vae}``."""
 from __future__ import annotations
 
 import json
@@ -10,6 +11,7 @@ from lora_core.cli import UserError, add_debug_option, command_parser, run_comma
 from lora_core.config import config_help
 from lora_core.toy.heads import HeadsConfig
 from lora_core.toy.pretrain import SCRATCH, PretrainConfig, load_checkpoint, pretrain_unet, pretrain_vae
+from lora_core.toy.vae_finetune import VaeFinetuneConfig
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,14 +21,18 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--force", action="store_true", help="rebuild even when the manifest matches")
     b.add_argument("--verify", action="store_true", help="also check every file's sha256 against the manifest")
     add_commands(commands)
+    add_vae_finetune_commands(commands)
     pretrain_keys = config_help(PretrainConfig)
     heads_keys = config_help(HeadsConfig)
+    vae_keys = config_help(VaeFinetuneConfig)
     for name, subcommand in commands.choices.items():
         add_debug_option(subcommand, subcommand=True)
         if name.startswith("pretrain-") or name == "export":
             subcommand.epilog = f"PretrainConfig keys of the --config JSON file (default, then help):\n{pretrain_keys}"
         elif name == "train-heads":
             subcommand.epilog = f"HeadsConfig keys for --set KEY=VALUE (default, then help):\n{heads_keys}"
+        elif name in ("vae-finetune", "export-vae"):
+            subcommand.epilog = f"VaeFinetuneConfig keys of the --config JSON file (default, then help):\n{vae_keys}"
         subcommand.formatter_class = parser.formatter_class
     return run_command(_run, parser, argv)
 
@@ -77,7 +83,38 @@ def _config(args) -> PretrainConfig:
     return PretrainConfig.from_dict(overrides)
 
 
+def add_vae_finetune_commands(commands) -> None:
+    from lora_core.toy import vae_finetune
+
+    p = commands.add_parser("vae-finetune", help="phase 3: the VAE on every vendor, Noto latents anchored")
+    p.add_argument("--out", default=str(vae_finetune.SCRATCH), help="checkpoint and log folder")
+    p.add_argument("--config", help="JSON file of VaeFinetuneConfig overrides")
+    p.add_argument("--steps", type=int, help="stop at this many steps in total")
+    p.add_argument("--minutes", type=float, help="stop after this many more minutes")
+    p.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    p = commands.add_parser("export-vae", help="write phase 3's EMA VAE into models/tiny-sd/vae and its card")
+    p.add_argument("--out", default=str(vae_finetune.SCRATCH))
+    p.add_argument("--config", help="JSON file of VaeFinetuneConfig overrides")
+    p.add_argument("--model-dir", default=None, help="target folder (default models/tiny-sd)")
+
+
+def _run_vae_finetune(args) -> int:
+    from lora_core.toy import vae_finetune
+
+    overrides = json.loads(Path(args.config).read_text()) if args.config else {}
+    cfg = VaeFinetuneConfig.from_dict(overrides)
+    if args.command == "export-vae":
+        vae_finetune.export_vae(cfg, Path(args.out), args.model_dir)
+        return 0
+    if args.steps is None and args.minutes is None:
+        raise UserError("vae-finetune needs --steps or --minutes")
+    state = vae_finetune.finetune_vae(cfg, Path(args.out), args.steps, args.minutes, args.checkpoint_minutes)
+    return 0 if state["step"] >= (args.steps or 0) else 1
+
+
 def _run_model_command(args) -> int:
+    if args.command in ("vae-finetune", "export-vae"):
+        return _run_vae_finetune(args)
     if args.command == "train-heads":
         from lora_core.toy.heads import train_heads_command
         return train_heads_command(args.set, args.vae)

@@ -11,6 +11,7 @@ Layout (see /tmp/contracts.md)::
     data/emoji/catalog.csv, data/emoji/images/<vendor>/<key>.png, data/emoji/MANIFEST.json
     data/base/<key>.png + .txt                       Noto, every subject incl. skin tones
     data/styles/<style>/{train,heldout}/<key>.png + .txt   caption + trigger word
+    data/sets/<name>/{train,heldout}/<key>.png + .txt (+ .tags)   part II subject sets (toy/sets.py)
 """
 from __future__ import annotations
 
@@ -28,12 +29,14 @@ from pathlib import Path
 from lora_core.config import Config, option
 from lora_core import world
 from lora_core.io import atomic_write_json
-from lora_core.toy.catalog import Subject, hash_order, load_subjects
-from lora_core.toy.sources import CATALOG_PACKAGE, VendorFiles, package_version
 from lora_core.paths import REPO_ROOT
-from lora_core.world import BASE_VENDOR, DATA_DIR, STYLE_CAPTION_TEMPLATE, STYLE_SETS, VENDORS
+from lora_core.toy.catalog import Subject, hash_order, load_subjects
+from lora_core.toy.sets import subject_set_splits, subject_sets_manifest, write_subject_sets
+from lora_core.toy.sources import CATALOG_PACKAGE, VendorFiles, package_version
+from lora_core.world import BASE_VENDOR, DATA_DIR, STYLE_CAPTION_TEMPLATE, STYLE_SETS, SUBJECT_SETS, VENDORS
 
 NODE_MODULES = REPO_ROOT / "node_modules"
+PARTS = ("emoji", "base", "styles", "sets")  # the folders of data/ a build writes
 
 
 @dataclass(frozen=True)
@@ -46,11 +49,19 @@ class BuildConfig(Config):
         ("Flags", "Component"), "categories left out of style sets (flags follow national "
                                 "specifications, components are swatches): little room for style")
     selection_salt: str = option("lora-style-lab/v1", "salt of the hash order that selects subjects")
+    subject_set_train: tuple = option(
+        (("face_character", 28), ("person_character", 20), ("landmarks", 115), ("large_captioned", 1500)),
+        "(name, training subjects) of each part II subject set to build; its other members are held out")
     limit: int = option(0, "keep only this many base subjects (hash order) and their variants; 0 = all")
 
     def __post_init__(self):
         if self.style_train_subjects < 1 or self.style_heldout_subjects < 1:
             raise ValueError("style_train_subjects and style_heldout_subjects must be >= 1")
+        names = [name for name, _ in self.subject_set_train]
+        for name, n_train in self.subject_set_train:
+            if name not in SUBJECT_SETS or names.count(name) > 1 or n_train < 1:
+                raise ValueError(f"subject_set_train: ({name!r}, {n_train}) needs a set name listed once "
+                                 f"(valid: {', '.join(SUBJECT_SETS)}) and at least 1 training subject")
 
 
 def fingerprint(cfg: BuildConfig, node_modules: Path) -> str:
@@ -64,7 +75,7 @@ def fingerprint(cfg: BuildConfig, node_modules: Path) -> str:
 def _code_files() -> list[Path]:
     """The modules whose code decides the built bytes: the builder and the world's vocabulary."""
     here = Path(__file__).parent
-    return [here / "build.py", here / "catalog.py", here / "sources.py", Path(world.__file__)]
+    return [here / "build.py", here / "catalog.py", here / "sources.py", here / "sets.py", Path(world.__file__)]
 
 
 def _packages() -> list[str]:
@@ -96,8 +107,10 @@ def build(cfg: BuildConfig = BuildConfig(), data_dir: Path = DATA_DIR, node_modu
         _write_catalog(tmp / "emoji" / "catalog.csv", subjects, available)
         _write_base_set(tmp, subjects, available)
         splits = _write_style_sets(tmp, subjects, available, cfg)
-        manifest = _manifest(tmp, cfg, expected, node_modules, splits)
-        for part in ("emoji", "base", "styles"):
+        set_splits = subject_set_splits(subjects, available, dict(cfg.subject_set_train), cfg.selection_salt)
+        write_subject_sets(tmp, subjects, set_splits)
+        manifest = _manifest(tmp, cfg, expected, node_modules, splits, set_splits)
+        for part in PARTS:
             if (data_dir / part).exists():
                 shutil.rmtree(data_dir / part)
             os.replace(tmp / part, data_dir / part)
@@ -192,9 +205,9 @@ def _write_style_sets(root: Path, subjects: list[Subject], available: dict[str, 
 
 
 def _manifest(root: Path, cfg: BuildConfig, expected: str, node_modules: Path,
-              splits: dict[str, list[str]]) -> dict:
+              splits: dict[str, list[str]], set_splits: dict[str, dict[str, list[str]]]) -> dict:
     files = {}
-    for part in ("emoji", "base", "styles"):
+    for part in PARTS:
         for path in sorted((root / part).rglob("*")):
             if path.is_file():
                 files[path.relative_to(root).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -207,10 +220,11 @@ def _manifest(root: Path, cfg: BuildConfig, expected: str, node_modules: Path,
     counts = {"subjects": sum(1 for _ in (root / "base").glob("*.png"))}
     counts.update({f"images/{v}": sum(1 for _ in (root / "emoji" / "images" / v).glob("*.png")) for v in VENDORS})
     counts.update({f"styles/{split}": len(keys) for split, keys in splits.items()})
+    counts.update({f"sets/{name}/{split}": len(keys) for name, s in set_splits.items() for split, keys in s.items()})
     return {"fingerprint": expected, "config": cfg.to_dict(), "sources": sources, "counts": counts,
             "style_sets": {k: {"vendor": s.vendor, "trigger": s.trigger, "distance": s.distance,
                                "caption_template": STYLE_CAPTION_TEMPLATE} for k, s in STYLE_SETS.items()},
-            "splits": splits, "files": files}
+            "splits": splits, "subject_sets": subject_sets_manifest(set_splits, sources), "files": files}
 
 
 def verify(data_dir: Path = DATA_DIR) -> list[str]:

@@ -32,6 +32,7 @@ class Subject:
     subcategory: str
     skin_tone: str      # "" for the base emoji
     caption: str
+    short_names: tuple[str, ...] = ()   # emoji-datasource's short names, underscores as spaces
 
     @property
     def is_base(self) -> bool:
@@ -74,7 +75,8 @@ def load_subjects(node_modules: Path) -> list[Subject]:
 def _subject(entry: dict, unified: str, tones: tuple[str, ...]) -> Subject:
     tone = ", ".join(SKIN_TONES[normalize_key(t)] for t in tones)
     return Subject(normalize_key(unified), unified, entry["name"].lower(), entry["category"],
-                   entry["subcategory"], tone, subject_caption(entry, tones))
+                   entry["subcategory"], tone, subject_caption(entry, tones),
+                   tuple(s.replace("_", " ") for s in entry.get("short_names", [])))
 
 
 def hash_order(keys, salt: str) -> list[str]:

@@ -111,7 +111,7 @@ def vae_heldout_keys(keys: list[str], fraction: float, seed: int) -> set[str]:
 
 def step_generator(seed: int, phase: str, step: int) -> torch.Generator:
     """The generator of one step: depends only on seed, phase and step, so resume is exact."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + {"vae": 1, "unet": 2, "eval": 3}[phase] * 7_919 + step * 2)
+    return torch.Generator().manual_seed(seed * 1_000_003 + {"vae": 1, "unet": 2, "eval": 3, "vae_finetune": 4}[phase] * 7_919 + step * 2)
 
 
 def lr_lambda(warmup_steps: int, decay_start: int = 0, decay_steps: int = 0):

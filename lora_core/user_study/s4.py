@@ -141,3 +141,67 @@ def simulated_panel_analysis(n_participants: int = S4_PARTICIPANTS, n_inattentiv
              f"answer at random, {n_subjects} subjects each, S4's shares, concentration {concentration:g}")
     analysis = analyse_participants(participants, manifest, label, n_resamples=n_resamples, seed=seed)
     return dataclasses.replace(analysis, table=with_verdicts(analysis.table))
+
+
+# ---- which of S4's claims its design could establish -------------------------------------------
+
+# Per question: what the claim needs that S4's design lacks ("" if nothing), and what beating
+# chance supports.
+CLAIM_LIMITS = {
+    "buy": ("", "LoRA preferred to TI more often than chance, for these five landmarks (not a price, not other "
+                "subjects)"),
+    "style": ("", "LoRA judged closer in style to the originals more often than chance, for these five landmarks"),
+    "recognisable": ("a control: the original's own recognisability, and how the other answers split",
+                     "'neither' answered more often than a random answerer would (1 in 4)"),
+}
+
+
+def claim_verdicts(reported: pd.DataFrame, simulated: pd.DataFrame) -> pd.DataFrame:
+    """Per S4 claim: the reported share, its participant-level 95% interval as 50 participants,
+    the verdict against chance there and on the SIMULATED panel, and whether S4's design could
+    establish the claim: above chance in both and nothing the claim needs missing
+    (:data:`CLAIM_LIMITS`).
+
+    >>> reported = s4_reported_analysis(n_resamples=200)
+    >>> simulated = reported.assign(verdict="not told apart from chance")
+    >>> claim_verdicts(reported, reported)["established"].tolist()
+    [True, True, False]
+    >>> claim_verdicts(reported, simulated)["established"].tolist()
+    [False, False, False]
+    """
+    by_question = simulated.set_index("question")
+    rows = []
+    for row in reported.itertuples():
+        needs, supports = CLAIM_LIMITS[row.question]
+        panel = by_question.loc[row.question, "verdict"]
+        above = row.verdict == "more often than chance" and panel == "more often than chance"
+        rows.append({"question": row.question, "S4's claim": row.s4_claim, "reported share": row.s4_reported,
+                     "95% interval (as 50 participants)": f"[{row.cluster_low:.2f}, {row.cluster_high:.2f}]",
+                     "as 50 participants": row.verdict, "SIMULATED panel": panel,
+                     "established": above and not needs, "what it supports": supports if above else "nothing",
+                     "what the claim would need": needs or "-"})
+    return pd.DataFrame(rows)
+
+
+@dataclasses.dataclass(frozen=True)
+class S4Reading:
+    """S4's study read by this package: its shares as 50 participants (``reported``), a SIMULATED
+    panel (``simulated``, an ``analysis.StudyAnalysis``), the power table and the claim verdicts."""
+
+    reported: pd.DataFrame
+    simulated: StudyAnalysis
+    power: pd.DataFrame
+    verdicts: pd.DataFrame
+
+
+def read_s4(n_resamples: int = 2000, seed: int = 0) -> S4Reading:
+    """:class:`S4Reading`; the power table covers the two A/B questions (chance 1/2) and "neither"
+    among four options (chance 1/4)."""
+    from lora_core.metrics.proportions import power_table
+
+    reported = s4_reported_analysis(n_resamples=n_resamples, seed=seed)
+    simulated = simulated_panel_analysis(n_resamples=n_resamples, seed=seed)
+    power = pd.concat([power_table((0.9, 0.8, 0.7, 0.6), chance=0.5).assign(questions="buy, style"),
+                       power_table((0.5, 0.4, 0.35), chance=0.25).assign(questions="recognisable")],
+                      ignore_index=True)
+    return S4Reading(reported, simulated, power, claim_verdicts(reported, simulated.table))
