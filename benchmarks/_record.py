@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO / "benchmarks" / "results"
+# ``python benchmarks/bench_x.py`` puts benchmarks/ first on the path, so ``lora_core`` would come
+# from whichever checkout the environment installed: measure this checkout's (its children too)
+sys.path.insert(0, str(REPO))
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
 
 
 def cpu_model() -> str:
