@@ -199,7 +199,19 @@ def test_benchmark_results_are_read_with_their_figures_and_tabled(tmp_path):
     assert caption.startswith("ours against a reproduction of diffusers' example step")
     assert table.loc[0, "steps/s ours/peer"] == 1.5 and table.loc[0, "peak MiB ours"] == 1024.0
     assert appendix.peer_sentence(results["peer"]) == (
-        "Training processes 1.50x as many images per second as a reproduction of diffusers' example step (median of "
-        "1 interleaved pairs, 1.50-1.50) with 1.00x its peak memory; measured 2026-12-01 on 2 cores at load 3.0-4.0.")
+        "Training speed (images per second) against a reproduction of diffusers' example step: 1.50x "
+        "(fp32; 1.50-1.50 over 1 interleaved pairs, 1.00x its peak memory); measured 2026-12-01 on 2 cores at load "
+        "3.0-4.0.")
+    bf16 = {"pairs": [{**peer["pairs"][0], "speed_ratio": 2.0}, {**peer["pairs"][0], "speed_ratio": 1.0}],
+            "summary": {**peer["summary"], "speed_ratio": {"median": 1.5, "min": 1.0, "max": 2.0},
+                        "memory_ratio": {"median": 2.0, "min": 2.0, "max": 2.0}}}
+    both = {**peer, "comparisons": [{"label": "fp32", "pairs": peer["pairs"], "summary": peer["summary"]},
+                                    {"label": "bf16", **bf16}]}
+    [(_, table)] = appendix.benchmark_tables("peer", both)
+    assert table["comparison"].tolist() == ["fp32", "bf16", "bf16"] and table["steps/s ours/peer"].tolist() == [
+        1.5, 2.0, 1.0]
+    assert appendix.peer_sentence(both).endswith(
+        "step: 1.50x (fp32; 1.50-1.50 over 1 interleaved pairs, 1.00x its peak memory); 1.50x (bf16; 1.00-2.00 over 2 "
+        "interleaved pairs, 0.50x its peak memory); measured 2026-12-01 on 2 cores at load 3.0-4.0.")
     assert appendix.peer_sentence(None).startswith("The comparison with the peer has not been run here")
     assert appendix.benchmark_results(tmp_path / "absent") == {}

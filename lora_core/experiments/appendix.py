@@ -352,28 +352,48 @@ def benchmark_results(results_dir: str | Path) -> dict[str, dict]:
     return results
 
 
+def peer_comparisons(peer: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """Label -> ``{"pairs", "summary"}`` of each comparison ``bench_peer.py`` made (the same
+    precision both sides, and ours in bf16 against the example's default fp32); a result written
+    before precisions were compared is one comparison, ``"fp32"``."""
+    comparisons = peer.get("comparisons") or [{"label": "fp32", "pairs": peer["pairs"], "summary": peer["summary"]}]
+    return {comparison["label"]: comparison for comparison in comparisons}
+
+
 def peer_sentence(peer: Mapping[str, Any] | None) -> str:
-    """The training speed against the peer, with its spread and the load it was measured at."""
+    """The training speed against the peer in each comparison, with its spread, the peak memory
+    and the load it was measured at."""
     if not peer:
         return "The comparison with the peer has not been run here (benchmarks/bench_peer.py)."
-    summary = peer["summary"]
-    speed, memory = summary.get("image_speed_ratio", summary["speed_ratio"]), summary["memory_ratio"]
-    return (f"Training processes {speed['median']:.2f}x as many images per second as a {peer['peer']} (median "
-            f"of {len(peer['pairs'])} interleaved pairs, {speed['min']:.2f}-{speed['max']:.2f}) with "
-            f"{1 / memory['median']:.2f}x its peak memory; measured {peer['machine']['date_utc'][:10]} on "
-            f"{peer['machine']['cpu_count']} cores at load {peer['load_before']}-{peer['load_after']}.")
+    parts = []
+    for label, comparison in peer_comparisons(peer).items():
+        summary = comparison["summary"]
+        speed = summary.get("image_speed_ratio", summary["speed_ratio"])
+        parts.append(f"{speed['median']:.2f}x ({label}; {speed['min']:.2f}-{speed['max']:.2f} over "
+                     f"{len(comparison['pairs'])} interleaved pairs, {1 / summary['memory_ratio']['median']:.2f}x "
+                     f"its peak memory)")
+    return (f"Training speed (images per second) against a {peer['peer']}: {'; '.join(parts)}; measured "
+            f"{peer['machine']['date_utc'][:10]} on {peer['machine']['cpu_count']} cores at load "
+            f"{peer['load_before']}-{peer['load_after']}.")
+
+
+def peer_table(peer: Mapping[str, Any]) -> pd.DataFrame:
+    """One row per run pair of each comparison: speeds, their ratios, CPU seconds per image, peak
+    memory and the load."""
+    return pd.DataFrame([
+        {"comparison": label, "pair": i + 1, "ours steps/s": p["ours"]["steps_per_s"],
+         "peer steps/s": p["peer"]["steps_per_s"], "steps/s ours/peer": p["speed_ratio"],
+         "images/s ours/peer": p.get("image_speed_ratio"), "CPU s/image ours": p["ours"].get("cpu_s_per_image"),
+         "CPU s/image peer": p["peer"].get("cpu_s_per_image"), "peak MiB ours": p["ours"]["peak_rss_bytes"] / 2**20,
+         "peak MiB peer": p["peer"]["peak_rss_bytes"] / 2**20, "load": p["ours"]["load"]}
+        for label, comparison in peer_comparisons(peer).items() for i, p in enumerate(comparison["pairs"])])
 
 
 def benchmark_tables(name: str, result: Mapping[str, Any]) -> list[tuple[str, pd.DataFrame]]:
     """(caption, table) pairs of one benchmark's results: the peer's pairs, the samplers' speed and
     agreement, the metric networks' throughput."""
     if name == "peer":
-        rows = [{"pair": i + 1, "ours steps/s": p["ours"]["steps_per_s"], "peer steps/s": p["peer"]["steps_per_s"],
-                 "steps/s ours/peer": p["speed_ratio"], "images/s ours/peer": p.get("image_speed_ratio"),
-                 "CPU s/image ours": p["ours"].get("cpu_s_per_image"), "CPU s/image peer": p["peer"].get("cpu_s_per_image"),
-                 "peak MiB ours": p["ours"]["peak_rss_bytes"] / 2**20, "peak MiB peer": p["peer"]["peak_rss_bytes"] / 2**20,
-                 "load": p["ours"]["load"]} for i, p in enumerate(result["pairs"])]
-        return [(f"ours against a {result['peer']}, {result['settings']}", pd.DataFrame(rows))]
+        return [(f"ours against a {result['peer']}, {result['settings']}", peer_table(result))]
     if name == "generate":
         tables = [("generation cost per sampler setting (one thread, 16 images, CFG)",
                    pd.DataFrame(result["speed"])[["setting", "cpu_s_per_image", "wall_images_per_s"]])]
