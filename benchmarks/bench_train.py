@@ -1,10 +1,13 @@
 """Training cost per method on the tiny random model, as ratios against plain LoRA.
 
-Each method trains in its own child process (``python -m lora_core.train``) so that its peak
-memory (CUDA peak allocated, else process peak RSS) is its own; plain LoRA runs first and last
-and the ratios use the mean of its two runs, so drift in machine load shows up as a LoRA spread.
+Each method trains in its own child process (``python -m lora_core.train``, one torch thread by
+``lora_core.threads``) so that its peak memory (CUDA peak allocated, else process peak RSS) is its
+own; plain LoRA runs first and last and the ratios use the mean of its two runs, so drift in
+machine load shows up as a LoRA spread.
 
     .venv/bin/python benchmarks/bench_train.py [--steps 20] [--batch-size 4]
+
+Writes ``benchmarks/results/train.json`` (with the date, machine and load) and ``train.png``.
 """
 from __future__ import annotations
 
@@ -18,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from _record import RESULTS_DIR, load_average, write_result
 
 REPO = Path(__file__).resolve().parent.parent
 METHODS = {
@@ -51,11 +56,32 @@ def run(name: str, data: Path, root: Path, steps: int, batch_size: int) -> dict:
     return json.loads((Path(done.stdout.strip().splitlines()[-1]) / "summary.json").read_text())
 
 
+def figure(rows: list[dict], result: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 2.6))
+    names = [r["method"] for r in rows]
+    ax.barh(names, [r["steps_per_s_vs_lora"] for r in rows], color="tab:blue")
+    ax.axvline(1.0, color="grey", lw=0.8)
+    ax.invert_yaxis()
+    ax.set_xlabel("steps/s relative to plain LoRA (rank 4)")
+    machine = result["machine"]
+    ax.set_title(f"{machine['date_utc'][:10]}, {machine['cpu']}, {machine['cpu_count']} cores, load "
+                 f"{result['load_before']}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=4)
     args = parser.parse_args()
+    load_before = load_average()
     root = Path(tempfile.mkdtemp(prefix="bench-train-"))
     data = write_images(root / "images")
     order = ["lora", *[m for m in METHODS if m != "lora"], "lora"]
@@ -68,12 +94,20 @@ def main() -> None:
           f"({lora_runs[0]['peak_memory_kind']}); LoRA spread "
           f"{min(r['steps_per_s'] for r in lora_runs) / max(r['steps_per_s'] for r in lora_runs):.2f}")
     print(f"{'method':20s} {'steps/s vs LoRA':>16s} {'peak memory vs LoRA':>20s} {'trainable params':>17s}")
+    rows = []
     for name, result in results[1:-1]:
         if "error" in result:
             print(f"{name:20s} failed: {result['error']}")
             continue
-        print(f"{name:20s} {result['steps_per_s'] / lora_speed:16.2f} "
-              f"{result['peak_memory_bytes'] / lora_memory:20.2f} {result['trainable_params']:17,d}")
+        rows.append({"method": name, "steps_per_s_vs_lora": result["steps_per_s"] / lora_speed,
+                     "peak_memory_vs_lora": result["peak_memory_bytes"] / lora_memory,
+                     "trainable_params": result["trainable_params"]})
+        print(f"{name:20s} {rows[-1]['steps_per_s_vs_lora']:16.2f} {rows[-1]['peak_memory_vs_lora']:20.2f} "
+              f"{result['trainable_params']:17,d}")
+    spread = min(r["steps_per_s"] for r in lora_runs) / max(r["steps_per_s"] for r in lora_runs)
+    path = write_result("train", {"rows": rows, "lora_steps_per_s": float(lora_speed), "lora_spread": spread,
+                                  "steps": args.steps, "batch_size": args.batch_size}, load_before)
+    figure(rows, json.loads(path.read_text()), RESULTS_DIR / "train.png")
 
 
 if __name__ == "__main__":

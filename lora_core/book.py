@@ -35,10 +35,12 @@ from typing import Any
 
 import yaml
 
+from lora_core import profiling
 from lora_core.config import load_yaml
 from lora_core.io import atomic_folder, atomic_path, atomic_write_json
 from lora_core.paths import REPO_ROOT
 from lora_core.profiles import PROFILES
+from lora_core.threads import children_follow_policy
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 BOOK_DIR = REPO_ROOT / "book"
@@ -270,21 +272,36 @@ def run_book(profile: str, overrides: dict[str, Any], only: list[str] | None = N
         stage_book(root)
     executed_dir = root / "book" / "notebooks"
     runs = []
-    for name in names:
-        print(f"[book] {name} ({profile}) ...", flush=True)
-        # The runner's own facts reach notebooks that declare them (the appendix reads the
-        # timings of this build, wherever the build is staged).
-        provided = {"profile": profile, "executed_dir": str(executed_dir)}
-        own = {key: value for key, value in {**provided, **overrides}.items()
-               if key in declared[name] or key == "profile"}
-        run = execute_notebook(name, own, executed_dir)
-        runs.append(run)
-        record_timings([run], profile, executed_dir / TIMINGS_FILE.name)
-        print(f"[book] {name} done in {run.wall_seconds:.1f} s", flush=True)
+    with children_follow_policy() as threads:  # every kernel computes with the policy's threads
+        for name in names:
+            print(f"[book] {name} ({profile}, {threads} thread{'s' if threads > 1 else ''}) ...", flush=True)
+            # The runner's own facts reach notebooks that declare them (the appendix reads the
+            # timings and profile of this build, wherever the build is staged).
+            provided = {"profile": profile, "executed_dir": str(executed_dir)}
+            own = {key: value for key, value in {**provided, **overrides}.items()
+                   if key in declared[name] or key == "profile"}
+            runs.append(execute_profiled(name, own, executed_dir, profile))
     if build:
         index = build_html(root)
         print(f"[book] HTML: {index}")
     return runs
+
+
+def execute_profiled(name: str, parameters: dict[str, Any], executed_dir: Path, profile: str) -> NotebookRun:
+    """:func:`execute_notebook`, then its wall time into ``_timings.json`` and the seconds its
+    kernel spent per phase (:mod:`lora_core.profiling`), with the machine's load, into
+    ``_profile.json``, both beside the executed notebooks."""
+    load_before = profiling.load_average()
+    with profiling.kernel_phases_file(executed_dir / f".{name}.phases.json") as phases_file:
+        run = execute_notebook(name, parameters, executed_dir)
+    record_timings([run], profile, executed_dir / TIMINGS_FILE.name)
+    entry = profiling.record_notebook_profile(executed_dir / profiling.PROFILE_FILE_NAME, name, profile,
+                                              run.wall_seconds, phases_file, load_before)
+    busiest = sorted(entry["share"].items(), key=lambda item: -item[1])[:3]
+    print(f"[book] {name} done in {run.wall_seconds:.1f} s ("
+          + ", ".join(f"{phase} {share:.0%}" for phase, share in busiest)
+          + f"; load {load_before} -> {entry['load_after']})", flush=True)
+    return run
 
 
 def command_line_help() -> str:

@@ -29,6 +29,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from lora_core.threads import apply_thread_policy
+
 
 class UserError(Exception):
     """Bad input a user can fix, where no built-in type fits; the message names the file or parameter."""
@@ -92,6 +94,7 @@ def run_command(command: Callable[[argparse.Namespace], Any], parser: argparse.A
     """Parse ``argv``, call ``command(args)`` and return the exit status (``command``'s int, else 0)."""
     args = parser.parse_args(argv)
     try:
+        apply_thread_policy()  # every command line computes with the one thread policy
         status = command(args)
     except Exception as error:
         if getattr(args, "debug", False):

@@ -31,6 +31,7 @@ import torch
 from lora_core import blend
 from lora_core.config import Config, option
 from lora_core.io import atomic_path, atomic_write_text
+from lora_core.profiling import phase
 
 # A1111 sampler name -> diffusers scheduler class and the options that make it that sampler.
 SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -38,6 +39,9 @@ SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
     "Euler": ("EulerDiscreteScheduler", {}),
     "Euler a": ("EulerAncestralDiscreteScheduler", {}),
     "DPM++ 2M": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "DPM++ 2M Karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2,
+                                                        "use_karras_sigmas": True}),
+    "UniPC": ("UniPCMultistepScheduler", {}),
     "PNDM": ("PNDMScheduler", {"skip_prk_steps": True}),
 }
 PNG_JSON_KEY = "lora_style_lab"
@@ -182,6 +186,7 @@ def generate_grid(base, *, prompts, seeds=0, adapters=None, weights=1.0, sampler
     return generate_cells(base, cells, batch_size=batch_size)
 
 
+@phase("generation")
 def generate_cells(base, cells: Sequence[Cell], batch_size: int = 1) -> Grid:
     """Generate one image per cell; the model's mode, dtype, adapters and the global RNG are kept.
 

@@ -303,6 +303,34 @@ def timings_figure(timings: pd.DataFrame, profile: str):
     return figure
 
 
+def profile_figure(phases: pd.DataFrame, order: Sequence[str]):
+    """Stacked horizontal bars: each notebook's wall time split into its phases (``order``, from
+    :func:`lora_core.experiments.appendix.phase_order`), or a figure that says none is recorded."""
+    import matplotlib.pyplot as plt
+
+    notebooks = list(dict.fromkeys(phases["notebook"])) if not phases.empty else []
+    figure, ax = plt.subplots(figsize=(6.5, 0.45 * max(len(notebooks), 3) + 1.2))
+    if not notebooks:
+        ax.text(0.5, 0.5, "no phase profile recorded yet\n(run python -m lora_core.book)", ha="center",
+                va="center", fontsize=9)
+        ax.axis("off")
+        return figure
+    seconds = phases.pivot_table(index="notebook", columns="phase", values="seconds", aggfunc="sum",
+                                 fill_value=0.0).reindex(index=notebooks, columns=list(order), fill_value=0.0)
+    left = np.zeros(len(notebooks))
+    colours = plt.get_cmap("tab20")(np.linspace(0, 1, max(len(order), 2)))
+    for phase, colour in zip(order, colours):
+        ax.barh(notebooks, seconds[phase].to_numpy(), left=left, color="lightgrey" if phase == "other" else colour,
+                label=phase)
+        left += seconds[phase].to_numpy()
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_title("where each notebook's time went (phases of lora_core.profiling)", fontsize=9)
+    figure.tight_layout()
+    return figure
+
+
 def reference_line(figure, value: float, label: str, axis: int = 0):
     """A dotted horizontal line at ``value`` on panel ``axis`` of ``figure``, in its legend: a
     reported number beside measured ones.

@@ -34,6 +34,9 @@ class Profile(Config):
     learning_rate: float = option(1e-4, "default UNet learning rate")
     lora_rank: int = option(16, "default LoRA rank r")
     lora_alpha: float = option(16.0, "default LoRA alpha (scale = alpha / rank)")
+    sampler: str = option("DDIM", "A1111 name of the sampler of every generated image (lora_core.generate."
+                                  "SAMPLERS: DDIM, Euler, Euler a, DPM++ 2M, DPM++ 2M Karras, UniPC, PNDM); "
+                                  "part of the generation cache key")
     inference_steps: int = option(30, "denoising steps at generation")
     guidance_scale: float = option(7.5, "classifier-free guidance scale")
     n_eval_images: int = option(100, "generated images per evaluated set")

@@ -63,6 +63,7 @@ from lora_core.models import BaseModel, base_fingerprint, load_base
 from lora_core.optim import (OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler, step_size_estimate,
                              warmup_steps_for)
 from lora_core.paths import resolve
+from lora_core.profiling import phase
 
 MIXED_PRECISION = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -479,6 +480,7 @@ def build_caches(config: TrainConfig, adapter: Adapter, base: BaseModel, inputs:
     return Caches(train_latents, val_latents, class_latents, captions, val_captions, text)
 
 
+@phase("training: set-up")
 def set_up(config: TrainConfig, run_dir: Path, inputs: Inputs, force: bool, resume_from: Path | None) -> Run:
     """Everything before the first step: checks, the adapter on a copy of the base, optimizer and
     schedule, caches, accelerate, and the resume state when there is one."""
@@ -561,6 +563,7 @@ def save_checkpoint(run: Run, step: int) -> None:
 # the loop
 
 
+@phase("training")
 def train(config: TrainConfig, base=None, force: bool = False, runs_root: str | Path | None = None,
           resume_from: str | Path | None = None, progress: bool = True) -> runs.RunRecord:
     """Train ``config`` and return its record, or the record of the finished run with the same

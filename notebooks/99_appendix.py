@@ -24,6 +24,8 @@
 #
 # * {glue:text}`found_runs`
 # * {glue:text}`found_versions`
+# * {glue:text}`found_time`
+# * {glue:text}`found_peer`
 # * {glue:text}`found_gpu`
 # ```
 
@@ -36,7 +38,7 @@ executed_dir = "book/notebooks"  # executed chapters and the runner's _timings.j
 from IPython.display import Image
 
 from lora_core import plots
-from lora_core.experiments.appendix import run_appendix
+from lora_core.experiments.appendix import phase_order, profile_table, run_appendix, show_benchmark
 from lora_core.experiments.chapter import glue_facts, show_table
 
 result = run_appendix(profile, runs_root=runs_root, executed_dir=executed_dir)
@@ -92,6 +94,40 @@ show_table(result.timings, first=["notebook", "wall_seconds"])
 
 # %% tags=["hide-input"]
 plots.timings_figure(result.timings, result.profile.name);
+
+# %% [markdown]
+# ## Where the time goes
+#
+# Inside each notebook's kernel, `lora_core.profiling` charges every second to the innermost
+# named phase: `training` (with its `training: set-up`: copying the base, encoding the images
+# with the VAE and the captions once), `generation`, each network's feature extraction
+# (`features: <network>`), the `bootstrap` behind the intervals, the rest of the metrics
+# (`metrics: other`: heads, resizing, kernels of KID), and `other` (the kernel's start and
+# imports, model loading, tables and figures). A cell shows seconds and the share of that
+# notebook's wall time; the load average (runnable processes; 2 means two busy cores) before and
+# after says how much other work shared the machine. Every kernel computes with one torch thread
+# (`lora_core.threads` says why).
+
+# %% tags=["hide-input"]
+show_table(result.phases.pipe(profile_table))
+
+# %% tags=["hide-input"]
+plots.profile_figure(result.phases, phase_order(result.phases["phase"]));
+
+# %% [markdown]
+# ## Benchmarks
+#
+# Written by `benchmarks/bench_*.py` (run by hand, not by the book) with their date, machine and
+# load; on a shared machine they report ratios measured side by side and CPU seconds per unit of
+# work. `bench_peer.py` trains against a **reproduction of diffusers' example step**
+# (`train_text_to_image_lora.py` imports torchvision, which cannot be installed beside the CPU
+# torch here): the same LoRA, model, images, batch and learning rate, each side in its own
+# process, in alternating order. `bench_generate.py` times the samplers and checks a cheaper one
+# against the images of the current one; `bench_metrics.py` times the metric networks.
+
+# %% tags=["hide-input"]
+for name in ("peer", "generate", "metrics", "train"):
+    show_benchmark(result.benchmarks, name)
 
 # %% [markdown]
 # ## Runs

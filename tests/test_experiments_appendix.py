@@ -140,3 +140,78 @@ def test_run_appendix_counts_runs_and_shows_no_run_folder_path(runs_root, tmp_pa
     assert result.facts["found_versions"] == "Every run used was trained with this build's library versions."
     assert "run_dir" not in result.runs.columns and str(root) not in result.runs.to_string()
     assert list(result.reruns["notebook"])[0] == "00_setup" and result.timings.empty
+
+
+# ---- where the time goes ----------------------------------------------------------------------
+
+def write_profile(folder: Path) -> Path:
+    """Two notebooks' phase files merged by the runner's own function (lora_core.profiling)."""
+    from lora_core import profiling
+
+    target = folder / profiling.PROFILE_FILE_NAME
+    for name, wall, seconds, load in (("01_style_benchmark", 100.0, {"training": 40.0, "generation": 30.0,
+                                                                   "features: effnet-lite0": 10.0}, 1.5),
+                                      ("99_appendix", 5.0, {}, 2.0)):
+        phases = folder / f".{name}.phases.json"
+        phases.write_text(json.dumps({"seconds": seconds, "counts": {}, "torch_threads": 1}))
+        profiling.record_notebook_profile(target, name, "tiny", wall, phases, load)
+    return target
+
+
+def test_the_profile_table_has_a_row_per_notebook_and_a_total(tmp_path):
+    phases = appendix.phase_profile(write_profile(tmp_path))
+    assert set(phases.notebook) == {"01_style_benchmark", "99_appendix"}
+    table = appendix.profile_table(phases)
+    assert list(table.columns) == ["training", "generation", "features: effnet-lite0", "other", "wall",
+                                   "load (before -> after)"]
+    assert table.loc["01_style_benchmark", "training"] == "40 s (40%)"
+    assert table.loc["01_style_benchmark", "other"] == "20 s (20%)"           # wall time no phase claimed
+    assert table.loc["all notebooks", "other"] == "25 s (24%)" and table.loc["all notebooks", "wall"] == "105 s"
+    assert appendix.time_sentence(phases) == ("Of 105 s profiled in 2 notebooks, 38% went to training, "
+                                              "29% to generation, 24% to other.")
+    assert appendix.phase_profile(tmp_path / "absent.json").empty and appendix.profile_table(
+        appendix.phase_profile(tmp_path / "absent.json")).empty
+
+
+def test_profile_figure_stacks_each_notebooks_phases_or_says_none(tmp_path):
+    phases = appendix.phase_profile(write_profile(tmp_path))
+    axes = plots.profile_figure(phases, appendix.phase_order(phases.phase)).axes[0]
+    widths = [round(bar.get_width(), 1) for bar in axes.patches]
+    assert sum(widths) == 105.0 and len(widths) == 2 * 4                   # 2 notebooks x 4 phases
+    empty = plots.profile_figure(appendix.phase_profile(tmp_path / "absent.json"), [])
+    assert "no phase profile" in empty.axes[0].texts[0].get_text()
+
+
+def test_benchmark_results_are_read_with_their_figures_and_tabled(tmp_path):
+    peer = {"peer": "reproduction of diffusers' example step", "settings": {"steps": 40},
+            "machine": {"date_utc": "2026-12-01T00:00:00Z", "cpu_count": 2},
+            "load_before": 3.0, "load_after": 4.0,
+            "pairs": [{"ours": {"steps_per_s": 3.0, "cpu_s_per_step": 0.3, "peak_rss_bytes": 2**30, "load": 3.0},
+                       "peer": {"steps_per_s": 2.0, "cpu_s_per_step": 0.45, "peak_rss_bytes": 2**30, "load": 3.0},
+                       "speed_ratio": 1.5, "cpu_ratio": 1.5, "memory_ratio": 1.0}],
+            "summary": {key: {"median": value, "min": value, "max": value}
+                        for key, value in (("speed_ratio", 1.5), ("cpu_ratio", 1.5), ("memory_ratio", 1.0))}}
+    (tmp_path / "peer.json").write_text(json.dumps(peer))
+    (tmp_path / "peer.png").write_bytes(b"png")
+    results = appendix.benchmark_results(tmp_path)
+    assert results["peer"]["figure"] == str(tmp_path / "peer.png")
+    [(caption, table)] = appendix.benchmark_tables("peer", results["peer"])
+    assert caption.startswith("ours against a reproduction of diffusers' example step")
+    assert table.loc[0, "steps/s ours/peer"] == 1.5 and table.loc[0, "peak MiB ours"] == 1024.0
+    assert appendix.peer_sentence(results["peer"]) == (
+        "Training speed (images per second) against a reproduction of diffusers' example step: 1.50x "
+        "(fp32; 1.50-1.50 over 1 interleaved pairs, 1.00x its peak memory); measured 2026-12-01 on 2 cores at load "
+        "3.0-4.0.")
+    bf16 = {"pairs": [{**peer["pairs"][0], "speed_ratio": 2.0}, {**peer["pairs"][0], "speed_ratio": 1.0}],
+            "summary": {**peer["summary"], "speed_ratio": {"median": 1.5, "min": 1.0, "max": 2.0},
+                        "memory_ratio": {"median": 2.0, "min": 2.0, "max": 2.0}}}
+    both = {**peer, "comparisons": [{"label": "fp32", "pairs": peer["pairs"], "summary": peer["summary"]},
+                                    {"label": "bf16", **bf16}]}
+    [(_, table)] = appendix.benchmark_tables("peer", both)
+    assert table["comparison"].tolist() == ["fp32", "bf16", "bf16"] and table["steps/s ours/peer"].tolist() == [
+        1.5, 2.0, 1.0]
+    assert appendix.peer_sentence(both).endswith(
+        "step: 1.50x (fp32; 1.50-1.50 over 1 interleaved pairs, 1.00x its peak memory); 1.50x (bf16; 1.00-2.00 over 2 "
+        "interleaved pairs, 0.50x its peak memory); measured 2026-12-01 on 2 cores at load 3.0-4.0.")
+    assert appendix.peer_sentence(None).startswith("The comparison with the peer has not been run here")
+    assert appendix.benchmark_results(tmp_path / "absent") == {}

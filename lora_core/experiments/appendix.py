@@ -2,8 +2,10 @@
 
 Everything here reads what earlier chapters left behind, and works when none of them ran: the
 run folders under ``runs/`` (``config.json``, ``summary.json``), the per-notebook wall times that
-the book runner writes to ``book/notebooks/_timings.json``, and the executed chapters (to tell
-which run each chapter used, by its config hash). Nothing is trained or generated.
+the book runner writes to ``book/notebooks/_timings.json`` and the seconds per phase to
+``_profile.json`` (:mod:`lora_core.profiling`), the executed chapters (to tell which run each
+chapter used, by its config hash), and the benchmarks' results in ``benchmarks/results``.
+Nothing is trained or generated.
 
     result = run_appendix("tiny", runs_root="runs", executed_dir="book/notebooks")
     result.runs; result.versions; result.facts["n_runs"]
@@ -25,9 +27,11 @@ import pandas as pd
 from lora_core import runs
 from lora_core.environment import LIBRARIES, environment_info
 from lora_core.experiments.chapter import ChapterResult, resolve_profile
+from lora_core.paths import REPO_ROOT
 from lora_core.profiles import Profile
+from lora_core.profiling import OTHER, PROFILE_FILE_NAME
 
-GPU_RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+BENCHMARK_RESULTS = REPO_ROOT / "benchmarks" / "results"
 GPU_BENCHMARKS = {"bench_gpu_unet": ("steps", "references"), "bench_gpu_peer": ("rows",), "bench_gpu_scaling": ("rows",)}
 NO_GPU = ("No GPU was available in this build: the GPU benchmarks (benchmarks/bench_gpu_unet.py, bench_gpu_peer.py "
           "and bench_gpu_scaling.py) have not run, so steps per second, peak memory and model-FLOPs utilisation on "
@@ -174,7 +178,7 @@ def rerun_table(notebooks: list[str], timings: pd.DataFrame, profile: str) -> pd
     return pd.DataFrame(rows, columns=["notebook", "book runner", "papermill"])
 
 
-def gpu_benchmarks(folder: str | Path = GPU_RESULTS_DIR) -> tuple[dict[str, pd.DataFrame], list[Path], str]:
+def gpu_benchmarks(folder: str | Path = BENCHMARK_RESULTS) -> tuple[dict[str, pd.DataFrame], list[Path], str]:
     """Tables of the GPU benchmarks' results (``<folder>/bench_gpu_*.json``; dry runs skipped), their
     plots, and one sentence for the finding box: what was measured where and when, or that no GPU was
     available.
@@ -211,14 +215,18 @@ class AppendixResult(ChapterResult):
     hardware: pd.DataFrame
     timings: pd.DataFrame
     reruns: pd.DataFrame
+    phases: pd.DataFrame = field(default_factory=pd.DataFrame)     # phase_profile: seconds per phase per notebook
+    benchmarks: dict = field(default_factory=dict)                 # benchmark name -> its results JSON
     gpu_tables: dict[str, pd.DataFrame] = field(default_factory=dict)   # benchmark name -> its rows
     gpu_plots: list[Path] = field(default_factory=list)
 
 
 def run_appendix(profile: Profile | str = "tiny", *, runs_root: str | Path = "runs",
-                 executed_dir: str | Path = "book/notebooks") -> AppendixResult:
-    """The appendix from the records under ``runs_root`` and the executed chapters and runner
-    timings in ``executed_dir``; nothing is trained, so it works whatever ran before."""
+                 executed_dir: str | Path = "book/notebooks",
+                 benchmarks_dir: str | Path = BENCHMARK_RESULTS) -> AppendixResult:
+    """The appendix from the records under ``runs_root``, the executed chapters, runner timings
+    and phase profile in ``executed_dir`` and the benchmarks' results in ``benchmarks_dir``;
+    nothing is trained, so it works whatever ran before."""
     from lora_core.book import toc_notebooks
 
     settings = resolve_profile(profile)
@@ -234,6 +242,9 @@ def run_appendix(profile: Profile | str = "tiny", *, runs_root: str | Path = "ru
     result.add_facts(found_runs=(f"Finished runs of this profile in the run folder: {result.facts['n_runs']} "
                                  f"({result.facts['n_used']} named by an executed chapter)."),
                      found_versions=versions_sentence(result.versions))
+    result.phases = phase_profile(Path(executed_dir) / PROFILE_FILE_NAME)
+    result.benchmarks = benchmark_results(benchmarks_dir)
+    result.add_facts(found_time=time_sentence(result.phases), found_peer=peer_sentence(result.benchmarks.get("peer")))
     return result
 
 
@@ -258,3 +269,164 @@ def versions_sentence(versions: pd.DataFrame) -> str:
     if not differ:
         return "Every run used was trained with this build's library versions."
     return f"Some runs were trained with other versions of {', '.join(differ)} than this build: see the library table."
+
+
+# ---- where the time goes: the runner's phase profile and the benchmarks ---------------------------
+
+PROFILE_COLUMNS = ("notebook", "phase", "seconds", "share", "wall_seconds", "load_before", "load_after",
+                   "torch_threads", "profile")
+
+
+def phase_profile(profile_file: str | Path) -> pd.DataFrame:
+    """One row per (notebook, phase) of the runner's ``_profile.json``: seconds, share of the
+    notebook's wall time, the load before and after it and its torch threads; empty when absent."""
+    path = Path(profile_file)
+    recorded = json.loads(path.read_text()) if path.is_file() else {}
+    rows = [{"notebook": notebook, "phase": phase, "seconds": seconds, "share": entry["share"][phase],
+             **{key: entry.get(key) for key in PROFILE_COLUMNS[4:]}}
+            for notebook, entry in recorded.items() for phase, seconds in entry["seconds"].items()]
+    return pd.DataFrame(rows, columns=list(PROFILE_COLUMNS))
+
+
+def phase_order(phases) -> list[str]:
+    """Training, generation, each network's features, the bootstrap, the rest of the metrics, other.
+
+    >>> phase_order(["other", "bootstrap", "features: inception", "generation", "training: set-up", "training"])
+    ['training', 'training: set-up', 'generation', 'features: inception', 'bootstrap', 'other']
+    """
+    rank = {"training": 0, "training: set-up": 1, "generation": 2, "bootstrap": 4, "metrics: other": 5, OTHER: 6}
+    return sorted(set(phases), key=lambda phase: (rank.get(phase, 3), phase))
+
+
+def profile_table(phases: pd.DataFrame) -> pd.DataFrame:
+    """A row per notebook and a total row, a column per phase: ``"seconds s (share)"``, then the
+    wall time and the load around the notebook.
+
+    >>> rows = pd.DataFrame({"notebook": ["a", "a"], "phase": ["training", "other"], "seconds": [30.0, 10.0],
+    ...                      "share": [0.75, 0.25], "wall_seconds": [40.0, 40.0], "load_before": [1.0, 1.0],
+    ...                      "load_after": [2.0, 2.0]})
+    >>> profile_table(rows).loc["all notebooks"].tolist()
+    ['30 s (75%)', '10 s (25%)', '40 s', '']
+    """
+    if phases.empty:
+        return pd.DataFrame()
+    seconds = phases.pivot_table(index="notebook", columns="phase", values="seconds", aggfunc="sum", sort=False,
+                                 fill_value=0.0)[phase_order(phases["phase"])]
+    seconds.loc["all notebooks"] = seconds.sum()
+    walls = phases.groupby("notebook", sort=False)["wall_seconds"].first()
+    walls["all notebooks"] = walls.sum()
+    table = pd.DataFrame({phase: [f"{s:.0f} s ({s / walls[notebook]:.0%})" for notebook, s in column.items()]
+                          for phase, column in seconds.items()}, index=seconds.index)
+    loads = phases.groupby("notebook", sort=False)[["load_before", "load_after"]].first()
+    table["wall"] = [f"{walls[notebook]:.0f} s" for notebook in table.index]
+    table["load (before -> after)"] = [f"{loads.loc[n, 'load_before']} -> {loads.loc[n, 'load_after']}"
+                                       if n in loads.index else "" for n in table.index]
+    return table.rename_axis(columns=None)
+
+
+def time_sentence(phases: pd.DataFrame) -> str:
+    """Where most of the profiled time went, for the finding box.
+
+    >>> time_sentence(pd.DataFrame({"notebook": ["a", "a"], "phase": ["training", "other"], "seconds": [30.0, 10.0]}))
+    'Of 40 s profiled in 1 notebook, 75% went to training, 25% to other.'
+    """
+    if phases.empty:
+        return "No phase profile recorded yet (the book runner writes one per notebook)."
+    totals = phases.groupby("phase")["seconds"].sum().sort_values(ascending=False)
+    shares = [f"{share:.0%} to {phase}" for phase, share in (totals / totals.sum()).head(3).items()]
+    notebooks = phases["notebook"].nunique()
+    return (f"Of {totals.sum():.0f} s profiled in {notebooks} notebook{'s' if notebooks > 1 else ''}, "
+            f"{shares[0].replace(' to ', ' went to ', 1)}{''.join(', ' + share for share in shares[1:])}.")
+
+
+def benchmark_results(results_dir: str | Path) -> dict[str, dict]:
+    """Each ``<name>.json`` in ``results_dir`` (written by ``benchmarks/bench_*.py``) by name, with
+    the path of its figure ``<name>.png`` under ``"figure"`` where there is one; the GPU benchmarks'
+    files are :func:`gpu_benchmarks`' to read."""
+    folder, results = Path(results_dir), {}
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        if path.stem in GPU_BENCHMARKS:
+            continue
+        figure = path.with_suffix(".png")
+        results[path.stem] = {**json.loads(path.read_text()), **({"figure": str(figure)} if figure.is_file() else {})}
+    return results
+
+
+def peer_comparisons(peer: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """Label -> ``{"pairs", "summary"}`` of each comparison ``bench_peer.py`` made (the same
+    precision both sides, and ours in bf16 against the example's default fp32); a result written
+    before precisions were compared is one comparison, ``"fp32"``."""
+    comparisons = peer.get("comparisons") or [{"label": "fp32", "pairs": peer["pairs"], "summary": peer["summary"]}]
+    return {comparison["label"]: comparison for comparison in comparisons}
+
+
+def peer_sentence(peer: Mapping[str, Any] | None) -> str:
+    """The training speed against the peer in each comparison, with its spread, the peak memory
+    and the load it was measured at."""
+    if not peer:
+        return "The comparison with the peer has not been run here (benchmarks/bench_peer.py)."
+    parts = []
+    for label, comparison in peer_comparisons(peer).items():
+        summary = comparison["summary"]
+        speed = summary.get("image_speed_ratio", summary["speed_ratio"])
+        parts.append(f"{speed['median']:.2f}x ({label}; {speed['min']:.2f}-{speed['max']:.2f} over "
+                     f"{len(comparison['pairs'])} interleaved pairs, {1 / summary['memory_ratio']['median']:.2f}x "
+                     f"its peak memory)")
+    return (f"Training speed (images per second) against a {peer['peer']}: {'; '.join(parts)}; measured "
+            f"{peer['machine']['date_utc'][:10]} on {peer['machine']['cpu_count']} cores at load "
+            f"{peer['load_before']}-{peer['load_after']}.")
+
+
+def peer_table(peer: Mapping[str, Any]) -> pd.DataFrame:
+    """One row per run pair of each comparison: speeds, their ratios, CPU seconds per image, peak
+    memory and the load."""
+    return pd.DataFrame([
+        {"comparison": label, "pair": i + 1, "ours steps/s": p["ours"]["steps_per_s"],
+         "peer steps/s": p["peer"]["steps_per_s"], "steps/s ours/peer": p["speed_ratio"],
+         "images/s ours/peer": p.get("image_speed_ratio"), "CPU s/image ours": p["ours"].get("cpu_s_per_image"),
+         "CPU s/image peer": p["peer"].get("cpu_s_per_image"), "peak MiB ours": p["ours"]["peak_rss_bytes"] / 2**20,
+         "peak MiB peer": p["peer"]["peak_rss_bytes"] / 2**20, "load": p["ours"]["load"]}
+        for label, comparison in peer_comparisons(peer).items() for i, p in enumerate(comparison["pairs"])])
+
+
+def benchmark_tables(name: str, result: Mapping[str, Any]) -> list[tuple[str, pd.DataFrame]]:
+    """(caption, table) pairs of one benchmark's results: the peer's pairs, the samplers' speed and
+    agreement, the metric networks' throughput."""
+    if name == "peer":
+        return [(f"ours against a {result['peer']}, {result['settings']}", peer_table(result))]
+    if name == "generate":
+        tables = [("generation cost per sampler setting (one thread, 16 images, CFG)",
+                   pd.DataFrame(result["speed"])[["setting", "cpu_s_per_image", "wall_images_per_s"]])]
+        if "agreement" in result:
+            agreement = result["agreement"]
+            rows = pd.DataFrame(agreement["paired"] + agreement["distributions"])
+            verdicts = pd.DataFrame([{"setting": k, **v} for k, v in agreement["verdicts"].items()])
+            tables += [(f"each setting against {agreement['current']} on {agreement['n_images']} held-out images "
+                        f"(reference: {agreement['reference']})", rows.drop(columns=["floor"], errors="ignore")),
+                       (f"may it replace {agreement['current']}?", verdicts)]
+        return tables
+    if name == "metrics":
+        return [(f"metric networks on {result['n']} images of {result['size']} px, one thread",
+                 pd.DataFrame(result["rows"])),
+                ("the FID network on two cores", pd.DataFrame([result["fid_two_cores"]]))]
+    return [(name, pd.DataFrame(result.get("rows", [])))]
+
+
+def show_benchmark(benchmarks: Mapping[str, Any], name: str) -> None:
+    """Display one benchmark in a notebook: when and where it ran, its tables and its figure."""
+    from IPython.display import Image, Markdown, display
+
+    from lora_core.experiments.chapter import show_table
+
+    result = benchmarks.get(name)
+    if result is None:
+        display(Markdown(f"*`benchmarks/bench_{name}.py` has not been run here.*"))
+        return
+    machine = result["machine"]
+    display(Markdown(f"**{name}**: {machine['date_utc']}, {machine['cpu']}, {machine['cpu_count']} cores, "
+                     f"torch {machine['torch']}, {machine['torch_threads']} thread(s), load "
+                     f"{result['load_before']} before, {result['load_after']} after."))
+    for caption, table in benchmark_tables(name, result):
+        display(show_table(table, caption=caption))
+    if "figure" in result:
+        display(Image(filename=result["figure"]))

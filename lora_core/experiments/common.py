@@ -304,8 +304,8 @@ class EvalRequest:
     """One set of images to generate: ``prompts`` with their own ``seeds``, with a LoRA file
     (``adapter``), several at their weights (``{file: weight}``, active together) or without
     (``None``: the base), and other ``generate.Cell`` fields for every image (``settings``:
-    ``negative_prompt``, ``clip_skip``, ``steps``, ``guidance_scale``; the profile's steps and
-    guidance by default)."""
+    ``negative_prompt``, ``clip_skip``, ``sampler``, ``steps``, ``guidance_scale``; the profile's
+    sampler, steps and guidance by default)."""
 
     prompts: tuple[str, ...]
     seeds: tuple[int, ...]
@@ -320,7 +320,8 @@ class EvalRequest:
         from lora_core.generate import Cell, adapter_entry
 
         adapters, label = adapter_entry(self.adapter)
-        settings = {"steps": profile.inference_steps, "guidance_scale": profile.guidance_scale, **self.settings}
+        settings = {"sampler": profile.sampler, "steps": profile.inference_steps,
+                    "guidance_scale": profile.guidance_scale, **self.settings}
         return [Cell(prompt=p, seed=int(s), adapters=adapters, adapter=label, **settings)
                 for p, s in zip(self.prompts, self.seeds)]
 
@@ -341,9 +342,9 @@ class EvalRequest:
 
 def generate_eval_sets(base, requests: list[EvalRequest], profile: Profile, batch_size: int | None = None,
                        cache_dir: str | Path | None = None) -> list[torch.Tensor]:
-    """uint8 (N, 3, R, R) images of each request (DDIM), in one ``generate.generate_cells`` call for
-    all requests not cached yet, so a LoRA file the requests share (at several weights, say) is
-    loaded once. Each request is cached in ``data/cache/generated`` on its own key
+    """uint8 (N, 3, R, R) images of each request (the profile's sampler), in one
+    ``generate.generate_cells`` call for all requests not cached yet, so a LoRA file the requests
+    share (at several weights, say) is loaded once. Each request is cached in ``data/cache/generated`` on its own key
     (:meth:`EvalRequest.cache_path`), so re-running a notebook for a new plot, or after retraining
     the same config, regenerates nothing."""
     from lora_core.formats.safetensors_file import save_safetensors
@@ -371,7 +372,7 @@ def generate_eval_sets(base, requests: list[EvalRequest], profile: Profile, batc
 def generate_eval_images(base, prompts, seeds, profile: Profile, adapter: str | Path | Mapping | None = None,
                          batch_size: int | None = None, cache_dir: str | Path | None = None,
                          **cell_settings) -> torch.Tensor:
-    """uint8 (N, 3, R, R) images of ``prompts`` with their own ``seeds`` (DDIM, the profile's steps
+    """uint8 (N, 3, R, R) images of ``prompts`` with their own ``seeds`` (the profile's sampler, steps
     and guidance), with a LoRA file (``adapter``), several at their weights (``{file: weight}``,
     active together) or without (the base); ``cell_settings`` are other ``generate.Cell`` fields.
     Cached as :func:`generate_eval_sets` caches (one request)."""

@@ -38,6 +38,7 @@ import torch
 from lora_core.experiments.common import EvalSet
 from lora_core.metrics.stats import MetricResult, aggregate_over_seeds, bootstrap_result
 from lora_core.profiles import Profile
+from lora_core.profiling import phase
 
 RESULT_COLUMNS = ("metric", "backbone", "n", "value", "ci_low", "ci_high", "note")
 # measure key -> (which direction is better for a style LoRA, what it asks)
@@ -130,6 +131,7 @@ class Evaluator:
         return load_true_images(list(subject_keys), true_images_dir(style), resolution)
 
     # -- the table ------------------------------------------------------------------------------
+    @phase("metrics: other")
     def evaluate(self, images: Any, eval_set: EvalSet, target_style: str, labels: dict[str, Any] | None = None,
                  reference: Any = None, measures: Sequence[str] = DEFAULT_MEASURES) -> pd.DataFrame:
         """One row per measure for ``images`` (generated from ``eval_set``'s prompts, in order).
@@ -173,7 +175,7 @@ class Evaluator:
     def _features_and_logits_once(self, images: torch.Tensor) -> None:
         """Fill the cache with the feature backbone's features and logits of ``images`` from one
         forward pass (``features()`` and ``logits()`` would each run the network)."""
-        from lora_core.metrics.backbones import BATCH_SIZE, get_backbone
+        from lora_core.metrics.backbones import get_backbone
 
         net = get_backbone(self.profile.feature_backbone)
         if not net.has_logits or self.cache is None:
@@ -183,7 +185,7 @@ class Evaluator:
         def run(kind: int):
             def compute(imgs):
                 if not both:
-                    both.extend(net._run(imgs, "generated", BATCH_SIZE))
+                    both.extend(net._run(imgs, "generated"))
                 return both[kind]
             return compute
 

@@ -125,8 +125,9 @@ def sample_sheet(base, profile: Profile, n_samples: int, seed: int) -> Sheet:
 
     subjects = eval_set(SAMPLE_STYLE, "heldout", n_samples)
     names = [caption.split(",")[0] for caption in subjects.captions]
-    grid = generate_grid(base, prompts=list(subjects.captions), seeds=seed, steps=profile.inference_steps,
-                         guidance_scales=profile.guidance_scale, resolution=profile.resolution)
+    grid = generate_grid(base, prompts=list(subjects.captions), seeds=seed, samplers=profile.sampler,
+                         steps=profile.inference_steps, guidance_scales=profile.guidance_scale,
+                         resolution=profile.resolution)
     cells = []
     for vendor in [BASE_STYLE] + [style_set.vendor for style_set in STYLE_SETS.values()]:
         real = load_true_images(subjects.subject_keys, true_images_dir(vendor), profile.resolution)
@@ -134,7 +135,7 @@ def sample_sheet(base, profile: Profile, n_samples: int, seed: int) -> Sheet:
     cells += [(image, {"source": f"base model ({profile.name})", "subject": name})
               for image, name in zip(grid.images, names)]
     title = (f"held-out subjects: real styles vs the base model ({profile.name} profile, {profile.resolution} px, "
-             f"DDIM {profile.inference_steps} steps, CFG {profile.guidance_scale})")
+             f"{profile.sampler} {profile.inference_steps} steps, CFG {profile.guidance_scale})")
     return Sheet.of(cells, rows="source", cols="subject", title=title)
 
 

@@ -42,6 +42,7 @@ import torch
 from lora_core.metrics.heads import METRIC_MODELS_DIR, load_head
 from lora_core.metrics.preprocess import as_uint8_images, resize_for_backbone
 from lora_core.metrics.stats import MetricResult, bootstrap_result
+from lora_core.profiling import phase
 
 STANDIN_NAME = "AlignScore (MiniLM+EffNet stand-in)"
 STANDIN_KEY = "standin-minilm-effnet"
@@ -92,11 +93,12 @@ class SentenceEncoder:
         """Unit-norm sentence embeddings (N, 384), float32."""
         texts = _check_texts(texts, "texts")
         out = []
-        for start in range(0, len(texts), batch_size):
-            batch = self.tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,
-                                   max_length=self.max_length, return_tensors="pt")
-            hidden = self.model(**batch).last_hidden_state
-            out.append(torch.nn.functional.normalize(mean_pool(hidden, batch["attention_mask"]), dim=-1))
+        with phase("features: minilm"):
+            for start in range(0, len(texts), batch_size):
+                batch = self.tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,
+                                       max_length=self.max_length, return_tensors="pt")
+                hidden = self.model(**batch).last_hidden_state
+                out.append(torch.nn.functional.normalize(mean_pool(hidden, batch["attention_mask"]), dim=-1))
         return torch.cat(out).float()
 
 
@@ -267,6 +269,7 @@ class CLIPScorer(AlignmentScorer):
         tokenizer = CLIPTokenizer.from_pretrained(self.model_source, local_files_only=local)
         return model.to(self.device).eval(), tokenizer
 
+    @phase("features: clip")
     @torch.no_grad()
     def embed_images(self, images) -> torch.Tensor:
         model, _ = self._loaded
@@ -276,6 +279,7 @@ class CLIPScorer(AlignmentScorer):
         std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
         return _pooled(model.get_image_features(pixel_values=((x - mean) / std).to(self.device))).cpu()
 
+    @phase("features: clip")
     @torch.no_grad()
     def embed_texts(self, prompts: Sequence[str]) -> torch.Tensor:
         model, tokenizer = self._loaded

@@ -33,6 +33,7 @@ from torch import nn
 from lora_core.metrics.backbones import _site_file
 from lora_core.metrics.preprocess import as_uint8_images, check_same_shape, resize_for_backbone
 from lora_core.metrics.stats import MetricResult, bootstrap_result
+from lora_core.profiling import phase
 
 MIN_SIZE = 64
 BATCH_SIZE = 16
@@ -161,10 +162,11 @@ class PerceptualDistance:
         size = self.input_size(a.shape[-1])
         device = next(iter(self.network.state_dict().values())).device   # network.to("cuda") moves it
         out = []
-        for start in range(0, len(a), batch_size):
-            xa = resize_for_backbone(a[start:start + batch_size].to(device), size).mul(2).sub(1)
-            xb = resize_for_backbone(b[start:start + batch_size].to(device), size).mul(2).sub(1)
-            out.append(self.network(xa, xb).reshape(-1).double().cpu())
+        with phase(f"features: {self.name}"):
+            for start in range(0, len(a), batch_size):
+                xa = resize_for_backbone(a[start:start + batch_size].to(device), size).mul(2).sub(1)
+                xb = resize_for_backbone(b[start:start + batch_size].to(device), size).mul(2).sub(1)
+                out.append(self.network(xa, xb).reshape(-1).double().cpu())
         return torch.cat(out)
 
 

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from scipy import stats as scipy_stats
 
+from lora_core.profiling import phase
+
 CONFIDENCE = 0.95
 DEFAULT_SEED = 0  # used when no generator is passed: results stay deterministic
 UNBOUNDED = (-math.inf, math.inf)
@@ -100,7 +102,7 @@ def bootstrap_replicates(values: Any, statistic: Callable[..., float] = np.mean,
     samples = _as_samples(values)
     generator = default_generator(generator)
     replicates = np.empty(n_resamples, dtype=np.float64)
-    with single_threaded():
+    with single_threaded(), phase("bootstrap"):
         for i in range(n_resamples):
             resampled = [s[torch.randint(0, len(s), (len(s),), generator=generator).numpy()] for s in samples]
             replicates[i] = float(statistic(*resampled))
