@@ -410,13 +410,22 @@ class CharacterResult(ChapterResult):
         truth = load_true_images(tags.subject_keys[:n], true_images_dir(tags.style), self.profile.resolution)
         columns = [(BASE, "tags", None)] + [(recipe, captions, seed) for recipe, captions in ARMS]
         cells = []
-        for i in range(n):
-            subject = tags.captions[i].split(",")[0][:24]
+        for i, subject in enumerate(sheet_row_labels(tags.captions[:n])):
             cells.append((truth[i], {"expression": subject, "column": f"true {tags.style}"}))
             cells += [(self.images[key][i], {"expression": subject, "column": arm_label(key[0], key[1])})
                       for key in columns]
         title = f"{HELD_OUT}, training seed {seed} ({self.profile.name} profile)"
         return Sheet.of(cells, rows="expression", cols="column", title=title, cell_inches=0.9)
+
+
+def sheet_row_labels(captions: Sequence[str], width: int = 24) -> list[str]:
+    """A short label per caption for the sample sheet: its first tag cut to ``width`` characters,
+    numbered so that two expressions with the same beginning keep their own rows.
+
+    >>> sheet_row_labels(["smiling face with open mouth, 1face", "smiling face with open mouth and cold sweat"])
+    ['1. smiling face with open m', '2. smiling face with open m']
+    """
+    return [f"{i}. {caption.split(',')[0][:width]}" for i, caption in enumerate(captions, start=1)]
 
 
 def run_character(profile: Profile | str = "tiny", *, base=None, runs_root: str | Path | None = None,
