@@ -16,6 +16,16 @@ from dataclasses import dataclass
 from lora_core.config import Config, option
 
 
+# UNet module names (suffixes) a style LoRA wraps: diffusers' examples take attention only; kohya's
+# LoRA-C3Lier (network_args conv_dim) adds the feed-forward, the transformer's projections and
+# the ResNet blocks' 3x3 convolutions. The tiny profile takes C3Lier: on the tiny base (OpenMoji,
+# 150 steps, held-out subjects, the style judge) attention only went 0.57 of the way from the base
+# to the true images' style, C3Lier 0.75 at the same subject accuracy, for 1.3x the training time
+# (benchmarks/results/recipe_search.jsonl)
+ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
+C3LIER = (*ATTENTION, "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out", "conv1", "conv2")
+
+
 @dataclass(frozen=True)
 class Profile(Config):
     name: str = option("tiny", "profile name: smoke, tiny or sd15")
@@ -34,6 +44,8 @@ class Profile(Config):
     learning_rate: float = option(1e-4, "default UNet learning rate")
     lora_rank: int = option(16, "default LoRA rank r")
     lora_alpha: float = option(16.0, "default LoRA alpha (scale = alpha / rank)")
+    lora_targets: tuple[str, ...] = option(ATTENTION, "UNet modules the style LoRA of every chapter wraps "
+                                                      "(diffusers' examples: attention only)")
     sampler: str = option("DDIM", "A1111 name of the sampler of every generated image (lora_core.generate."
                                   "SAMPLERS: DDIM, Euler, Euler a, DPM++ 2M, DPM++ 2M Karras, UniPC, PNDM); "
                                   "part of the generation cache key")
@@ -59,7 +71,7 @@ PROFILES: dict[str, Profile] = {
         name="smoke",
         description="seconds, for tests and CI: a random tiny model, numbers mean nothing",
         base_model="tiny-random", resolution=32, train_steps=4, batch_size=4, lora_rank=4,
-        lora_alpha=4.0, inference_steps=2, guidance_scale=3.0, n_eval_images=8, n_seeds=2,
+        lora_alpha=4.0, lora_targets=C3LIER, inference_steps=2, guidance_scale=3.0, n_eval_images=8, n_seeds=2,
         fid_backbone="none", feature_backbone="effnet-lite0", alignment_backbone="none",
         n_bootstrap=100, generation_batch_size=8, benchmark_styles=("twemoji", "openmoji"),
     ),
@@ -67,8 +79,8 @@ PROFILES: dict[str, Profile] = {
         name="tiny",
         description="offline CPU: the pretrained tiny SD-architecture model on emoji style sets, 32 px",
         base_model="toy:base", resolution=32, train_steps=150, batch_size=16, learning_rate=1e-3,
-        lora_rank=16, lora_alpha=16.0, inference_steps=20, guidance_scale=4.0, n_eval_images=50,
-        n_seeds=3,
+        lora_rank=16, lora_alpha=16.0, lora_targets=C3LIER, inference_steps=20, guidance_scale=4.0,
+        n_eval_images=50, n_seeds=3,
     ),
     # The memory plan of a 16 GB T4 (lora_core.gpu.plan_for; tests keep them equal), which fits
     # every card the studies used. The Colab/Kaggle set-up cell takes the plan of the card it finds

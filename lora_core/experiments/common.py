@@ -126,11 +126,12 @@ def _train_fields(profile: Profile, style: str, seed: int, overrides: dict[str, 
 
 def style_lora_config(profile: Profile, style: str, seed: int = 0, lora: dict[str, Any] | None = None,
                       **overrides) -> TrainConfig:
-    """The style LoRA of every chapter: the profile's rank, alpha, lr, steps and batch on
+    """The style LoRA of every chapter: the profile's rank, alpha, targets, lr, steps and batch on
     ``data/styles/<style>/train``. ``lora`` overrides ``LoraOptions`` fields (``{"rank": 32}``,
     ``{"alpha": None, "alpha_per_rank": 1.0}`` to tie alpha to the rank); other keyword
     arguments override ``TrainConfig`` fields (``learning_rate=5e-4``)."""
-    options = {"rank": profile.lora_rank, "alpha": profile.lora_alpha, **(lora or {})}
+    options = {"rank": profile.lora_rank, "alpha": profile.lora_alpha, "target_modules": profile.lora_targets,
+               **(lora or {})}
     return TrainConfig(method="lora", options=options, **_train_fields(profile, style, seed, overrides))
 
 
