@@ -1,0 +1,109 @@
+"""The search behind the tiny profile's style-LoRA settings (not a speed benchmark).
+
+Each variant trains one LoRA (seed 0) on a style set with the tiny profile's settings changed as
+named, generates the held-out subjects of chapter 1 (50 prompts, their own seeds) and scores
+them with the style judge (P(target style)) and the subject classifier; ``base`` is the base
+alone and ``truth_rt`` the VAE round trips of the true held-out images (the judge's ceiling).
+Share of the way = (P_variant - P_base) / (P_truth_rt - P_base). One seed: a screen, not a
+result; chapter 1 measures the chosen setting over 3 seeds with intervals.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/recipe_search.py openmoji attention c3lier
+
+Appends one JSON line per variant to ``benchmarks/results/recipe_search.jsonl`` (with the load,
+date and machine) and writes a sheet (rows: Noto truth, base, each variant, true image, its VAE
+round trip) to ``benchmarks/results/recipe_<style>.png``. Training times depend on the load.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+
+import torch
+
+from _record import RESULTS_DIR, load_average, machine
+
+from lora_core.profiles import ATTENTION, C3LIER, get_profile
+
+VARIANTS = {   # name: (profile changes, LoraOptions changes, TrainConfig changes)
+    "attention": ({"lora_targets": ATTENTION}, {}, {}),
+    "attention_400": ({"lora_targets": ATTENTION}, {}, {"max_train_steps": 400}),
+    "c3lier": ({"lora_targets": C3LIER}, {}, {}),
+    "c3lier_400": ({"lora_targets": C3LIER}, {}, {"max_train_steps": 400}),
+    "c3lier_400_lr2e-3": ({"lora_targets": C3LIER}, {}, {"max_train_steps": 400, "learning_rate": 2e-3}),
+}
+SHEET_COLUMNS = 12
+
+
+def round_trip(vae, images: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        decoded = vae.decode(vae.encode(images.float() / 127.5 - 1).latent_dist.mean).sample
+    return ((decoded.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def score(evaluator, images, eval_set, style) -> dict[str, float]:
+    result = evaluator.evaluate(images, eval_set, style, {}, measures=("p_target_style", "subject_group_accuracy"))
+    return dict(zip(result.measure, result.value))
+
+
+def search(style: str, names: list[str]) -> list[dict]:
+    from lora_core.experiments.common import eval_set, generate_eval_images, quiet_libraries, style_lora_config
+    from lora_core.experiments.evaluate import Evaluator
+    from lora_core.models import load_base
+    from lora_core.train import train
+
+    profile = get_profile("tiny")
+    base, evaluator = load_base(profile.base_model), Evaluator(profile)
+    held_out = eval_set(style, "heldout", profile.n_eval_images)
+    true = evaluator.true_images(held_out.subject_keys, style, profile.resolution)
+    sheet = [evaluator.true_images(held_out.subject_keys[:SHEET_COLUMNS], "noto", profile.resolution)]
+    rows = [{"variant": "truth_rt", **score(evaluator, round_trip(base.vae, true), held_out, style)}]
+    for name in ["base", *names]:
+        lora_file, wall = None, 0.0
+        if name != "base":
+            changes, lora, fields = VARIANTS[name]
+            with quiet_libraries():
+                record = train(style_lora_config(replace(profile, **changes), style, 0, lora=lora, **fields),
+                               base=base, progress=False)
+            lora_file, wall = record.exports["diffusers"], record.summary["wall_time_s"]
+        images = generate_eval_images(base, held_out.prompts, held_out.seeds, profile, lora_file)
+        sheet.append(images[:SHEET_COLUMNS])
+        rows.append({"variant": name, "train_wall_s": round(wall, 1), **score(evaluator, images, held_out, style)})
+    sheet += [true[:SHEET_COLUMNS], round_trip(base.vae, true[:SHEET_COLUMNS])]
+    save_sheet(sheet, RESULTS_DIR / f"recipe_{style}.png")
+    p_base, p_truth = rows[1]["p_target_style"], rows[0]["p_target_style"]
+    for row in rows:
+        row.update(style=style, share_of_the_way=round((row["p_target_style"] - p_base) / (p_truth - p_base), 3))
+    return rows
+
+
+def save_sheet(rows: list[torch.Tensor], path) -> None:
+    from PIL import Image
+
+    side = 96
+    sheet = Image.new("RGB", (SHEET_COLUMNS * side, len(rows) * side), "white")
+    for r, images in enumerate(rows):
+        for c, image in enumerate(images[:SHEET_COLUMNS]):
+            tile = Image.fromarray(image.permute(1, 2, 0).numpy()).resize((side, side), Image.NEAREST)
+            sheet.paste(tile, (c * side, r * side))
+    sheet.save(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("style")
+    parser.add_argument("variants", nargs="+", choices=sorted(VARIANTS))
+    args = parser.parse_args()
+    load_before, started = load_average(), time.time()
+    rows = search(args.style, args.variants)
+    record = {"machine": machine(), "load_before": load_before, "load_after": load_average(),
+              "wall_s": round(time.time() - started, 1)}
+    with open(RESULTS_DIR / "recipe_search.jsonl", "a") as log:
+        for row in rows:
+            log.write(json.dumps({**row, **record}) + "\n")
+            print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    main()
