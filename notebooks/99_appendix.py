@@ -33,6 +33,7 @@
 profile = "tiny"  # smoke, tiny or sd15
 runs_root = "runs"  # folder of the run directories (<method>-<config hash>)
 executed_dir = "book/notebooks"  # executed chapters and the runner's _timings.json
+benchmarks_dir = "benchmarks/results"  # the benchmarks' JSON and figures (relative to the project root)
 
 # %% tags=["hide-input"]
 from IPython.display import Image
@@ -41,7 +42,7 @@ from lora_core import plots
 from lora_core.experiments.appendix import phase_order, profile_table, run_appendix, show_benchmark
 from lora_core.experiments.chapter import glue_facts, show_table
 
-result = run_appendix(profile, runs_root=runs_root, executed_dir=executed_dir)
+result = run_appendix(profile, runs_root=runs_root, executed_dir=executed_dir, benchmarks_dir=benchmarks_dir)
 glue_facts(result.facts)
 
 # %% [markdown]

@@ -122,9 +122,9 @@ def test_the_appendix_says_no_gpu_or_shows_the_measured_results(dry_runs, tmp_pa
 
 
 def test_this_build_has_no_gpu_results_and_the_appendix_says_so():
-    from lora_core.experiments.appendix import GPU_RESULTS_DIR, NO_GPU, gpu_benchmarks
+    from lora_core.experiments.appendix import BENCHMARK_RESULTS, NO_GPU, gpu_benchmarks
 
-    if any(GPU_RESULTS_DIR.glob("bench_gpu_*.json")):
+    if any(BENCHMARK_RESULTS.glob("bench_gpu_*.json")):
         pytest.skip("GPU results are committed")
     assert gpu_benchmarks()[2] == NO_GPU
 

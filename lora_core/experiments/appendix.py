@@ -223,10 +223,11 @@ class AppendixResult(ChapterResult):
 
 def run_appendix(profile: Profile | str = "tiny", *, runs_root: str | Path = "runs",
                  executed_dir: str | Path = "book/notebooks",
-                 benchmarks_dir: str | Path = BENCHMARK_RESULTS) -> AppendixResult:
+                 benchmarks_dir: str | Path = "benchmarks/results") -> AppendixResult:
     """The appendix from the records under ``runs_root``, the executed chapters, runner timings
-    and phase profile in ``executed_dir`` and the benchmarks' results in ``benchmarks_dir``;
-    nothing is trained, so it works whatever ran before."""
+    and phase profile in ``executed_dir`` and the benchmarks' results in ``benchmarks_dir``
+    (relative to the project root); nothing is trained, so it works whatever ran before."""
+    from lora_core.paths import resolve
     from lora_core.book import toc_notebooks
 
     settings = resolve_profile(profile)
@@ -237,13 +238,13 @@ def run_appendix(profile: Profile | str = "tiny", *, runs_root: str | Path = "ru
                             reruns=rerun_table(toc_notebooks(), timings, settings.name))
     result.add_facts(base_model=settings.base_model, **run_counts(run_table),
                      n_version_mismatches=int((~result.versions["agrees"]).sum()))
-    result.gpu_tables, result.gpu_plots, found_gpu = gpu_benchmarks()
+    result.gpu_tables, result.gpu_plots, found_gpu = gpu_benchmarks(resolve(benchmarks_dir))
     result.add_facts(found_gpu=found_gpu, n_gpu_benchmarks=len(result.gpu_tables))
     result.add_facts(found_runs=(f"Finished runs of this profile in the run folder: {result.facts['n_runs']} "
                                  f"({result.facts['n_used']} named by an executed chapter)."),
                      found_versions=versions_sentence(result.versions))
     result.phases = phase_profile(Path(executed_dir) / PROFILE_FILE_NAME)
-    result.benchmarks = benchmark_results(benchmarks_dir)
+    result.benchmarks = benchmark_results(resolve(benchmarks_dir))
     result.add_facts(found_time=time_sentence(result.phases), found_peer=peer_sentence(result.benchmarks.get("peer")))
     return result
 
