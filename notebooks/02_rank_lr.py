@@ -152,7 +152,7 @@ show_table(result.gains_table(), first=["alpha_mode", "rank", "study_lr"])
 
 # %% tags=["hide-input"]
 if len(result.ranking):
-    display(show_table(result.ranking, first=["alpha_mode", "rank", "study_lr"],
+    display(show_table(result.ranking, first=result.ranking_keys(),
                        caption=f"FID (Inception 2015, {result.profile.resolution}->299 px) and FD-EffNet, "
                                f"{grid.n_prompts} images per run; {name} profile"))
 

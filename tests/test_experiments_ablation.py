@@ -154,6 +154,8 @@ def test_backbones_agree_from_a_spearman_rho_of_0_8_and_the_sentences_follow():
 
 
 def test_read_ablation_fills_the_page_from_the_scores(trained):
+    from lora_core.experiments.chapter import show_table
+
     result, base = trained
     # FD-EffNet falls by 4 with the higher lr at every rank, far beyond its +-0.5 intervals
     page = ablation.read_ablation(_scored(result, lambda rank, study_lr: rank - 1e4 * study_lr), base)
@@ -172,6 +174,8 @@ def test_read_ablation_fills_the_page_from_the_scores(trained):
     assert facts["fixed_norm_ratio"] == pytest.approx(facts["tied_norm_ratio"] / 2, rel=1e-3)
     assert facts["found_scale"].startswith(f"From rank 2 to 4, the learned update grows {facts['fixed_norm_ratio']:.2f}x")
     assert "seed" not in page.ranking.columns and {"fid", "fd_effnet", "rank"} <= set(page.ranking.columns)
+    assert page.ranking_keys() == ["rank", "study_lr", "alpha"]   # what chapter 2 shows first (tiny failed on alpha_mode)
+    show_table(page.ranking, first=page.ranking_keys())
     assert set(page.cost_panels()["panel"]) == {"trainable parameters", "LoRA file (bytes)",
                                                 "mean ||s B A||_F per module"}
     panels = page.rank_panels(["fd_effnet", "fid"])

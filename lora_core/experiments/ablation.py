@@ -166,6 +166,10 @@ class AblationResult(ChapterResult):
         distinct = self.results.drop_duplicates(subset=["measure", "rank", "study_lr", "seed", "alpha"])
         return rank_agreement(distinct.drop(columns=["alpha_mode"]), measure_a, measure_b)
 
+    def ranking_keys(self) -> list[str]:
+        """The columns a reader finds a run of :attr:`ranking` by (those that vary across runs)."""
+        return [column for column in ("rank", "study_lr", "alpha") if column in self.ranking]
+
     def run_facts(self, base=None) -> pd.DataFrame:
         """Per cell: trainable parameters, LoRA file bytes, wall time, s/step, final loss and, with
         ``base``, the mean Frobenius norm of the learned update ``s B A`` per module."""
