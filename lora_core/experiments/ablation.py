@@ -37,8 +37,8 @@ from lora_core.experiments.chapter import ChapterResult, resolve_profile
 from lora_core.experiments.common import eval_set, lr_scale, style_lora_config
 from lora_core.experiments.evaluate import (aggregate_seeds, format_results, measure_panels, reported_table,
                                             unavailable_text)
-from lora_core.experiments.style_share import (BASE, LORA, MAX_SUBJECT_LOSS, TARGET_SHARE, TRUE, gain_display,
-                                               gain_table, judge_images, round_trips)
+from lora_core.experiments.style_share import (BASE, FLOAT_SLACK, LORA, MAX_SUBJECT_LOSS, TARGET_SHARE, TRUE,
+                                               gain_display, gain_table, judge_images, round_trips)
 from lora_core.profiles import Profile
 from lora_core.train import TrainConfig
 
@@ -554,6 +554,17 @@ def tradeoff_points(gains: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(list(points.values()))
 
 
+def subject_change_text(subject_lost: float) -> str:
+    """How a run's subject accuracy moved against the base's, in words.
+
+    >>> subject_change_text(0.2), subject_change_text(-0.1), subject_change_text(0.0)
+    ('loses 0.20 of subject accuracy', 'gains 0.10 of subject accuracy', 'keeps the subject accuracy')
+    """
+    if abs(subject_lost) < FLOAT_SLACK:
+        return "keeps the subject accuracy"
+    return f"{'loses' if subject_lost > 0 else 'gains'} {abs(subject_lost):.2f} of subject accuracy"
+
+
 def tradeoff_facts(points: pd.DataFrame, max_lost: float = MAX_SUBJECT_LOSS) -> dict[str, str]:
     """``tradeoff_measure`` (what the y axis shows) and ``found_tradeoff``: the run that gains most
     style, what it costs in subject accuracy, and the most style among the runs that lose at most
@@ -571,9 +582,9 @@ def tradeoff_facts(points: pd.DataFrame, max_lost: float = MAX_SUBJECT_LOSS) -> 
         return {"tradeoff_measure": missing, "found_tradeoff": f"The trade-off of style against subject was {missing}."}
     measure = points["style_measure"].iloc[0]
     best = points.loc[points["style_gained"].idxmax()]
-    kept = points[points["subject_lost"] <= max_lost]
+    kept = points[points["subject_lost"] <= max_lost + FLOAT_SLACK]
     text = (f"On held-out subjects, the run that gains most style ({best['label']}, {best['arm']}) reaches "
-            f"{best['style_gained']:.2f} ({measure}) and loses {best['subject_lost']:.2f} of subject accuracy; ")
+            f"{best['style_gained']:.2f} ({measure}) and {subject_change_text(best['subject_lost'])}; ")
     if kept.empty:
         text += f"no run loses at most {max_lost:.2f} of it."
     else:
