@@ -23,15 +23,14 @@ sys.path.insert(0, str(REPO))
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
 
 
-def cpu_model() -> str:
-    """The processor's model name (``/proc/cpuinfo``), else what :mod:`platform` says."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+def save_figure(fig, ax, result: dict[str, Any], path: Path) -> Path:
+    """Title ``ax`` with the date, processor, cores and load of ``result``'s run and save ``fig``."""
+    machine = result["machine"]
+    ax.set_title(f"{machine['date_utc'][:10]}, {machine['cpu']}, {machine['cpu_count']} cores, load "
+                 f"{result['load_before']}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
 
 
 def memory_gib() -> float | None:
@@ -53,6 +52,8 @@ def machine() -> dict[str, Any]:
     import importlib.metadata
 
     import torch
+
+    from lora_core.environment import cpu_model
 
     versions = {}
     for name in ("torch", "diffusers", "peft", "accelerate"):

@@ -26,7 +26,7 @@ from typing import Callable
 
 import torch
 
-from _record import RESULTS_DIR, load_average, write_result
+from _record import RESULTS_DIR, load_average, save_figure, write_result
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -133,12 +133,7 @@ def figure(result: dict, path: Path) -> Path:
     ax.barh([r["workload"] for r in rows], [1 / r["cpu_s_per_image"] for r in rows], color="tab:blue")
     ax.set_xscale("log")
     ax.set_xlabel("images per CPU second, one thread (log scale)")
-    machine = result["machine"]
-    ax.set_title(f"{machine['date_utc'][:10]}, {machine['cpu']}, {machine['cpu_count']} cores, load "
-                 f"{result['load_before']}", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
+    return save_figure(fig, ax, result, path)
 
 
 def main() -> None:

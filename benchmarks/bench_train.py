@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from _record import RESULTS_DIR, load_average, write_result
+from _record import RESULTS_DIR, load_average, save_figure, write_result
 
 REPO = Path(__file__).resolve().parent.parent
 METHODS = {
@@ -68,12 +68,7 @@ def figure(rows: list[dict], result: dict, path: Path) -> Path:
     ax.axvline(1.0, color="grey", lw=0.8)
     ax.invert_yaxis()
     ax.set_xlabel("steps/s relative to plain LoRA (rank 4)")
-    machine = result["machine"]
-    ax.set_title(f"{machine['date_utc'][:10]}, {machine['cpu']}, {machine['cpu_count']} cores, load "
-                 f"{result['load_before']}", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
+    return save_figure(fig, ax, result, path)
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from lora_core.environment import cpu_model
 from lora_core.io import atomic_write_json
 from lora_core.models import TOY_BASE_DIR, BaseModel
 from lora_core.toy.pretrain import (SCRATCH, PretrainConfig, build_text_to_image, load_checkpoint,
@@ -46,21 +47,11 @@ def assemble_base(cfg: PretrainConfig, out_dir: Path = SCRATCH) -> tuple[BaseMod
         "parameters": {name: sum(p.numel() for p in getattr(base, name).parameters())
                        for name in ("unet", "text_encoder", "vae")},
         "tokenizer_size": len(tokenizer),
-        "hardware": f"{platform.processor() or platform.machine()}, {_cpu_name()}, "
+        "hardware": f"{platform.processor() or platform.machine()}, {cpu_model()}, "
                     f"{cfg.threads} torch threads, shared with other jobs",
         "torch": torch.__version__,
     }
     return base, info
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "CPU"
 
 
 def export(cfg: PretrainConfig, out_dir: Path = SCRATCH, model_dir: str | Path | None = None, log=print) -> Path:
