@@ -36,12 +36,6 @@ VARIANTS = {   # name: (profile changes, LoraOptions changes, TrainConfig change
 SHEET_COLUMNS = 12
 
 
-def round_trip(vae, images: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        decoded = vae.decode(vae.encode(images.float() / 127.5 - 1).latent_dist.mean).sample
-    return ((decoded.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-
-
 def score(evaluator, images, eval_set, style) -> dict[str, float]:
     result = evaluator.evaluate(images, eval_set, style, {}, measures=("p_target_style", "subject_group_accuracy"))
     return dict(zip(result.measure, result.value))
@@ -50,6 +44,7 @@ def score(evaluator, images, eval_set, style) -> dict[str, float]:
 def search(style: str, names: list[str]) -> list[dict]:
     from lora_core.experiments.common import eval_set, generate_eval_images, quiet_libraries, style_lora_config
     from lora_core.experiments.evaluate import Evaluator
+    from lora_core.experiments.style_share import round_trips
     from lora_core.models import load_base
     from lora_core.train import train
 
@@ -58,7 +53,7 @@ def search(style: str, names: list[str]) -> list[dict]:
     held_out = eval_set(style, "heldout", profile.n_eval_images)
     true = evaluator.true_images(held_out.subject_keys, style, profile.resolution)
     sheet = [evaluator.true_images(held_out.subject_keys[:SHEET_COLUMNS], "noto", profile.resolution)]
-    rows = [{"variant": "truth_rt", **score(evaluator, round_trip(base.vae, true), held_out, style)}]
+    rows = [{"variant": "truth_rt", **score(evaluator, round_trips(base, true), held_out, style)}]
     for name in ["base", *names]:
         lora_file, wall = None, 0.0
         if name != "base":
@@ -70,7 +65,7 @@ def search(style: str, names: list[str]) -> list[dict]:
         images = generate_eval_images(base, held_out.prompts, held_out.seeds, profile, lora_file)
         sheet.append(images[:SHEET_COLUMNS])
         rows.append({"variant": name, "train_wall_s": round(wall, 1), **score(evaluator, images, held_out, style)})
-    sheet += [true[:SHEET_COLUMNS], round_trip(base.vae, true[:SHEET_COLUMNS])]
+    sheet += [true[:SHEET_COLUMNS], round_trips(base, true[:SHEET_COLUMNS])]
     save_sheet(sheet, RESULTS_DIR / f"recipe_{style}.png")
     p_base, p_truth = rows[1]["p_target_style"], rows[0]["p_target_style"]
     for row in rows:
