@@ -13,31 +13,31 @@ from the chapters each time the book builds and cannot drift from them. A claim 
 * **not measured in this build** when its chapter has not been executed, was executed with
   another profile, or glued no such fact (or glued that the measure was missing).
 
-Facts expected from chapters 5-7, written in parallel with this one (claim -> chapter -> fact and
-its form; "seen": the chapter's branch glued that name when this was written; "asked": proposed
-here). :func:`expected_facts` lists every claim's facts; the coordinator reconciles the names:
+The facts read from chapters 5-7 (claim -> chapter -> fact and its form); :func:`expected_facts`
+lists every claim's facts; the smoke runs of chapters 5, 7 and 8 assert that they glue
+:func:`facts_read_from` of them (chapter 6's fact functions are tested one by one):
 
-* S2, iA3 + Prodigy as good as LoRA -> ``05_character_ia3`` -> ``method_tally`` (seen): "better on a,
+* S2, iA3 + Prodigy as good as LoRA -> ``05_character_ia3`` -> ``method_tally``: "better on a,
   worse on b and not clearly different on c of n measures"
-* S2, a 28-image FID measures the result -> ``05_character_ia3`` -> ``fd_separates`` (seen):
+* S2, a 28-image FID measures the result -> ``05_character_ia3`` -> ``fd_separates``:
   "separates" / "does not separate"
-* S3, weight 0.5-0.75 best -> ``06_kohya_character`` -> ``best_range_vs_s3`` (seen): the words of
+* S3, weight 0.5-0.75 best -> ``06_kohya_character`` -> ``best_range_vs_s3``: the words of
   ``lora_sweep.compare_ranges`` ("the same as", "inside", "overlapping", "outside (above)", ...)
-* S3, 50-60 steps best -> ``06_kohya_character`` -> ``steps_vs_s3`` (asked): the same words for the
+* S3, 50-60 steps best -> ``06_kohya_character`` -> ``steps_vs_s3``: the same words for the
   steps range against S3's, scaled
 * S3, the LoRA carries over to other bases -> ``06_kohya_character`` -> ``n_bases_kept`` and
-  ``n_bases`` (seen): two integers
-* S4, LoRA's best validation loss below TI's -> ``07_lora_vs_ti`` -> ``val_loss_gap`` (asked):
+  ``n_bases``: two integers
+* S4, LoRA's best validation loss below TI's -> ``07_lora_vs_ti`` -> ``val_loss_gap``:
   "v [lo, hi]", LoRA minus TI, over seeds
 * S4, TI overfits; LoRA does not -> ``07_lora_vs_ti`` -> ``textual_inversion_rises``, ``lora_rises``
-  (seen): "k of n" seeds
-* S4, TI faster per step -> ``07_lora_vs_ti`` -> ``ratio_equal_terms`` (seen): LoRA over TI seconds
+ : "k of n" seeds
+* S4, TI faster per step -> ``07_lora_vs_ti`` -> ``ratio_equal_terms``: LoRA over TI seconds
   per step, both with cached latents (a number, or "v [lo, hi]")
-* S4, LoRA's style closest -> ``07_lora_vs_ti`` -> ``compare_p_target_style`` (seen): "LoRA higher",
+* S4, LoRA's style closest -> ``07_lora_vs_ti`` -> ``compare_p_target_style``: "LoRA higher",
   "TI higher" or "no clear difference ..."
 * S4, neither keeps the landmark -> ``07_lora_vs_ti`` -> ``lora_subject_group_accuracy`` and
-  ``base_subject_group_accuracy`` (seen): "v [lo, hi]" each
-* S4, 50 participants establish the findings -> ``07_lora_vs_ti`` -> ``n_established`` (seen): an
+  ``base_subject_group_accuracy``: "v [lo, hi]" each
+* S4, 50 participants establish the findings -> ``07_lora_vs_ti`` -> ``n_established``: an
   integer, of S4's three
 
 >>> Interval("below").judge(["-0.02 [-0.03, -0.01]"]).verdict
@@ -352,6 +352,11 @@ class Claim:
     rule: Rule
     requires: tuple[str, str] = ()
 
+    @property
+    def reads(self) -> tuple[str, ...]:
+        """Every glued name the claim reads: its facts and the fact it ``requires``."""
+        return self.facts + self.requires[:1]
+
 
 BENCHMARK, ABLATION, METHODS, MIXING = "01_style_benchmark", "02_rank_lr", "03_methods", "04_style_mixing"
 CHARACTER, KOHYA, LANDMARKS, RANKS = "05_character_ia3", "06_kohya_character", "07_lora_vs_ti", "08_rank_memorisation"
@@ -445,7 +450,7 @@ def judge_claim(claim: Claim, facts: Mapping[str, Any] | None, why_unread: str =
         return {**row, **_verdict(claim.rule.judge(()))}
     if facts is None:
         return {**row, **_verdict(Verdict(NOT_MEASURED, why_unread))}
-    missing = [name for name in (*claim.facts, *claim.requires[:1]) if name not in facts]
+    missing = [name for name in claim.reads if name not in facts]
     if missing:
         why = f"{chapter_label(claim.chapter)} glued no {', '.join(missing)}"
         return {**row, **_verdict(Verdict(NOT_MEASURED, why))}
@@ -473,11 +478,9 @@ def claims_table(executed_dir: str | Path, profile_name: str, claims: Sequence[C
 def expected_facts(claims: Sequence[Claim] = CLAIMS) -> pd.DataFrame:
     """Claim, chapter and the glued fact names each claim reads (the contract with the chapters)."""
     return pd.DataFrame([{"study": c.study, "claim": c.claim, "chapter": c.chapter,
-                          "facts": ", ".join(c.facts + c.requires[:1]) or "-", "rule": type(c.rule).__name__}
+                          "facts": ", ".join(c.reads) or "-", "rule": type(c.rule).__name__}
                          for c in claims])
 
-
-# ---- the chapter ----------------------------------------------------------------------------------------
 
 def facts_read_from(chapter: str) -> set[str]:
     """Every glued name the claims read from ``chapter`` (its ``requires`` too): what that chapter
@@ -486,9 +489,10 @@ def facts_read_from(chapter: str) -> set[str]:
     >>> sorted(facts_read_from(KOHYA))
     ['best_range_vs_s3', 'n_bases', 'n_bases_kept', 'steps_vs_s3']
     """
-    return {name for claim in CLAIMS if claim.chapter == chapter
-            for name in (*claim.facts, *claim.requires[:1])}
+    return {name for claim in CLAIMS if claim.chapter == chapter for name in claim.reads}
 
+
+# ---- the chapter ----------------------------------------------------------------------------------------
 
 @dataclass(kw_only=True)
 class ClaimsResult(ChapterResult):
