@@ -247,13 +247,11 @@ def best_val_loss_gap(best: pd.DataFrame) -> str:
     >>> best_val_loss_gap(best)
     '-0.015 [-0.0785, 0.0485]'
     """
-    from lora_core.experiments.evaluate import ci_text
-    from lora_core.experiments.rank_costs import paired_gap
+    from lora_core.experiments.rank_costs import paired_gap, result_text
 
     if set(best["method"]) < set(METHODS):
         return "not measured"
-    gap = paired_gap(best.rename(columns={"method": "model"}), "best_val_loss", *METHODS)
-    return ci_text(gap.value, gap.ci_low, gap.ci_high)
+    return result_text(paired_gap(best.rename(columns={"method": "model"}), "best_val_loss", *METHODS))
 
 
 def cost_facts(ratios: pd.DataFrame, s4_ratio: float) -> dict[str, Any]:

@@ -97,6 +97,13 @@ def paired_gap(rows: pd.DataFrame, column: str, first: str, second: str, ratio: 
     return MetricResult(name, "-", len(values), value, low, high, merged.note)
 
 
+def result_text(result: MetricResult | None, digits: int = 3) -> str:
+    """``value [low, high]`` (the form chapter 9 reads), or :data:`NOT_MEASURED`."""
+    from lora_core.experiments.evaluate import ci_text
+
+    return NOT_MEASURED if result is None else ci_text(result.value, result.ci_low, result.ci_high, digits)
+
+
 def loss_curves(records: dict[tuple[str, int], Any], window: int = LOSS_WINDOW) -> pd.DataFrame:
     """Per model and step: the training loss (rolling mean over ``window`` steps of each run), mean
     over seeds with a 95% t-interval (``value``, ``ci_low``, ``ci_high``; the value alone for one seed)."""

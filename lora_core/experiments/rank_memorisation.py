@@ -47,8 +47,8 @@ from lora_core.experiments.prompt_groups import (ABSTRACT, ALIGNMENT_COLUMNS, CO
                                                  alignment_scores, alignment_summary, group_gap, s5_alignment_table,
                                                  seed_means)
 from lora_core.experiments.rank_costs import (COST_MEASURES, NOT_MEASURED, S5_ALPHA_PER_RANK, loss_curves,
-                                              model_label, over_seeds, paired_gap, run_costs, s5_cost_table)
-from lora_core.metrics.stats import MetricResult
+                                              model_label, over_seeds, paired_gap, result_text, run_costs,
+                                              s5_cost_table)
 from lora_core.plots import Sheet
 from lora_core.profiles import Profile
 from lora_core.train import TrainConfig
@@ -381,13 +381,6 @@ def score_chapter(result: RankResult, evaluator) -> RankResult:
                                                evaluator.cache, settings.n_cells)
     result.unavailable = dict(evaluator.unavailable)
     return result
-
-
-def result_text(result: MetricResult | None, digits: int = 3) -> str:
-    """``value [low, high]`` (the form chapter 9 reads), or :data:`NOT_MEASURED`."""
-    from lora_core.experiments.evaluate import ci_text
-
-    return NOT_MEASURED if result is None else ci_text(result.value, result.ci_low, result.ci_high, digits)
 
 
 def read_rank_memorisation(result: RankResult) -> RankResult:
