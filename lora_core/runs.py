@@ -29,6 +29,7 @@ False
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -36,7 +37,7 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -75,6 +76,31 @@ class RunRecord:
 def run_dir_for(method: str, config_hash: str, root: str | Path | None = None) -> Path:
     """``<root>/<method>-<config hash>``, a relative ``root`` under the project root."""
     return resolve(root if root is not None else DEFAULT_RUNS_ROOT) / f"{method}-{config_hash}"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[Path | None]:
+    """Hold ``run_dir``'s lock (``<root>/.locks/<folder name>.lock``, an exclusive ``flock``):
+    processes that would train the same run (chapters executed side by side) take turns, so the
+    first trains it and the others then find it finished and reuse it. The operating system drops
+    the lock when its holder dies, so a killed run leaves nothing to clean up. Not taken inside a
+    distributed launch (``WORLD_SIZE`` > 1), whose processes train one run together, nor where
+    ``fcntl`` does not exist (Windows). Yields the lock file, or None when no lock was taken."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; chapters there run one at a time
+        fcntl = None
+    if fcntl is None or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        yield None
+        return
+    lock_path = Path(run_dir).parent / ".locks" / f"{Path(run_dir).name}.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield lock_path
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def load_run(run_dir: str | Path) -> RunRecord:

@@ -576,14 +576,22 @@ def train(config: TrainConfig, base=None, force: bool = False, runs_root: str | 
     ``resume_from`` names another state file (refused when written by another config, or on other
     training images or base weights). Relative folders (data, ``runs_root``, ``resume_from``) are
     under the project root (:func:`lora_core.paths.resolve`), whatever the working directory.
+    Processes asked for the same run at once take turns (:func:`lora_core.runs.run_lock`): one
+    trains, the others reuse its result.
     """
     run_dir = runs.run_dir_for(config.method, config.hash(), runs_root)
     inputs = load_inputs(config, base)
-    finished, force = reusable_run(run_dir, inputs.fingerprints, force)
-    if finished is not None:
-        return finished
-    run = set_up(config, run_dir, inputs, force, resolve(resume_from) if resume_from else None)
-    bar = tqdm(total=run.total_steps, initial=run.start_step, desc=f"{config.method}-{config.hash()}",
+    with runs.run_lock(run_dir):  # another process training this run: wait for it, then reuse it
+        finished, force = reusable_run(run_dir, inputs.fingerprints, force)
+        if finished is not None:
+            return finished
+        return train_run(set_up(config, run_dir, inputs, force, resolve(resume_from) if resume_from else None),
+                         progress)
+
+
+def train_run(run: Run, progress: bool) -> runs.RunRecord:
+    """The optimizer steps of a set-up run, from its start step to the end; returns its record."""
+    bar = tqdm(total=run.total_steps, initial=run.start_step, desc=run.run_dir.name,
                disable=not (progress and run.accelerator.is_local_main_process))
     started = time.perf_counter()
     for step in range(run.start_step, run.total_steps):

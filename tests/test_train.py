@@ -18,7 +18,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from lora_core import train as train_module
+from lora_core import runs, train as train_module
 from lora_core.adapters.lycoris import ALGOS
 from lora_core.models import base_fingerprint
 from lora_core.train import TrainConfig, TrainingDiverged, train
@@ -247,6 +247,39 @@ train(config, runs_root=out, progress=False)
 
 @pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
                     reason="needs torch.distributed with gloo")
+def test_two_processes_asked_for_one_run_at_once_train_it_once(finished, tmp_path):
+    """Chapters executed side by side may ask for the same run: one trains it, the other waits for
+    the run's lock and reuses the result, so the run folder holds one whole run."""
+    config, _, uninterrupted = finished
+    config_file = config.save_json(tmp_path / "run.json")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "lora_core.train", "--config", str(config_file), "--runs-root",
+               str(tmp_path / "runs"), "--no-progress"]
+    processes = [subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                 for _ in range(2)]
+    errors = [process.communicate(timeout=600)[1].decode() for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], errors
+    record = load_run(tmp_path / "runs" / f"lora-{config.hash()}")
+    assert [r["loss"] for r in record.metrics()] == [r["loss"] for r in uninterrupted.metrics()]  # 6 rows, not 12
+    assert record.summary["resumed_from_step"] == 0  # trained from the start by one process
+
+
+def test_the_run_lock_excludes_another_process_while_held(tmp_path):
+    run_dir = tmp_path / "runs" / "lora-0123456789ab"
+    probe = ("import fcntl, sys\n"
+             "with open(sys.argv[1], 'a') as f:\n"
+             "    try:\n        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n    except BlockingIOError:\n"
+             "        sys.exit(3)\n")
+    with runs.run_lock(run_dir) as lock_file:
+        assert lock_file == tmp_path / "runs" / ".locks" / "lora-0123456789ab.lock"
+        assert subprocess.run([sys.executable, "-c", probe, str(lock_file)]).returncode == 3
+    assert subprocess.run([sys.executable, "-c", probe, str(lock_file)]).returncode == 0
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("WORLD_SIZE", "2")  # a distributed launch trains one run in every process
+        with runs.run_lock(run_dir) as lock_file:
+            assert lock_file is None
+
+
 def test_two_processes_keep_a_trained_text_encoder_in_sync(data_dir, tmp_path):
     """Textual inversion on two CPU processes (DDP over gloo): each trains on its own images, the
     text encoder's gradients are averaged, so both hold the same embedding after every step. The
