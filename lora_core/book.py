@@ -7,6 +7,13 @@ its ``parameters`` cell, executed in the chosen profile and written, atomically,
 injected-parameters cell stays in the executed notebook but is tagged ``remove-cell``, so no
 machine-specific value (the runner's absolute ``executed_dir``) reaches a page.
 
+Chapters execute side by side, as many at once as the machine has cores for the thread policy's
+threads per kernel (:func:`default_jobs`; ``--jobs`` overrides): each kernel computes with one
+thread, so one chapter at a time would leave the second core of a 2-core machine idle. Chapters
+that ask for the same training run take turns on it (:func:`lora_core.runs.run_lock`); the
+chapters in :data:`READS_EARLIER_CHAPTERS` start only when every chapter before them has finished.
+Each chapter's numbers do not depend on the order: runs are seeded and reused by content.
+
 papermill itself only warns about a parameter that the notebook does not define; this runner
 refuses it and lists the valid ones. A failing notebook stops the build and names the
 notebook and the cell.
@@ -57,6 +64,8 @@ KERNEL_NAME = "python3"
 # Parameters the runner itself provides to the notebooks that declare them (machine-specific:
 # never recorded as a chapter's parameters, so re-run commands do not carry them).
 RUNNER_PARAMETERS = ("executed_dir",)
+# Chapters that read what the chapters before them wrote (executed notebooks, timings, runs)
+READS_EARLIER_CHAPTERS = ("09_claims", "99_appendix")
 
 
 class NotebookError(RuntimeError):
@@ -247,8 +256,9 @@ def stage_book(root: Path) -> None:
 
 
 def run_book(profile: str, overrides: dict[str, Any], only: list[str] | None = None,
-             build: bool = True, root: Path = REPO_ROOT) -> list[NotebookRun]:
-    """Execute the book's notebooks (all, or ``only``) in ``profile``, then build the HTML.
+             build: bool = True, root: Path = REPO_ROOT, jobs: int = 0) -> list[NotebookRun]:
+    """Execute the book's notebooks (all, or ``only``) in ``profile``, ``jobs`` at a time (0: as
+    many as :func:`default_jobs`), then build the HTML.
 
     Each notebook receives the overrides it declares; a name that no notebook declares is refused.
     With ``root`` other than the repository, the book is staged and built there (the tests build
@@ -271,32 +281,96 @@ def run_book(profile: str, overrides: dict[str, Any], only: list[str] | None = N
     if root != REPO_ROOT:
         stage_book(root)
     executed_dir = root / "book" / "notebooks"
+    # The runner's own facts reach notebooks that declare them (the appendix reads the timings and
+    # profile of this build, wherever the build is staged).
+    provided = {"profile": profile, "executed_dir": str(executed_dir)}
+    parameters = {name: {key: value for key, value in {**provided, **overrides}.items()
+                         if key in declared[name] or key == "profile"} for name in names}
     runs = []
     with children_follow_policy() as threads:  # every kernel computes with the policy's threads
-        for name in names:
-            print(f"[book] {name} ({profile}, {threads} thread{'s' if threads > 1 else ''}) ...", flush=True)
-            # The runner's own facts reach notebooks that declare them (the appendix reads the
-            # timings and profile of this build, wherever the build is staged).
-            provided = {"profile": profile, "executed_dir": str(executed_dir)}
-            own = {key: value for key, value in {**provided, **overrides}.items()
-                   if key in declared[name] or key == "profile"}
-            runs.append(execute_profiled(name, own, executed_dir, profile))
+        jobs = jobs or default_jobs(threads)
+        print(f"[book] {len(names)} notebooks ({profile}), {jobs} at a time, {threads} thread"
+              f"{'s' if threads > 1 else ''} each", flush=True)
+        for wave in execution_waves(names):
+            runs += execute_wave(wave, parameters, executed_dir, profile, jobs)
     if build:
         index = build_html(root)
         print(f"[book] HTML: {index}")
     return runs
 
 
-def execute_profiled(name: str, parameters: dict[str, Any], executed_dir: Path, profile: str) -> NotebookRun:
-    """:func:`execute_notebook`, then its wall time into ``_timings.json`` and the seconds its
-    kernel spent per phase (:mod:`lora_core.profiling`), with the machine's load, into
-    ``_profile.json``, both beside the executed notebooks."""
+def default_jobs(threads: int) -> int:
+    """Notebooks executed at once: the cores this process may use over each kernel's threads."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // threads)
+
+
+def execution_waves(names: list[str]) -> list[list[str]]:
+    """``names`` in book order, cut into waves that execute one after another: each chapter of
+    :data:`READS_EARLIER_CHAPTERS` is a wave of its own, after every chapter before it.
+
+    >>> execution_waves(["00_setup", "01_a", "02_b", "09_claims", "99_appendix"])
+    [['00_setup', '01_a', '02_b'], ['09_claims'], ['99_appendix']]
+    """
+    waves: list[list[str]] = [[]]
+    for name in names:
+        if name in READS_EARLIER_CHAPTERS:
+            waves += [[name], []]
+        else:
+            waves[-1].append(name)
+    return [wave for wave in waves if wave]
+
+
+def execute_wave(names: list[str], parameters: dict[str, dict[str, Any]], executed_dir: Path, profile: str,
+                 jobs: int, notebook_dir: Path = NOTEBOOK_DIR) -> list[NotebookRun]:
+    """Execute ``names`` in book order, ``jobs`` at a time, each in its own process (one at a time:
+    in this one); records each as it finishes. The first failure cancels the notebooks not yet
+    started, waits for the running ones and is raised."""
+    if jobs == 1 or len(names) == 1:
+        return [execute_profiled(name, parameters[name], executed_dir, profile, notebook_dir) for name in names]
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(execute_with_phases, name, parameters[name], executed_dir, notebook_dir): name for name in names}
+        pending, runs = set(futures), {}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                if future.exception() is not None:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise future.exception()
+                run, load_before = future.result()
+                runs[run.name] = record_run(run, load_before, executed_dir, profile)
+    return [runs[name] for name in names]
+
+
+def execute_with_phases(name: str, parameters: dict[str, Any], executed_dir: Path,
+                        notebook_dir: Path = NOTEBOOK_DIR) -> tuple[NotebookRun, float | None]:
+    """:func:`execute_notebook` with its kernel's phases written beside the executed notebooks
+    (consumed by :func:`record_run`); returns the run and the load before it."""
+    print(f"[book] {name} ...", flush=True)
     load_before = profiling.load_average()
-    with profiling.kernel_phases_file(executed_dir / f".{name}.phases.json") as phases_file:
-        run = execute_notebook(name, parameters, executed_dir)
+    with profiling.kernel_phases_file(executed_dir / f".{name}.phases.json"):
+        run = execute_notebook(name, parameters, executed_dir, notebook_dir)
+    return run, load_before
+
+
+def execute_profiled(name: str, parameters: dict[str, Any], executed_dir: Path, profile: str,
+                     notebook_dir: Path = NOTEBOOK_DIR) -> NotebookRun:
+    """:func:`execute_with_phases` in this process, then :func:`record_run`."""
+    return record_run(*execute_with_phases(name, parameters, executed_dir, notebook_dir), executed_dir, profile)
+
+
+def record_run(run: NotebookRun, load_before: float | None, executed_dir: Path, profile: str) -> NotebookRun:
+    """The run's wall time into ``_timings.json`` and the seconds its kernel spent per phase
+    (:mod:`lora_core.profiling`), with the machine's load, into ``_profile.json``, both beside the
+    executed notebooks; only the runner's own process writes them."""
+    name = run.name
     record_timings([run], profile, executed_dir / TIMINGS_FILE.name)
     entry = profiling.record_notebook_profile(executed_dir / profiling.PROFILE_FILE_NAME, name, profile,
-                                              run.wall_seconds, phases_file, load_before)
+                                              run.wall_seconds, executed_dir / f".{name}.phases.json",
+                                              load_before)
     busiest = sorted(entry["share"].items(), key=lambda item: -item[1])[:3]
     print(f"[book] {name} done in {run.wall_seconds:.1f} s ("
           + ", ".join(f"{phase} {share:.0%}" for phase, share in busiest)
@@ -351,10 +425,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="override a notebook parameter (refused if a notebook does not define it)")
     parser.add_argument("--only", nargs="+", help="execute only these notebooks (names without .py)")
     parser.add_argument("--no-build", action="store_true", help="execute notebooks, skip the HTML build")
+    parser.add_argument("--jobs", type=int, default=0, help="notebooks executed at once (default: the cores "
+                        "over the threads per kernel, LORA_CORE_THREADS)")
 
     def command(args) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        run_book(args.profile, parse_overrides(args.parameter), args.only, build=not args.no_build)
+        if args.jobs < 0:
+            raise NotebookError(f"--jobs {args.jobs}: expected a positive number of notebooks (0: the default)")
+        run_book(args.profile, parse_overrides(args.parameter), args.only, build=not args.no_build, jobs=args.jobs)
 
     return run_command(command, parser, argv, failures=(NotebookError,))
 

@@ -24,6 +24,7 @@
 #
 # * {glue:text}`found_runs`
 # * {glue:text}`found_versions`
+# * {glue:text}`found_elapsed`
 # * {glue:text}`found_time`
 # * {glue:text}`found_peer`
 # * {glue:text}`found_gpu`
@@ -88,7 +89,9 @@ show_table(result.versions, first=["library", "agrees"])
 # (`wall_seconds`) and the longest recorded with the same profile and parameters
 # (`longest_wall_seconds`). A chapter that reused all its runs from the cache takes seconds; the
 # execution that trained them is the longest. This appendix's own time is recorded after it
-# finishes, so it shows the previous one.
+# finishes, so it shows the previous one. The runner executes chapters side by side (one torch
+# thread each, as many as there are cores), so the book takes less than the sum of these times;
+# its elapsed time is at the top of this page.
 
 # %% tags=["hide-input"]
 show_table(result.timings, first=["notebook", "wall_seconds"])

@@ -67,6 +67,30 @@ def test_failing_notebook_names_notebook_and_cell_and_writes_nothing(notebook_di
     assert [p.name for p in out.iterdir()] == []
 
 
+def test_a_wave_executes_side_by_side_and_records_each_notebook(notebook_dir, tmp_path):
+    for name in ("b", "c"):
+        (notebook_dir / f"{name}.py").write_text(NOTEBOOK)
+    parameters = {"demo": {"divisor": 4}, "b": {"divisor": 5}, "c": {"divisor": 8}}
+    out = tmp_path / "out"
+    runs = book.execute_wave(["demo", "b", "c"], parameters, out, "smoke", jobs=2, notebook_dir=notebook_dir)
+    assert [run.name for run in runs] == ["demo", "b", "c"]   # book order, whatever finished first
+    for run, expected in zip(runs, ("ratio 2.5", "ratio 2.0", "ratio 1.25")):
+        assert expected in run.output.read_text()
+    assert set(json.loads((out / "_timings.json").read_text())) == {"demo", "b", "c"}
+    assert set(json.loads((out / "_profile.json").read_text())) == {"demo", "b", "c"}
+    assert not list(out.glob(".*.phases.json"))   # every kernel's phases consumed by the runner
+
+
+def test_a_failing_notebook_in_a_wave_is_named_and_nothing_of_it_is_written(notebook_dir, tmp_path):
+    (notebook_dir / "b.py").write_text(NOTEBOOK)
+    out = tmp_path / "out"
+    with pytest.raises(NotebookError, match=r"notebook b.py failed in cell \d+ .*ZeroDivisionError"):
+        book.execute_wave(["demo", "b"], {"demo": {"divisor": 4}, "b": {"divisor": 0}}, out, "smoke", jobs=2,
+                          notebook_dir=notebook_dir)
+    assert not (out / "b.ipynb").exists()
+    assert "b" not in (json.loads((out / "_timings.json").read_text()) if (out / "_timings.json").exists() else {})
+
+
 @pytest.mark.parametrize("name", toc_notebooks())
 def test_every_chapter_has_the_one_notebook_shape(name):
     """Title, question and finding box first; then the hidden parameters cell and one hidden cell

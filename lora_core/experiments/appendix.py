@@ -167,6 +167,26 @@ def rerun_commands(notebook: str, profile: str, parameters: Mapping[str, Any] | 
     }
 
 
+def elapsed_sentence(timings: pd.DataFrame, profile: str, own_name: str = "99_appendix") -> str:
+    """How long the notebooks of ``profile`` (this appendix excepted) took from the first start to
+    the last finish, beside the sum of their wall times: the runner executes chapters side by side,
+    so the book's time is the first, not the second.
+
+    >>> elapsed_sentence(pd.DataFrame({"notebook": ["a", "b"], "profile": ["tiny", "tiny"],
+    ...     "wall_seconds": [600.0, 900.0], "finished_utc": ["2026-12-01T10:10:00Z", "2026-12-01T10:15:00Z"]}), "tiny")
+    'The 2 notebooks before this appendix took 15 min from the first start to the last finish; their wall times add up to 25 min (the runner executes chapters side by side).'
+    """
+    rows = timings[(timings["profile"] == profile) & (timings["notebook"] != own_name)]
+    if rows.empty:
+        return "No notebook timings recorded yet for this profile."
+    finished = pd.to_datetime(rows["finished_utc"])
+    started = finished - pd.to_timedelta(rows["wall_seconds"], unit="s")
+    elapsed = (finished.max() - started.min()).total_seconds()
+    return (f"The {len(rows)} notebooks before this appendix took {elapsed / 60:.0f} min from the first start to "
+            f"the last finish; their wall times add up to {rows['wall_seconds'].sum() / 60:.0f} min (the runner "
+            "executes chapters side by side).")
+
+
 def rerun_table(notebooks: list[str], timings: pd.DataFrame, profile: str) -> pd.DataFrame:
     """One row per notebook: the commands that reproduce it with the parameters it last ran with."""
     recorded = {row.notebook: json.loads(row.parameters) for row in timings.itertuples()}
@@ -208,7 +228,8 @@ def gpu_benchmarks(folder: str | Path = BENCHMARK_RESULTS) -> tuple[dict[str, pd
 class AppendixResult(ChapterResult):
     """The appendix's tables. Facts: ``base_model``, ``n_runs`` (finished runs of the profile),
     ``n_unfinished``, ``n_used`` (named by an executed chapter), ``n_version_mismatches``,
-    ``n_gpu_benchmarks`` and the finding box's ``found_runs``, ``found_versions``, ``found_gpu``."""
+    ``n_gpu_benchmarks`` and the finding box's ``found_runs``, ``found_versions``, ``found_time``,
+    ``found_elapsed``, ``found_peer``, ``found_gpu``."""
 
     runs: pd.DataFrame          # runs_used_table without the machine-specific run_dir column
     versions: pd.DataFrame
@@ -245,7 +266,8 @@ def run_appendix(profile: Profile | str = "tiny", *, runs_root: str | Path = "ru
                      found_versions=versions_sentence(result.versions))
     result.phases = phase_profile(Path(executed_dir) / PROFILE_FILE_NAME)
     result.benchmarks = benchmark_results(resolve(benchmarks_dir))
-    result.add_facts(found_time=time_sentence(result.phases), found_peer=peer_sentence(result.benchmarks.get("peer")))
+    result.add_facts(found_time=time_sentence(result.phases), found_peer=peer_sentence(result.benchmarks.get("peer")),
+                     found_elapsed=elapsed_sentence(timings, settings.name))
     return result
 
 
