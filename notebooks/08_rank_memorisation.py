@@ -95,6 +95,10 @@ show_table(result.s5_costs, first=["rank"],
 # {glue:text}`state_memory_high` MB). An interval that covers 0 (a ratio's that covers 1) is a
 # difference the seeds cannot tell from noise; S5's single run could not tell either.
 #
+# A run whose training loss ends at least twice where it started has diverged: it no longer draws
+# what the base drew, and it drags its rank's mean and every gap paired with it. Runs that
+# diverged here: {glue:text}`diverged_runs`.
+#
 # ## Prompts: concrete and abstract
 #
 # {glue:text}`n_concrete` **concrete** prompts are held-out captions (subjects the LoRA never

@@ -311,6 +311,10 @@ def test_loss_curves_and_costs_from_run_records(tmp_path, monkeypatch):
     assert costs["train_time_s"].tolist() == [1.5] * 3 and costs["s_per_step"].tolist() == [0.5] * 3
     assert costs["state_memory_mb"].iloc[0] == pytest.approx(1000 * 16 / 2**20)
     assert costs["file_mb"].iloc[0] == pytest.approx(2048 / 2**20)
+    assert costs["start_loss"].tolist() == [1.0, 1.2, 0.9]   # the first 10% of 3 steps: the first step
+    assert rank_costs.diverged_text(costs) == "rank 16: 0 of 3 runs"
+    costs.loc[2, "final_loss"] = 1.8                          # twice its start: diverged
+    assert rank_costs.diverged_text(costs) == "rank 16: 1 of 3 runs (seed 2: 0.90 -> 1.80)"
 
 
 def test_s5_tables_put_the_reported_numbers_beside_ours():

@@ -25,6 +25,7 @@ NOT_MEASURED = "not measured in this build"
 S5_ALPHA_PER_RANK = 2.0             # alpha = 2 x rank, so the scale alpha / rank is 2 at every rank
 TRAINING_STATE_BYTES = 16           # per trainable parameter: fp32 weight, gradient and AdamW's two moments
 LOSS_WINDOW = 20                    # steps in the rolling mean of the training-loss curves
+DIVERGED_FACTOR = 2.0               # final training loss this many times the starting loss: the run diverged
 COST_MEASURES = {"final_loss": "final training loss (last 10% of steps)",
                  "final_val_loss": "validation loss (held-out images, fixed noise)",
                  "train_time_s": "training time (s, the steps alone)", "s_per_step": "seconds per step",
@@ -39,7 +40,8 @@ def model_label(rank: int) -> str:
 
 
 def run_costs(records: dict[tuple[str, int], Any]) -> pd.DataFrame:
-    """One row per run: trainable parameters, final training and validation loss, wall time, s/step,
+    """One row per run: trainable parameters, starting (first 10% of steps), final training and
+    validation loss, wall time, s/step,
     peak memory as recorded (process RSS on a CPU: the process's peak so far), the training state
     the parameters need (:data:`TRAINING_STATE_BYTES` each) and the exported file's size."""
     from lora_core.experiments.methods import export_bytes, primary_export
@@ -47,8 +49,11 @@ def run_costs(records: dict[tuple[str, int], Any]) -> pd.DataFrame:
     rows = []
     for (model, seed), record in records.items():
         s = record.summary
-        train_time = sum(row["s_per_it"] for row in record.metrics())   # the steps alone, without validation
+        metrics = record.metrics()
+        train_time = sum(row["s_per_it"] for row in metrics)   # the steps alone, without validation
+        first = metrics[:max(1, len(metrics) // 10)]
         rows.append({"model": model, "seed": seed, "trainable_params": s["trainable_params"],
+                     "start_loss": sum(row["loss"] for row in first) / len(first),
                      "final_loss": s["final_loss"], "final_val_loss": s["final_val_loss"],
                      "wall_time_s": s["wall_time_s"], "train_time_s": train_time,
                      "s_per_step": train_time / max(1, s["steps"]),
@@ -56,6 +61,23 @@ def run_costs(records: dict[tuple[str, int], Any]) -> pd.DataFrame:
                      "state_memory_mb": s["trainable_params"] * TRAINING_STATE_BYTES / 2**20,
                      "file_mb": export_bytes(primary_export(record)) / 2**20})
     return pd.DataFrame(rows)
+
+
+def diverged_text(costs: pd.DataFrame, factor: float = DIVERGED_FACTOR) -> str:
+    """Per model, how many runs ended with a training loss at least ``factor`` times their starting
+    loss, naming each such seed: a run that lost the base drags its rank's mean loss and every gap
+    paired with it.
+
+    >>> diverged_text(pd.DataFrame({"model": ["rank 16", "rank 16", "rank 64", "rank 64"], "seed": [0, 1, 0, 1],
+    ...                             "start_loss": [0.2, 0.21, 0.2, 0.21], "final_loss": [0.13, 0.18, 0.23, 1.01]}))
+    'rank 16: 0 of 2 runs; rank 64: 1 of 2 runs (seed 1: 0.21 -> 1.01)'
+    """
+    parts = []
+    for model, runs in costs.groupby("model", sort=False):
+        diverged = runs[runs["final_loss"] >= factor * runs["start_loss"]]
+        named = ", ".join(f"seed {r.seed}: {r.start_loss:.2f} -> {r.final_loss:.2f}" for r in diverged.itertuples())
+        parts.append(f"{model}: {len(diverged)} of {len(runs)} runs" + (f" ({named})" if named else ""))
+    return "; ".join(parts)
 
 
 def over_seeds(rows: pd.DataFrame, by: Sequence[str], measures: dict[str, str]) -> pd.DataFrame:

@@ -46,9 +46,9 @@ from lora_core.experiments.copying import (Memorisation, measure_memorisation, p
 from lora_core.experiments.prompt_groups import (ABSTRACT, ALIGNMENT_COLUMNS, CONCRETE, TRAINING, TRUST_COLUMNS,
                                                  alignment_scores, alignment_summary, group_gap, s5_alignment_table,
                                                  seed_means)
-from lora_core.experiments.rank_costs import (COST_MEASURES, NOT_MEASURED, S5_ALPHA_PER_RANK, loss_curves,
-                                              model_label, over_seeds, paired_gap, result_text, run_costs,
-                                              s5_cost_table)
+from lora_core.experiments.rank_costs import (COST_MEASURES, NOT_MEASURED, S5_ALPHA_PER_RANK, diverged_text,
+                                              loss_curves, model_label, over_seeds, paired_gap, result_text,
+                                              run_costs, s5_cost_table)
 from lora_core.plots import Sheet
 from lora_core.profiles import Profile
 from lora_core.train import TrainConfig
@@ -419,7 +419,7 @@ def found_facts(facts: dict[str, Any]) -> dict[str, str]:
     if facts["alignment_gap_concrete"] == NOT_MEASURED:
         prompts = f"Prompt alignment was not measured in this build ({facts['missing_measures']})."
     return {"found_cost": (f"Rank {low} against rank {high}, over {facts['n_seeds']} seeds: final training loss, "
-                           f"{low} minus {high}, {facts['final_loss_gap']}; training time, {high} over {low}, "
+                           f"{low} minus {high}, {facts['final_loss_gap']} (runs that diverged: {facts['diverged_runs']}); training time, {high} over {low}, "
                            f"{facts['train_time_ratio']}; file size {facts['file_size_ratio']}x."),
             "found_prompts": prompts,
             "found_memorisation": (f"Memorisation: {facts['rank_memorisation']}; the full fine-tune minus rank {low}: "
@@ -452,6 +452,7 @@ def cost_facts(costs: pd.DataFrame, low: int, high: int) -> dict[str, Any]:
     per_rank = costs.groupby("model")[["trainable_params", "state_memory_mb"]].mean()
     params = per_rank["trainable_params"]
     return {"final_loss_gap": result_text(paired_gap(costs, "final_loss", low_label, high_label)),
+            "diverged_runs": diverged_text(costs),
             "val_loss_gap": (result_text(paired_gap(measured, "final_val_loss", low_label, high_label))
                              if {low_label, high_label} <= set(measured["model"]) else NOT_MEASURED),
             "train_time_ratio": result_text(paired_gap(costs, "train_time_s", high_label, low_label, ratio=True)),
