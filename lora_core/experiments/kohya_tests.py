@@ -8,7 +8,7 @@ by content), so a re-run generates nothing.
 
 >>> from lora_core.profiles import get_profile
 >>> scaled_steps(get_profile("tiny")), scaled_guidance(get_profile("tiny"))
-((20, 27, 33, 40, 47), 3.733)
+((10, 13, 17, 20, 23), 3.733)
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ TESTS = ("weight x epoch", "merge", "other bases", "inference steps")
 
 
 def scaled_steps(profile: Profile) -> tuple[int, ...]:
-    """S3's inference steps 30-70 times the profile's steps over sd15's (tiny: 20 / 30)."""
+    """S3's inference steps 30-70 times the profile's steps over sd15's (tiny: 10 / 30)."""
     ratio = profile.inference_steps / get_profile("sd15").inference_steps
     return tuple(max(1, round(steps * ratio)) for steps in S3_INFERENCE_STEPS)
 
