@@ -117,11 +117,8 @@ def write_vae_finetune_section(model_dir: Path) -> Path:
     an older one: the card of phases 1-2 needs their checkpoints to rewrite, this section not."""
     info = json.loads((model_dir / "export_info.json").read_text())
     card = (model_dir / "MODEL_CARD.md").read_text()
-    if VAE_FINETUNE_HEADING in card:
-        start = card.index(VAE_FINETUNE_HEADING)
-        card = card[:start] + card[card.index("## Checks", start):]
-    at = card.index("## Checks")
-    return atomic_write_text(model_dir / "MODEL_CARD.md", card[:at] + vae_finetune_section(info) + card[at:])
+    return atomic_write_text(model_dir / "MODEL_CARD.md",
+                             splice_section(card, VAE_FINETUNE_HEADING, CHECKS_HEADING, vae_finetune_section(info)))
 
 
 CHECKS_HEADING, DRAWS_HEADING = "## Checks\n", "\n\n## What it can and cannot draw"
@@ -132,9 +129,22 @@ def write_checks_section(model_dir: Path) -> Path:
     pretraining logs (the whole card, :func:`write_model_card`, does)."""
     checks = json.loads((model_dir / "checks.json").read_text())
     card = (model_dir / "MODEL_CARD.md").read_text()
-    start = card.index(CHECKS_HEADING) + len(CHECKS_HEADING)
-    return atomic_write_text(model_dir / "MODEL_CARD.md", card[:start] + _checks_text(checks)
-                             + card[card.index(DRAWS_HEADING, start):])
+    return atomic_write_text(model_dir / "MODEL_CARD.md",
+                             splice_section(card, CHECKS_HEADING, DRAWS_HEADING, CHECKS_HEADING + _checks_text(checks)))
+
+
+def splice_section(card: str, heading: str, next_heading: str, section: str) -> str:
+    r"""``card`` with its section from ``heading`` up to ``next_heading`` replaced by ``section``,
+    or ``section`` inserted before ``next_heading`` when the card has no such section yet.
+
+    >>> splice_section("intro\n## B\nold\n## C\n", "## B", "## C", "## B\nnew\n")
+    'intro\n## B\nnew\n## C\n'
+    >>> splice_section("intro\n## C\n", "## B", "## C", "## B\nnew\n")
+    'intro\n## B\nnew\n## C\n'
+    """
+    end = card.index(next_heading)
+    start = card.find(heading, 0, end)
+    return card[:start if start >= 0 else end] + section + card[end:]
 
 
 def _checks_text(checks: dict | None) -> str:
