@@ -66,8 +66,9 @@ name = result.profile.name
 #   encoder. Prodigy at learning rate 1.0 (a multiplier of the step size it estimates itself) with
 #   what its authors advise for diffusion models: `safeguard_warmup`, `use_bias_correction`,
 #   weight decay 0.01, betas (0.9, 0.99), `d_coef` 1.0 and a cosine schedule without restarts.
-# * **LoRA + AdamW, tags**: the book's LoRA (rank {glue:text}`lora_rank` on the UNet's attention,
-#   AdamW at {glue:text}`lora_lr`, constant schedule), the same captions.
+# * **LoRA + AdamW, tags**: a plain LoRA (rank {glue:text}`lora_rank` on the UNet's attention, as
+#   the diffusers examples wrap it, not the wider module set of chapter 1's style LoRAs; AdamW at
+#   {glue:text}`lora_lr`, constant schedule), the same captions.
 # * **iA3 + Prodigy, sentences**: S2's recipe on sentence captions.
 #
 # The first two compare methods at S2's captions; the first and the third compare captions at

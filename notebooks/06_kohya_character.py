@@ -174,7 +174,7 @@ show_table(result.results_table(TESTS[1], ["measure", "target_style"], "weight")
            caption=f"test 2, {name} profile: value [95% interval] per weight of both LoRAs (columns)")
 
 # %% [markdown]
-# The character is clearly closer to its true images than the base's at weights
+# The character is clearly closer to its true images than the base's at
 # {glue:text}`merge_character`; the foreign style is clearly more likely by the style classifier at
 # {glue:text}`merge_style`.
 #

@@ -342,7 +342,7 @@ def test_merge_facts_name_the_weights_where_each_lora_is_clearly_present():
         (merge, style, "twemoji", 0.3, 0.25, 0.35, "higher", {"weight": 0.5}),
         (merge, style, "twemoji", 0.5, 0.45, 0.55, "higher", {"weight": 1.0})])
     facts = chapter.merge_facts(result)
-    assert (facts["merge_character"], facts["merge_style"]) == ("0.5", "0.5, 1")
+    assert (facts["merge_character"], facts["merge_style"]) == ("weight 0.5", "weights 0.5 and 1")
 
 
 def test_base_and_step_facts_read_survival_and_the_best_steps():

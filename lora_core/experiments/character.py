@@ -10,7 +10,8 @@ and every run is one recipe on one caption style:
   and the text encoder's ``k_proj``, ``v_proj`` and ``fc2``; Prodigy at lr 1.0 with
   ``optim.PRODIGY_SETTINGS`` (d_coef 1.0, safeguard warmup, bias correction), weight decay 0.01,
   betas (0.9, 0.99) and a cosine schedule without restarts: prodigyopt's advice for diffusion.
-* ``lora_adamw``, the book's LoRA: the profile's rank, alpha and learning rate, AdamW, constant.
+* ``lora_adamw``, a plain LoRA: the profile's rank, alpha and learning rate on the UNet's attention
+  (the diffusers examples' targets, not the profile's ``lora_targets``), AdamW, constant.
 
 :data:`ARMS` pair them with captions: both recipes on tags (the method comparison at S2's
 captions) and S2's recipe on sentence captions too (the caption comparison at S2's method); the

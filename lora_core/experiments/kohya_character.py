@@ -433,6 +433,18 @@ def arm_facts(result: KohyaCharacterResult) -> dict[str, Any]:
                            f"{l2['value']:.3g}, {verdict}.")}
 
 
+def weights_text(weights: Sequence[float]) -> str:
+    """The weights a sentence names after "at".
+
+    >>> weights_text([0.25, 0.75]), weights_text([1.0]), weights_text([])
+    ('weights 0.25 and 0.75', 'weight 1', 'no weight')
+    """
+    if not weights:
+        return "no weight"
+    names = [f"{w:g}" for w in weights]
+    return f"weight {names[0]}" if len(names) == 1 else f"weights {', '.join(names[:-1])} and {names[-1]}"
+
+
 def merge_facts(result: KohyaCharacterResult) -> dict[str, Any]:
     """Test 2: at which weights the merged pair is clearly closer to the character than the base,
     and clearly more in the foreign style (style classifier) than the base."""
@@ -444,7 +456,7 @@ def merge_facts(result: KohyaCharacterResult) -> dict[str, Any]:
                                   ("style", "p_target_style", foreign)):
         at = measured(rows, measure, target).set_index("weight")
         kept[name] = [w for w in at.index if w > 0 and 0.0 in at.index and clearly_better(at.loc[w], at.loc[0.0])]
-    text = {name: ", ".join(f"{w:g}" for w in weights) or "no weight" for name, weights in kept.items()}
+    text = {name: weights_text(weights) for name, weights in kept.items()}
     return {"merge_character": text["character"], "merge_style": text["style"],
             "found_merge": (f"Merged 1:1 with a foreign {result.settings.foreign_style} style LoRA, the character is "
                             f"clearly closer to its true images than the base's at {text['character']} and the foreign "
