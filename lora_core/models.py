@@ -34,6 +34,9 @@ import torch
 from lora_core.paths import REPO_ROOT
 
 TOY_BASE_DIR = REPO_ROOT / "models" / "tiny-sd"
+# The random model's tokenizer, written once and shipped: the BPE trainer breaks ties differently
+# in every process, so a rebuilt one would change every content-keyed cache (its README says more)
+RANDOM_TOKENIZER_DIR = REPO_ROOT / "models" / "tiny-random-tokenizer"
 SD15_HUB_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # what a single-file checkpoint named alone is read as
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
 
@@ -63,9 +66,6 @@ SD_SCHEDULER = dict(
     num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
     steps_offset=1, clip_sample=False, prediction_type="epsilon",
 )
-# Words the random model's tokenizer is trained on (the toy world trains on real captions).
-_RANDOM_TOKENIZER_TEXT = ("a photo of an emoji face heart cat dog smiling grinning red blue green "
-                          "yellow person hand flag food animal plant object symbol in the style of")
 
 
 @dataclass
@@ -158,16 +158,14 @@ def mark_applied(base: BaseModel, digest: str) -> str:
 
 
 def build_tiny_random(seed: int = 0, tokenizer_dir: str | Path | None = None) -> BaseModel:
-    """The tiny SD architecture with seeded random weights (labelled ``random_weights``)."""
+    """The tiny SD architecture with seeded random weights (labelled ``random_weights``) and the
+    shipped tokenizer :data:`RANDOM_TOKENIZER_DIR` (or the one in ``tokenizer_dir``)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from lora_core.tokenizer import build_clip_tokenizer, load_clip_tokenizer
+    from lora_core.tokenizer import load_clip_tokenizer
 
-    if tokenizer_dir is None:
-        tokenizer_dir = build_clip_tokenizer([_RANDOM_TOKENIZER_TEXT], tempfile.mkdtemp(prefix="tok-"),
-                                             vocab_size=600, reserved_words=("sks",))
-    tokenizer = load_clip_tokenizer(tokenizer_dir)
+    tokenizer = load_clip_tokenizer(tokenizer_dir or RANDOM_TOKENIZER_DIR)
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,

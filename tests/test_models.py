@@ -2,6 +2,8 @@
 import json
 import re
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -35,6 +37,23 @@ def test_tiny_random_is_seeded_and_sd_shaped():
     assert a.unet.config.cross_attention_dim == a.text_encoder.config.hidden_size
     assert len(a.tokenizer) == a.text_encoder.get_input_embeddings().num_embeddings
     assert a.tokenizer.model_max_length == 77
+
+
+def test_the_random_models_tokenizer_is_the_same_in_every_process_and_reads_its_words():
+    """Rebuilt per process, BPE ties made a different tokenizer (and smoke cache keys) each time."""
+    from lora_core.models import base_fingerprint
+
+    here = build_tiny_random()
+    code = ("import json; from lora_core.models import base_fingerprint, build_tiny_random; base = build_tiny_random(); "
+            "print(json.dumps([base_fingerprint(base), base.tokenizer.get_vocab(), base.tokenizer('a grinning cat in "
+            "the style of sks').input_ids]))")
+    other = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                      check=True).stdout.splitlines()[-1])
+    assert other == [base_fingerprint(here), here.tokenizer.get_vocab(),
+                     here.tokenizer("a grinning cat in the style of sks").input_ids]
+    words = ("a photo of an emoji face heart cat dog smiling grinning red blue green yellow person hand flag food "
+             "animal plant object symbol in the style of sks").split()
+    assert [here.tokenizer.tokenize(word) for word in words] == [[f"{word}</w>"] for word in words]
 
 
 def test_diffusers_folder_round_trip(tiny_base, tiny_base_dir):
