@@ -419,8 +419,9 @@ def found_facts(facts: dict[str, Any]) -> dict[str, str]:
     if facts["alignment_gap_concrete"] == NOT_MEASURED:
         prompts = f"Prompt alignment was not measured in this build ({facts['missing_measures']})."
     return {"found_cost": (f"Rank {low} against rank {high}, over {facts['n_seeds']} seeds: final training loss, "
-                           f"{low} minus {high}, {facts['final_loss_gap']} (runs that diverged: {facts['diverged_runs']}); training time, {high} over {low}, "
-                           f"{facts['train_time_ratio']}; file size {facts['file_size_ratio']}x."),
+                           f"{low} minus {high}, {facts['final_loss_gap']}; training time, {high} over {low}, "
+                           f"{facts['train_time_ratio']}; file size {facts['file_size_ratio']}x. Runs whose loss ended "
+                           f"at least twice where it started: {facts['diverged_runs']}."),
             "found_prompts": prompts,
             "found_memorisation": (f"Memorisation: {facts['rank_memorisation']}; the full fine-tune minus rank {low}: "
                                    f"{facts['copy_share_gap_full']} of generations.")}
