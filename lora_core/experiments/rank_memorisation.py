@@ -293,7 +293,7 @@ def predicted_cost(profile: Profile, settings: RankSettings, n_train: int, n_hel
     >>> from lora_core.profiles import get_profile
     >>> table = predicted_cost(get_profile("tiny"), rank_settings(get_profile("tiny")), 1500, 411)
     >>> table[["item", "count"]].values.tolist()[:2], round(float(table["seconds"].sum()))
-    ([['LoRA steps', 900], ['full fine-tune steps', 150]], 477)
+    ([['LoRA steps', 900], ['full fine-tune steps', 150]], 430)
     """
     from lora_core.experiments.prompt_groups import ABSTRACT_IDEAS
 
