@@ -32,6 +32,10 @@ VARIANTS = {   # name: (profile changes, LoraOptions changes, TrainConfig change
     "c3lier": ({"lora_targets": C3LIER}, {}, {}),
     "c3lier_400": ({"lora_targets": C3LIER}, {}, {"max_train_steps": 400}),
     "c3lier_400_lr2e-3": ({"lora_targets": C3LIER}, {}, {"max_train_steps": 400, "learning_rate": 2e-3}),
+    "c3lier_lr3e-3": ({"lora_targets": C3LIER}, {}, {"learning_rate": 3e-3}),
+    "c3lier_r32": ({"lora_targets": C3LIER}, {"rank": 32, "alpha": 32.0}, {}),
+    "c3lier_text_encoder": ({"lora_targets": C3LIER}, {"train_text_encoder": True}, {}),
+    "c3lier_min_snr5": ({"lora_targets": C3LIER}, {}, {"min_snr_gamma": 5.0}),
 }
 SHEET_COLUMNS = 12
 
