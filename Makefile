@@ -39,8 +39,11 @@ browser:
 	  echo "make: could not install chromium; the browser tests will be skipped"; \
 	else echo "make: chromium is not installed and apt-get needs root; the browser tests will be skipped"; fi
 
+# One pytest-xdist worker per core, one torch thread each (two threads beside another busy worker
+# spin-wait: lora_core/threads.py); each test file runs on one worker, so its module fixtures are
+# built once, and the workers share one smoke book (tests/conftest.py).
 test: setup data browser
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist loadfile
 
 clean-book:
 	rm -rf _build book/notebooks

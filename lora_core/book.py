@@ -332,8 +332,9 @@ def execute_wave(names: list[str], parameters: dict[str, dict[str, Any]], execut
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(execute_with_phases, name, parameters[name], executed_dir, notebook_dir): name for name in names}
-        pending, runs = set(futures), {}
+        pending = {pool.submit(execute_with_phases, name, parameters[name], executed_dir, notebook_dir)
+                   for name in names}
+        runs = {}
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
@@ -351,9 +352,14 @@ def execute_with_phases(name: str, parameters: dict[str, Any], executed_dir: Pat
     (consumed by :func:`record_run`); returns the run and the load before it."""
     print(f"[book] {name} ...", flush=True)
     load_before = profiling.load_average()
-    with profiling.kernel_phases_file(executed_dir / f".{name}.phases.json"):
+    with profiling.kernel_phases_file(phases_path(executed_dir, name)):
         run = execute_notebook(name, parameters, executed_dir, notebook_dir)
     return run, load_before
+
+
+def phases_path(executed_dir: Path, name: str) -> Path:
+    """Where ``name``'s kernel writes its phases for the runner (removed once recorded)."""
+    return executed_dir / f".{name}.phases.json"
 
 
 def execute_profiled(name: str, parameters: dict[str, Any], executed_dir: Path, profile: str,
@@ -369,8 +375,7 @@ def record_run(run: NotebookRun, load_before: float | None, executed_dir: Path, 
     name = run.name
     record_timings([run], profile, executed_dir / TIMINGS_FILE.name)
     entry = profiling.record_notebook_profile(executed_dir / profiling.PROFILE_FILE_NAME, name, profile,
-                                              run.wall_seconds, executed_dir / f".{name}.phases.json",
-                                              load_before)
+                                              run.wall_seconds, phases_path(executed_dir, name), load_before)
     busiest = sorted(entry["share"].items(), key=lambda item: -item[1])[:3]
     print(f"[book] {name} done in {run.wall_seconds:.1f} s ("
           + ", ".join(f"{phase} {share:.0%}" for phase, share in busiest)

@@ -1,5 +1,7 @@
 """Shared fixtures. Tests never reach a model hub: HF_HUB_OFFLINE is set before any import."""
+import json
 import os
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -36,11 +38,23 @@ def tiny_base_dir(tiny_base, tmp_path_factory):
 @pytest.fixture(scope="session")
 def smoke_book(tmp_path_factory):
     """Every notebook executed in the smoke profile and the HTML built, in a temporary root:
-    ``(root, runs)``. Built once per session (minutes) for every test that reads the built book."""
-    from lora_core.book import run_book
+    ``(root, runs)``. Built once per test run (minutes) for every test that reads the built book:
+    under pytest-xdist (``make test``) the workers share one build, made by the first worker to
+    ask while the others wait on its lock, and read the runs back from its record."""
+    import fcntl
 
-    root = tmp_path_factory.mktemp("book")
-    return root, run_book("smoke", {}, root=root)
+    from lora_core.book import NotebookRun, run_book
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base   # this run's folder
+    root, record = shared / "smoke-book", shared / "smoke-book.json"
+    with open(shared / "smoke-book.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not record.exists():
+            runs = run_book("smoke", {}, root=root)
+            record.write_text(json.dumps([[r.name, str(r.output), r.wall_seconds, r.parameters] for r in runs]))
+    return root, [NotebookRun(name, Path(output), wall, parameters)
+                  for name, output, wall, parameters in json.loads(record.read_text())]
 
 
 class BrightnessEvaluator:

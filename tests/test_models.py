@@ -44,9 +44,9 @@ def test_the_random_models_tokenizer_is_the_same_in_every_process_and_reads_its_
     from lora_core.models import base_fingerprint
 
     here = build_tiny_random()
-    code = ("import json; from lora_core.models import base_fingerprint, build_tiny_random; base = build_tiny_random(); "
-            "print(json.dumps([base_fingerprint(base), base.tokenizer.get_vocab(), base.tokenizer('a grinning cat in "
-            "the style of sks').input_ids]))")
+    code = ("import json; from lora_core.models import base_fingerprint, build_tiny_random; "
+            "base = build_tiny_random(); print(json.dumps([base_fingerprint(base), base.tokenizer.get_vocab(), "
+            "base.tokenizer('a grinning cat in the style of sks').input_ids]))")
     other = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                       check=True).stdout.splitlines()[-1])
     assert other == [base_fingerprint(here), here.tokenizer.get_vocab(),
