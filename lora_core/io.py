@@ -71,6 +71,27 @@ def atomic_folder(target: str | Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def exclusive_lock(path: str | Path) -> Iterator[Path | None]:
+    """Hold an exclusive ``flock`` on the file ``path`` (created with its folder): other processes
+    asking for it wait until this one leaves. The operating system drops the lock when its holder
+    dies, so a killed process leaves nothing to clean up. Where ``fcntl`` does not exist (Windows)
+    nothing is locked; yields the lock file, or None then."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock
+        yield None
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield path
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def is_temporary(path: str | Path) -> bool:
     """Whether ``path`` is named like a temporary of :func:`atomic_path` or :func:`atomic_folder`.
 

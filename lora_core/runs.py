@@ -41,7 +41,7 @@ from typing import Any, Iterator
 
 import torch
 
-from lora_core.io import atomic_write_json, atomic_write_text, remove_temporaries
+from lora_core.io import atomic_write_json, atomic_write_text, exclusive_lock, remove_temporaries
 from lora_core.paths import resolve
 
 DEFAULT_RUNS_ROOT = resolve(os.environ.get("LSL_RUNS_ROOT", "runs"))
@@ -80,27 +80,16 @@ def run_dir_for(method: str, config_hash: str, root: str | Path | None = None) -
 
 @contextlib.contextmanager
 def run_lock(run_dir: Path) -> Iterator[Path | None]:
-    """Hold ``run_dir``'s lock (``<root>/.locks/<folder name>.lock``, an exclusive ``flock``):
-    processes that would train the same run (chapters executed side by side) take turns, so the
-    first trains it and the others then find it finished and reuse it. The operating system drops
-    the lock when its holder dies, so a killed run leaves nothing to clean up. Not taken inside a
-    distributed launch (``WORLD_SIZE`` > 1), whose processes train one run together, nor where
-    ``fcntl`` does not exist (Windows). Yields the lock file, or None when no lock was taken."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no flock; chapters there run one at a time
-        fcntl = None
-    if fcntl is None or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    """Hold ``run_dir``'s lock (:func:`lora_core.io.exclusive_lock` on
+    ``<root>/.locks/<folder name>.lock``): processes that would train the same run (chapters
+    executed side by side) take turns, so the first trains it and the others then find it finished
+    and reuse it. Not taken inside a distributed launch (``WORLD_SIZE`` > 1), whose processes
+    train one run together. Yields the lock file, or None when no lock was taken."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         yield None
         return
-    lock_path = Path(run_dir).parent / ".locks" / f"{Path(run_dir).name}.lock"
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield lock_path
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with exclusive_lock(Path(run_dir).parent / ".locks" / f"{Path(run_dir).name}.lock") as lock_path:
+        yield lock_path
 
 
 def load_run(run_dir: str | Path) -> RunRecord:

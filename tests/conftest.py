@@ -41,15 +41,13 @@ def smoke_book(tmp_path_factory):
     ``(root, runs)``. Built once per test run (minutes) for every test that reads the built book:
     under pytest-xdist (``make test``) the workers share one build, made by the first worker to
     ask while the others wait on its lock, and read the runs back from its record."""
-    import fcntl
-
     from lora_core.book import NotebookRun, run_book
+    from lora_core.io import exclusive_lock
 
     base = tmp_path_factory.getbasetemp()
     shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base   # this run's folder
     root, record = shared / "smoke-book", shared / "smoke-book.json"
-    with open(shared / "smoke-book.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with exclusive_lock(shared / "smoke-book.lock"):
         if not record.exists():
             runs = run_book("smoke", {}, root=root)
             record.write_text(json.dumps([[r.name, str(r.output), r.wall_seconds, r.parameters] for r in runs]))
