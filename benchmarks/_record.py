@@ -24,10 +24,12 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.g
 
 
 def save_figure(fig, ax, result: dict[str, Any], path: Path) -> Path:
-    """Title ``ax`` with the date, processor, cores and load of ``result``'s run and save ``fig``."""
+    """Title ``ax`` (None: the whole figure) with the date, processor, cores and load of
+    ``result``'s run and save ``fig``."""
     machine = result["machine"]
-    ax.set_title(f"{machine['date_utc'][:10]}, {machine['cpu']}, {machine['cpu_count']} cores, load "
-                 f"{result['load_before']}", fontsize=8)
+    title = ax.set_title if ax is not None else fig.suptitle
+    title(f"{machine['date_utc'][:10]}, {machine['cpu']}, {machine['cpu_count']} cores, load "
+          f"{result['load_before']}", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return path

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _record import RESULTS_DIR, load_average, write_result
+from _record import RESULTS_DIR, load_average, save_figure, write_result
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before any Hugging Face library reads it
 
@@ -145,12 +145,7 @@ def figure(result: dict, path: Path) -> Path:
         axes[0][1].set_yticks(np.arange(len(names)) + 0.1, names)
         axes[0][1].set_xlabel(f"paired difference to {result['agreement']['current']} (95% interval)")
         axes[0][1].legend(fontsize=7)
-    machine = result["machine"]
-    fig.suptitle(f"{machine['date_utc'][:10]}, {machine['cpu']}, {machine['cpu_count']} cores, "
-                 f"load {result['load_before']}", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
+    return save_figure(fig, None, result, path)
 
 
 def main() -> None:
