@@ -29,8 +29,8 @@ lists every claim's facts; the smoke runs of chapters 5, 7 and 8 assert that the
   ``n_bases``: two integers
 * S4, LoRA's best validation loss below TI's -> ``07_lora_vs_ti`` -> ``val_loss_gap``:
   "v [lo, hi]", LoRA minus TI, over seeds
-* S4, TI overfits; LoRA does not -> ``07_lora_vs_ti`` -> ``textual_inversion_rises``, ``lora_rises``
- : "k of n" seeds
+* S4, TI overfits; LoRA does not -> ``07_lora_vs_ti`` -> ``textual_inversion_rises``, ``lora_rises``:
+  "k of n" seeds
 * S4, TI faster per step -> ``07_lora_vs_ti`` -> ``ratio_equal_terms``: LoRA over TI seconds
   per step, both with cached latents (a number, or "v [lo, hi]")
 * S4, LoRA's style closest -> ``07_lora_vs_ti`` -> ``compare_p_target_style``: "LoRA higher",

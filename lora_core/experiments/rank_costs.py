@@ -40,10 +40,10 @@ def model_label(rank: int) -> str:
 
 
 def run_costs(records: dict[tuple[str, int], Any]) -> pd.DataFrame:
-    """One row per run: trainable parameters, starting (first 10% of steps), final training and
-    validation loss, wall time, s/step,
-    peak memory as recorded (process RSS on a CPU: the process's peak so far), the training state
-    the parameters need (:data:`TRAINING_STATE_BYTES` each) and the exported file's size."""
+    """One row per run: trainable parameters, the training loss at the start (mean of the first 10%
+    of steps) and at the end, the validation loss, wall time, s/step, peak memory as recorded
+    (process RSS on a CPU: the process's peak so far), the training state the parameters need
+    (:data:`TRAINING_STATE_BYTES` each) and the exported file's size."""
     from lora_core.experiments.methods import export_bytes, primary_export
 
     rows = []
