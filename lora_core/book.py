@@ -9,7 +9,9 @@ machine-specific value (the runner's absolute ``executed_dir``) reaches a page.
 
 Chapters execute side by side, as many at once as the machine has cores for the thread policy's
 threads per kernel (:func:`default_jobs`; ``--jobs`` overrides): each kernel computes with one
-thread, so one chapter at a time would leave the second core of a 2-core machine idle. Chapters
+thread, so one chapter at a time would leave the second core of a 2-core machine idle. A kernel
+trains its runs on its share of the cores (``LORA_CORE_TRAIN_PROCESSES``, :mod:`lora_core.train_pool`):
+one run at a time while two chapters execute on two cores, two when one executes alone. Chapters
 that ask for the same training run take turns on it (:func:`lora_core.runs.run_lock`); the
 chapters in :data:`READS_EARLIER_CHAPTERS` start only when every chapter before them has finished.
 Each chapter's numbers do not depend on the order: runs are seeded and reused by content.
@@ -47,7 +49,7 @@ from lora_core.config import load_yaml
 from lora_core.io import atomic_folder, atomic_path, atomic_write_json
 from lora_core.paths import REPO_ROOT
 from lora_core.profiles import PROFILES
-from lora_core.threads import children_follow_policy
+from lora_core.threads import children_follow_policy, kernels_share_cores, side_by_side, usable_cores
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 BOOK_DIR = REPO_ROOT / "book"
@@ -301,8 +303,7 @@ def run_book(profile: str, overrides: dict[str, Any], only: list[str] | None = N
 
 def default_jobs(threads: int) -> int:
     """Notebooks executed at once: the cores this process may use over each kernel's threads."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // threads)
+    return max(1, usable_cores() // threads)
 
 
 def execution_waves(names: list[str]) -> list[list[str]]:
@@ -324,25 +325,21 @@ def execution_waves(names: list[str]) -> list[list[str]]:
 def execute_wave(names: list[str], parameters: dict[str, dict[str, Any]], executed_dir: Path, profile: str,
                  jobs: int, notebook_dir: Path = NOTEBOOK_DIR) -> list[NotebookRun]:
     """Execute ``names`` in book order, ``jobs`` at a time, each in its own process (one at a time:
-    in this one); records each as it finishes. The first failure cancels the notebooks not yet
-    started, waits for the running ones and is raised."""
-    if jobs == 1 or len(names) == 1:
-        return [execute_profiled(name, parameters[name], executed_dir, profile, notebook_dir) for name in names]
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    in this one), its kernel training on its share of the cores; records each as it finishes. The
+    first failure cancels the notebooks not yet started, waits for the running ones and is raised."""
+    with kernels_share_cores(min(jobs, len(names))):
+        if jobs == 1 or len(names) == 1:
+            return [execute_profiled(name, parameters[name], executed_dir, profile, notebook_dir) for name in names]
+        return execute_side_by_side(names, parameters, executed_dir, profile, jobs, notebook_dir)
 
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pending = {pool.submit(execute_with_phases, name, parameters[name], executed_dir, notebook_dir)
-                   for name in names}
-        runs = {}
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                if future.exception() is not None:
-                    pool.shutdown(wait=True, cancel_futures=True)
-                    raise future.exception()
-                run, load_before = future.result()
-                runs[run.name] = record_run(run, load_before, executed_dir, profile)
+
+def execute_side_by_side(names: list[str], parameters: dict[str, dict[str, Any]], executed_dir: Path,
+                         profile: str, jobs: int, notebook_dir: Path) -> list[NotebookRun]:
+    """:func:`execute_wave` for two or more notebooks, each in a spawned process."""
+    runs = {}
+    for _, (run, load_before) in side_by_side(execute_with_phases, [(name, parameters[name], executed_dir, notebook_dir)
+                                                                    for name in names], jobs):
+        runs[run.name] = record_run(run, load_before, executed_dir, profile)
     return [runs[name] for name in names]
 
 

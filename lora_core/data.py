@@ -51,6 +51,7 @@ from PIL import Image
 
 from lora_core.config import Config, option
 from lora_core.images import ImageFileError, prepare_image, read_image, to_tensor
+from lora_core.io import PathError
 from lora_core.paths import resolve
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")   # kohya's list, case-insensitive
@@ -60,12 +61,8 @@ TEMPLATE_FIELDS = ("caption", "trigger")
 _REPEAT_FOLDER = re.compile(r"^(\d+)_(.*)$")
 
 
-class DatasetError(ValueError):
+class DatasetError(PathError):
     """Bad dataset input: ``str(error)`` is ``"<path>: <reason>"``; ``.path`` and ``.reason`` hold both."""
-
-    def __init__(self, path: str | Path, reason: str) -> None:
-        self.path, self.reason = Path(path), reason
-        super().__init__(f"{path}: {reason}")
 
 
 @dataclass(frozen=True)

@@ -19,15 +19,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from lora_core.io import PathError
+
 BACKGROUND = (255, 255, 255)  # white: the page colour emoji are designed for
 
 
-class ImageFileError(ValueError):
+class ImageFileError(PathError):
     """An image file that cannot be read: ``str(error)`` is ``"<path>: <reason>"``."""
-
-    def __init__(self, path: str | Path, reason: str) -> None:
-        self.path, self.reason = Path(path), reason
-        super().__init__(f"{path}: {reason}")
 
 
 def read_image(path: str | Path, upright: bool = False) -> Image.Image:

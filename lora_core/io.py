@@ -36,6 +36,23 @@ os.umask(_UMASK)
 _TEMPORARY_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[^.]+)?$")
 
 
+class PathError(ValueError):
+    """Bad input in a file or folder: ``str(error)`` is ``"<path>: <reason>"``; ``.path`` and
+    ``.reason`` hold both. It pickles whole, so a child process's error reaches its parent.
+
+    >>> import pickle
+    >>> str(pickle.loads(pickle.dumps(PathError("data/x", "no images"))))
+    'data/x: no images'
+    """
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"{path}: {reason}")
+
+    def __reduce__(self):
+        return type(self), (self.path, self.reason)
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; rename it onto ``target`` on success."""

@@ -18,20 +18,28 @@ help: ``LORA_CORE_THREADS=2`` opts in, and the processes started here then also 
 load. OpenMP reads that variable when torch loads, so a command line cannot set it for itself:
 export it in the shell before running a CLI with more threads.
 
+The second core goes to a second process instead: a chapter trains its runs
+:func:`training_processes` at a time (:mod:`lora_core.train_pool`), cores over threads unless
+``LORA_CORE_TRAIN_PROCESSES`` says otherwise; the book runner, which executes chapters side by
+side, sets that variable to each kernel's share of the cores.
+
 >>> policy_threads({})
 1
 >>> policy_threads({"LORA_CORE_THREADS": "2", "OMP_NUM_THREADS": "4"})
 2
 >>> sorted(child_environment({"LORA_CORE_THREADS": "2"}).items())
 [('LORA_CORE_THREADS', '2'), ('MKL_NUM_THREADS', '2'), ('OMP_NUM_THREADS', '2'), ('OMP_WAIT_POLICY', 'PASSIVE')]
+>>> training_processes({"LORA_CORE_TRAIN_PROCESSES": "3"})
+3
 """
 from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 THREADS_ENV = "LORA_CORE_THREADS"
+TRAIN_PROCESSES_ENV = "LORA_CORE_TRAIN_PROCESSES"
 DEFAULT_THREADS = 1
 
 
@@ -40,12 +48,57 @@ def policy_threads(environ: Mapping[str, str] | None = None) -> int:
     is not a positive integer is an error naming the variable."""
     environ = os.environ if environ is None else environ
     for name in (THREADS_ENV, "OMP_NUM_THREADS"):
-        value = environ.get(name, "").strip()
+        value = _positive(environ, name, "threads")
         if value:
-            if not value.isdigit() or int(value) < 1:
-                raise ValueError(f"{name}={value!r}: expected a positive number of threads")
-            return int(value)
+            return value
     return DEFAULT_THREADS
+
+
+def training_processes(environ: Mapping[str, str] | None = None) -> int:
+    """Runs a chapter trains at once: ``LORA_CORE_TRAIN_PROCESSES``, else the usable cores over
+    :func:`policy_threads` (at least one)."""
+    environ = os.environ if environ is None else environ
+    return _positive(environ, TRAIN_PROCESSES_ENV, "processes") or max(1, usable_cores() // policy_threads(environ))
+
+
+def kernel_training_processes(kernels: int, threads: int, cores: int | None = None) -> int:
+    """Runs each of ``kernels`` kernels executing at once may train at a time: its share of the
+    ``cores`` (default :func:`usable_cores`) at ``threads`` each, at least one.
+
+    >>> kernel_training_processes(2, 1, cores=2), kernel_training_processes(1, 1, cores=2)
+    (1, 2)
+    """
+    return max(1, (cores or usable_cores()) // (threads * kernels))
+
+
+@contextlib.contextmanager
+def kernels_share_cores(kernels: int) -> Iterator[int]:
+    """Processes started inside (``kernels`` notebook kernels executing at once) train
+    :func:`kernel_training_processes` runs at a time, unless ``LORA_CORE_TRAIN_PROCESSES`` is set
+    already; restored afterwards. Yields the count."""
+    chosen = os.environ.get(TRAIN_PROCESSES_ENV)
+    os.environ[TRAIN_PROCESSES_ENV] = chosen or str(kernel_training_processes(kernels, policy_threads()))
+    try:
+        yield int(os.environ[TRAIN_PROCESSES_ENV])
+    finally:
+        if chosen is None:
+            os.environ.pop(TRAIN_PROCESSES_ENV, None)
+        else:
+            os.environ[TRAIN_PROCESSES_ENV] = chosen
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity where the platform says, else all)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _positive(environ: Mapping[str, str], name: str, what: str) -> int | None:
+    """``environ[name]`` as a positive integer, None when unset or empty; anything else is an
+    error naming the variable."""
+    value = environ.get(name, "").strip()
+    if value and (not value.isdigit() or int(value) < 1):
+        raise ValueError(f"{name}={value!r}: expected a positive number of {what}")
+    return int(value) if value else None
 
 
 def child_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -80,3 +133,24 @@ def apply_thread_policy() -> int:
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return threads
+
+
+def side_by_side(function: Callable[..., Any], arguments: list[tuple], processes: int,
+                 initializer: Callable[[], None] | None = None) -> Iterator[tuple[int, Any]]:
+    """``function(*arguments[i])`` for every ``i`` in ``processes`` spawned processes; yields
+    ``(i, result)`` as each finishes. The first failure cancels the calls not yet started, waits
+    for the running ones and is raised."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(processes, mp_context=context, initializer=initializer) as pool:
+        pending = {pool.submit(function, *args): index for index, args in enumerate(arguments)}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                index = pending.pop(future)
+                if future.exception() is not None:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise future.exception()
+                yield index, future.result()

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from lora_core import book
+from lora_core import book, threads
 from lora_core.book import NotebookError, check_parameters, execute_notebook, run_book, toc_notebooks
 
 NOTEBOOK = '''# %% [markdown]
@@ -16,7 +16,8 @@ profile = "smoke"
 divisor = 1
 
 # %%
-print("ratio", 10 / divisor)
+import os
+print("ratio", 10 / divisor, "training processes", os.environ.get("LORA_CORE_TRAIN_PROCESSES"))
 '''
 
 
@@ -67,15 +68,19 @@ def test_failing_notebook_names_notebook_and_cell_and_writes_nothing(notebook_di
     assert [p.name for p in out.iterdir()] == []
 
 
-def test_a_wave_executes_side_by_side_and_records_each_notebook(notebook_dir, tmp_path):
+def test_a_wave_executes_side_by_side_and_records_each_notebook(notebook_dir, tmp_path, monkeypatch):
     for name in ("b", "c"):
         (notebook_dir / f"{name}.py").write_text(NOTEBOOK)
     parameters = {"demo": {"divisor": 4}, "b": {"divisor": 5}, "c": {"divisor": 8}}
     out = tmp_path / "out"
+    monkeypatch.delenv(threads.TRAIN_PROCESSES_ENV, raising=False)
+    monkeypatch.setattr(threads, "usable_cores", lambda: 4)   # two kernels at once: two cores each
     runs = book.execute_wave(["demo", "b", "c"], parameters, out, "smoke", jobs=2, notebook_dir=notebook_dir)
     assert [run.name for run in runs] == ["demo", "b", "c"]   # book order, whatever finished first
     for run, expected in zip(runs, ("ratio 2.5", "ratio 2.0", "ratio 1.25")):
-        assert expected in run.output.read_text()
+        assert f"{expected} training processes 2" in run.output.read_text()
+    alone = book.execute_wave(["demo"], parameters, tmp_path / "alone", "smoke", jobs=2, notebook_dir=notebook_dir)
+    assert "ratio 2.5 training processes 4" in alone[0].output.read_text()
     assert set(json.loads((out / "_timings.json").read_text())) == {"demo", "b", "c"}
     assert set(json.loads((out / "_profile.json").read_text())) == {"demo", "b", "c"}
     assert not list(out.glob(".*.phases.json"))   # every kernel's phases consumed by the runner

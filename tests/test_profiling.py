@@ -1,9 +1,11 @@
-"""Phase timers against a scripted clock, the runner's profile file from a real smoke notebook, and
-the thread policy that reaches the kernels and the command lines."""
+"""Phase timers against a scripted clock, the runner's profile file from a real smoke notebook, the
+thread policy that reaches the kernels and the command lines, and the kernels' share of the cores
+for training runs side by side."""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 
 import pytest
 import torch
@@ -130,3 +132,25 @@ def test_every_command_line_computes_with_the_policy_threads(monkeypatch):
     finally:
         torch.set_num_threads(previous)
     assert status == 1
+
+
+def test_a_kernel_trains_on_its_share_of_the_cores(monkeypatch):
+    monkeypatch.delenv(threads.TRAIN_PROCESSES_ENV, raising=False)
+    monkeypatch.setattr(threads, "usable_cores", lambda: 4)
+    with threads.kernels_share_cores(2) as share:
+        assert share == 2 and os.environ[threads.TRAIN_PROCESSES_ENV] == "2"
+        assert threads.training_processes() == 2
+    assert threads.TRAIN_PROCESSES_ENV not in os.environ
+    assert threads.training_processes() == 4   # a chapter alone: every core
+    monkeypatch.setenv(threads.TRAIN_PROCESSES_ENV, "1")   # the user's choice is kept
+    with threads.kernels_share_cores(1) as share:
+        assert share == 1
+    monkeypatch.setenv(threads.TRAIN_PROCESSES_ENV, "two")
+    with pytest.raises(ValueError, match=r"^LORA_CORE_TRAIN_PROCESSES='two': expected a positive number of processes$"):
+        threads.training_processes()
+
+
+def test_side_by_side_yields_every_result_and_raises_the_first_failure():
+    assert sorted(threads.side_by_side(json.loads, [("[1]",), ("2",), ("{}",)], 2)) == [(0, [1]), (1, 2), (2, {})]
+    with pytest.raises(json.JSONDecodeError):
+        list(threads.side_by_side(json.loads, [("1",), ("not json",)], 2))

@@ -1,6 +1,6 @@
 """The training loop on the tiny random model: every method's loss falls, records, reuse (and
-retraining when the images or base weights changed), exact resume after SIGKILL, NaN stop, and
-every bad input refused before training starts."""
+retraining when the images or base weights changed), exact resume after SIGKILL, NaN stop, every
+bad input refused before training starts, and runs trained side by side in child processes."""
 import copy
 import json
 import os
@@ -20,8 +20,10 @@ from safetensors.torch import load_file
 
 from lora_core import runs, train as train_module
 from lora_core.adapters.lycoris import ALGOS
+from lora_core.data import DatasetError
 from lora_core.models import base_fingerprint
 from lora_core.train import TrainConfig, TrainingDiverged, train
+from lora_core.train_pool import train_many
 from lora_core.runs import STATE_FILE, load_run
 
 REPO = Path(__file__).resolve().parent.parent
@@ -610,3 +612,33 @@ def test_relative_folders_are_under_the_project_root_whatever_the_working_direct
     assert record.config["data"]["folder"] == "images" and record.config["validation_folder"] == "images"
     assert record.summary["train_images"] == 4 and record.summary["validation_images"] == 4
     assert list(elsewhere.iterdir()) == []
+
+
+def _pool_config(folder, seed: int) -> TrainConfig:
+    return _config(folder, max_train_steps=3, checkpoint_every_steps=0, validation_folder="", validation_every_steps=0,
+                   seed=seed)
+
+
+def _losses(record) -> list[float]:
+    return [row["loss"] for row in record.metrics()]
+
+
+def test_runs_trained_in_two_children_equal_the_runs_trained_here(data_dir, tmp_path, one_thread):
+    configs = {"a": _pool_config(data_dir, 1), "b": _pool_config(data_dir, 2), "a again": _pool_config(data_dir, 1)}
+    side_by_side = train_many(configs, runs_root=tmp_path / "children", processes=2)
+    here = {key: train(config, runs_root=tmp_path / "here", progress=False) for key, config in configs.items()}
+    assert len(list((tmp_path / "children").glob("lora-*"))) == 2   # "a again" is "a": trained once
+    assert side_by_side["a"].run_dir == side_by_side["a again"].run_dir
+    for key in configs:
+        assert _losses(side_by_side[key]) == _losses(here[key])
+        ours, theirs = (load_file(record.exports["diffusers"]) for record in (side_by_side[key], here[key]))
+        assert ours.keys() == theirs.keys() and all((ours[name] == theirs[name]).all() for name in ours)
+    assert _losses(side_by_side["a"]) != _losses(side_by_side["b"])
+
+
+def test_a_failing_run_in_a_child_is_raised_with_its_folder(data_dir, tmp_path):
+    missing = tmp_path / "no-such-folder"
+    configs = {"good": _pool_config(data_dir, 1), "bad": _pool_config(missing, 1)}
+    with pytest.raises(DatasetError, match=f"^{missing}: dataset folder does not exist$"):
+        train_many(configs, runs_root=tmp_path / "runs", processes=2)
+    assert not list((tmp_path / "runs").glob(f"lora-{configs['bad'].hash()}/summary.json"))

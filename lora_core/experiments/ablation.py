@@ -260,13 +260,12 @@ def arm_lines(table: pd.DataFrame) -> pd.DataFrame:
                         dashed=table["alpha_mode"] == "tied")
 
 
-def train_grid(configs: dict[Key, TrainConfig], base=None, runs_root: str | Path | None = None,
-               progress: bool = False) -> dict[str, Any]:
+def train_grid(configs: dict[Key, TrainConfig], base=None, runs_root: str | Path | None = None) -> dict[str, Any]:
     """Train (or reuse, by config hash) every distinct config once; ``{hash: RunRecord}``."""
-    from lora_core.train import train
+    from lora_core.train_pool import train_many
 
     unique = {config.hash(): config for config in configs.values()}
-    return {h: train(config, base=base, runs_root=runs_root, progress=progress) for h, config in unique.items()}
+    return train_many(unique, base=base, runs_root=runs_root)
 
 
 def lora_delta_norm(base, lora_file: str | Path) -> float:

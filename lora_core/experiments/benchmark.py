@@ -124,13 +124,11 @@ def benchmark_configs(profile: Profile) -> dict[tuple[str, int], TrainConfig]:
             for style in profile.benchmark_styles for seed in training_seeds(profile)}
 
 
-def train_all(profile: Profile, base=None, runs_root: str | Path | None = None,
-              progress: bool = False) -> dict[tuple[str, int], Any]:
+def train_all(profile: Profile, base=None, runs_root: str | Path | None = None) -> dict[tuple[str, int], Any]:
     """Train (or reuse, by config hash) every benchmark LoRA; returns the run records."""
-    from lora_core.train import train
+    from lora_core.train_pool import train_many
 
-    return {key: train(config, base=base, runs_root=runs_root, progress=progress)
-            for key, config in benchmark_configs(profile).items()}
+    return train_many(benchmark_configs(profile), base=base, runs_root=runs_root)
 
 
 def run_benchmark(profile: Profile | str = "tiny", *, base=None, runs_root: str | Path | None = None,

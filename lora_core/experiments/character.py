@@ -450,12 +450,11 @@ def score_character(profile: Profile, settings: CharacterSettings, base, runs_ro
     (in both caption styles), and score every set."""
     from lora_core.experiments.common import generate_eval_images
     from lora_core.experiments.evaluate import Evaluator
-    from lora_core.train import train
+    from lora_core.train_pool import train_many
 
     configs = character_configs(profile, settings)
     with quiet_libraries():
-        records = {key: train(config, base=base, runs_root=runs_root, progress=False)
-                   for key, config in configs.items()}
+        records = train_many(configs, base=base, runs_root=runs_root)
     n = settings.n_heldout or profile.n_eval_images
     eval_sets = {captions: character_eval_set(settings.subject_set, "heldout", n, captions) for captions in CAPTIONS}
     result = CharacterResult(profile, settings=settings, configs=configs, records=records, eval_sets=eval_sets)

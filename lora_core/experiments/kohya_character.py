@@ -290,7 +290,7 @@ def run_kohya_character(profile: Profile | str = "tiny", *, base=None, runs_root
     from lora_core.experiments.kohya_recipe import same_training
     from lora_core.models import load_base
     from lora_core.experiments.lora_sweep import reference_images, reference_paths
-    from lora_core.train import train
+    from lora_core.train_pool import train_many
 
     settings = resolve_profile(profile)
     given = {key: value for key, value in (("weights", tuple(weights)), ("n_seeds", n_seeds),
@@ -304,8 +304,7 @@ def run_kohya_character(profile: Profile | str = "tiny", *, base=None, runs_root
     configs = chapter_configs(settings, chosen, recipe, repo_relative(folder))
     base = base if base is not None else load_base(settings.base_model)
     with quiet_libraries():
-        records = {key: train(config, base=base, runs_root=runs_root, progress=False)
-                   for key, config in configs.items()}
+        records = train_many(configs, base=base, runs_root=runs_root)
     sets = character_sets(spec, chosen.heldout_seeds, chosen.class_word, chosen.n_new_prompts, chosen.n_unrelated)
     result = KohyaCharacterResult(settings, settings=chosen, recipe=recipe, configs=configs, records=records, sets=sets)
     result.same_training = same_training(*(records[(label, chosen.seeds(settings)[0])] for label in TWIN_PAIR))

@@ -593,7 +593,7 @@ def run_lora_vs_ti(profile: Profile | str = "tiny", *, base=None, runs_root: str
     (the book serves it) and read S4's study."""
     from lora_core.models import load_base
     from lora_core.paths import resolve
-    from lora_core.train import train
+    from lora_core.train_pool import train_many
     from lora_core.user_study.s4 import read_s4
 
     settings = resolve_profile(profile)
@@ -601,11 +601,10 @@ def run_lora_vs_ti(profile: Profile | str = "tiny", *, base=None, runs_root: str
     base = base if base is not None else load_base(settings.base_model)
     clock = Stopwatch()
     with quiet_libraries():
-        records = {key: train(config, base=base, runs_root=runs_root, progress=False)
-                   for key, config in plan.configs.items()}
+        records = train_many(plan.configs, base=base, runs_root=runs_root)
         clock.lap("training")
-        timing_records = {key: train(config, base=base, runs_root=runs_root, progress=False)
-                          for key, config in plan.timing.items()}
+        # one at a time: a timing run measures s/step, which a second run beside it would slow
+        timing_records = train_many(plan.timing, base=base, runs_root=runs_root, processes=1)
     clock.lap("timing runs")
     result = LoraVsTiResult(settings, plan=plan, eval_set=chapter_eval_set(plan), records=records,
                             timing_records=timing_records, seconds=clock.seconds)

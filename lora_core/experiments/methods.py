@@ -166,13 +166,13 @@ def score_methods(profile: Profile, style: str, methods: Sequence[str] = METHODS
     """Train/reuse every (method, seed) of :func:`methods_configs`, generate each split with it
     and with the base, score all."""
     from lora_core.models import load_base
-    from lora_core.train import train
+    from lora_core.train_pool import train_many
 
     base = base if base is not None else load_base(profile.base_model)
     evaluator = evaluator or Evaluator(profile)
     configs = methods_configs(profile, style, methods, seeds, context_seeds)
     with quiet_libraries():
-        records = {key: train(config, base=base, runs_root=runs_root, progress=False) for key, config in configs.items()}
+        records = train_many(configs, base=base, runs_root=runs_root)
     result = MethodsResult(profile, style=style, configs=configs, records=records,
                            eval_sets={split: eval_set(style, split, profile.n_eval_images) for split in splits})
     runs = [(BASE, None, None)] + [(method, seed, records[(method, seed)]) for method, seed in configs]

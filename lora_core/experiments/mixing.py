@@ -415,7 +415,7 @@ def run_mixing(profile: Profile | str = "tiny", *, base=None, runs_root: str | P
     (0: the profile's :data:`MIXING` size) and score them; the per-layer gaps of the first pair."""
     from lora_core.experiments.evaluate import Evaluator, aggregate_seeds
     from lora_core.models import load_base
-    from lora_core.train import train
+    from lora_core.train_pool import train_many
 
     settings = resolve_profile(profile)
     mix = mixing_settings(settings, styles=(style_a, style_b), weights=tuple(weights),
@@ -423,7 +423,7 @@ def run_mixing(profile: Profile | str = "tiny", *, base=None, runs_root: str | P
     base = base if base is not None else load_base(settings.base_model)
     configs = lora_configs(settings, mix)
     with quiet_libraries():
-        records = {key: train(config, base=base, runs_root=runs_root, progress=False) for key, config in configs.items()}
+        records = train_many(configs, base=base, runs_root=runs_root)
     result = MixingResult(settings, settings=mix, configs=configs, records=records, evalset=mixing_eval_set(mix))
     lora_files = {key: record.exports["diffusers"] for key, record in records.items()}
     pair = {seed: (lora_files[(style_a, seed)], lora_files[(style_b, seed)]) for seed in result.seeds}

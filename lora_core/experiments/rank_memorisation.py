@@ -327,7 +327,7 @@ def run_rank_memorisation(profile: Profile | str = "tiny", *, base=None, runs_ro
     after checking the stand-in on real images, measure copying, and read the page's facts."""
     from lora_core.experiments.evaluate import Evaluator
     from lora_core.models import load_base
-    from lora_core.train import train
+    from lora_core.train_pool import train_many
 
     settings = resolve_profile(profile)
     given = {"ranks": tuple(ranks), "n_seeds": n_seeds, "n_concrete": n_concrete, "n_abstract": n_abstract,
@@ -336,8 +336,7 @@ def run_rank_memorisation(profile: Profile | str = "tiny", *, base=None, runs_ro
     base = base if base is not None else load_base(settings.base_model)
     configs = chapter_configs(settings, chapter)
     with quiet_libraries():
-        records = {key: train(config, base=base, runs_root=runs_root, progress=False)
-                   for key, config in configs.items()}
+        records = train_many(configs, base=base, runs_root=runs_root)
     result = RankResult(settings, settings=chapter, configs=configs, records=records, sets=prompt_sets(chapter))
     result.images = generate_sets(base, records, result.sets, settings)
     return read_rank_memorisation(score_chapter(result, Evaluator(settings)))
