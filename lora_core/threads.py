@@ -58,7 +58,7 @@ def training_processes(environ: Mapping[str, str] | None = None) -> int:
     """Runs a chapter trains at once: ``LORA_CORE_TRAIN_PROCESSES``, else the usable cores over
     :func:`policy_threads` (at least one)."""
     environ = os.environ if environ is None else environ
-    return _positive(environ, TRAIN_PROCESSES_ENV, "processes") or max(1, usable_cores() // policy_threads(environ))
+    return _positive(environ, TRAIN_PROCESSES_ENV, "processes") or kernel_training_processes(1, policy_threads(environ))
 
 
 def kernel_training_processes(kernels: int, threads: int, cores: int | None = None) -> int:

@@ -48,6 +48,7 @@ def start_child() -> None:
     libraries' per-load notes and progress bars off, as in a chapter."""
     os.environ.pop(PHASES_FILE_ENV, None)
     apply_thread_policy()
+    from lora_core import cli  # noqa: F401  (drops the libraries' harmless import-time log lines)
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 

@@ -128,9 +128,13 @@ plots.profile_figure(result.phases, phase_order(result.phases["phase"]));
 # torch here): the same LoRA, model, images, batch and learning rate, each side in its own
 # process, in alternating order. `bench_generate.py` times the samplers and checks a cheaper one
 # against the images of the current one; `bench_metrics.py` times the metric networks.
+# `bench_chapters.py` executes chapters one at a time, each alone on its own fresh clone: what
+# re-executing one chapter costs. Alone, a chapter's kernel trains two runs at a time on two cores
+# (`lora_core.train_pool`); inside the book two chapters share the cores and each trains one run at
+# a time, so the wall times above are longer than these.
 
 # %% tags=["hide-input"]
-for name in ("peer", "generate", "metrics", "train"):
+for name in ("peer", "generate", "metrics", "train", "chapters"):
     show_benchmark(result.benchmarks, name)
 
 # %% [markdown]

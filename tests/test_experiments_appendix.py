@@ -215,3 +215,14 @@ def test_benchmark_results_are_read_with_their_figures_and_tabled(tmp_path):
         "interleaved pairs, 0.50x its peak memory); measured 2026-12-01 on 2 cores at load 3.0-4.0.")
     assert appendix.peer_sentence(None).startswith("The comparison with the peer has not been run here")
     assert appendix.benchmark_results(tmp_path / "absent") == {}
+
+
+def test_chapters_alone_are_tabled_in_their_order_with_their_phases():
+    rows = [{"chapter": name, "commit": "abc1234", "status": 0, "elapsed_s": elapsed, "wall_s": elapsed - 2,
+             "training_s": elapsed / 2, "generation_s": 10.0, "features_s": 5.0, "other_s": 3.0, "load_before": 1.0,
+             "load_after": 1.1} for name, elapsed in (("07_lora_vs_ti", 284.0), ("05_character_ia3", 563.0))]
+    [(caption, table)] = appendix.benchmark_tables("chapters", {"rows": rows})
+    assert caption.startswith("each chapter executed alone on its own fresh clone")
+    assert table["chapter"].tolist() == ["07_lora_vs_ti", "05_character_ia3"]
+    assert table["elapsed_s"].tolist() == [284.0, 563.0] and table["training_s"].tolist() == [142.0, 281.5]
+    assert "wall_s" not in table and "status" not in table

@@ -414,7 +414,7 @@ def peer_table(peer: Mapping[str, Any]) -> pd.DataFrame:
 
 def benchmark_tables(name: str, result: Mapping[str, Any]) -> list[tuple[str, pd.DataFrame]]:
     """(caption, table) pairs of one benchmark's results: the peer's pairs, the samplers' speed and
-    agreement, the metric networks' throughput."""
+    agreement, the metric networks' throughput, each chapter's time alone."""
     if name == "peer":
         return [(f"ours against a {result['peer']}, {result['settings']}", peer_table(result))]
     if name == "generate":
@@ -432,6 +432,10 @@ def benchmark_tables(name: str, result: Mapping[str, Any]) -> list[tuple[str, pd
         return [(f"metric networks on {result['n']} images of {result['size']} px, one thread",
                  pd.DataFrame(result["rows"])),
                 ("the FID network on two cores", pd.DataFrame([result["fid_two_cores"]]))]
+    if name == "chapters":
+        return [("each chapter executed alone on its own fresh clone, one after another (tiny; seconds)",
+                 pd.DataFrame(result["rows"])[["chapter", "commit", "elapsed_s", "training_s", "generation_s",
+                                               "features_s", "other_s", "load_before", "load_after"]])]
     return [(name, pd.DataFrame(result.get("rows", [])))]
 
 
