@@ -8,7 +8,8 @@ rather than leaving a core idle. Inside the book runner, which already executes 
 core, each kernel trains one run at a time in its own process, as before. A run trains the same
 in a child as in this process (one thread, its own seed: the same bytes), and the run lock makes a
 run asked for by two processes train once. The parent's wait is charged to the ``training``
-phase; a child writes no phases file of its own.
+phase; a child writes no phases file of its own. Where a GPU trains, runs train one at a time
+in this process.
 """
 from __future__ import annotations
 
@@ -29,13 +30,16 @@ Key = TypeVar("Key", bound=Hashable)
 def train_many(configs: Mapping[Key, TrainConfig], base=None, runs_root: str | Path | None = None,
                processes: int | None = None) -> dict[Key, runs.RunRecord]:
     """``{key: train(config)}`` for every config, the distinct unfinished ones first trained
-    ``processes`` at a time (default :func:`training_processes`) in child processes. The first
-    failure cancels the runs not yet started, waits for the running ones and is raised."""
+    ``processes`` at a time (default :func:`training_processes`; one where a GPU trains them, as
+    runs side by side would share its memory) in child processes. The first failure cancels the
+    runs not yet started, waits for the running ones and is raised."""
+    import torch
+
     from lora_core.train import train
 
     unfinished = {config.hash(): config for config in configs.values()
                   if not (runs.run_dir_for(config.method, config.hash(), runs_root) / "summary.json").exists()}
-    processes = min(processes or training_processes(), len(unfinished))
+    processes = min(processes or (1 if torch.cuda.is_available() else training_processes()), len(unfinished))
     if processes > 1:
         with phase("training"):
             list(side_by_side(train_in_child, [(config, runs_root) for config in unfinished.values()],

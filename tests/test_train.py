@@ -642,3 +642,14 @@ def test_a_failing_run_in_a_child_is_raised_with_its_folder(data_dir, tmp_path):
     with pytest.raises(DatasetError, match=f"^{missing}: dataset folder does not exist$"):
         train_many(configs, runs_root=tmp_path / "runs", processes=2)
     assert not list((tmp_path / "runs").glob(f"lora-{configs['bad'].hash()}/summary.json"))
+
+
+def test_where_a_gpu_trains_runs_train_one_at_a_time_here(data_dir, tiny_base, tmp_path, monkeypatch):
+    from lora_core import train_pool
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(train_pool, "side_by_side", lambda *args, **kwargs: pytest.fail("started child processes"))
+    monkeypatch.setenv("LORA_CORE_TRAIN_PROCESSES", "2")
+    configs = {seed: _pool_config(data_dir, seed) for seed in (1, 2)}
+    monkeypatch.setattr(train_module, "train", lambda config, **kwargs: config.seed)  # no CUDA here to train on
+    assert train_many(configs, base=tiny_base, runs_root=tmp_path) == {1: 1, 2: 2}
