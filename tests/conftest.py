@@ -6,7 +6,7 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 # A chapter trains its runs one at a time here: the suite already runs one pytest worker per core
-# (tests/test_train_pool.py sets its own count).
+# (the tests of lora_core.train_pool pass their own count).
 os.environ.setdefault("LORA_CORE_TRAIN_PROCESSES", "1")
 
 import numpy as np  # noqa: E402

@@ -113,10 +113,8 @@ def test_a_bad_thread_count_names_the_variable():
 def test_children_get_passive_waiting_above_one_thread_and_the_environment_comes_back(monkeypatch):
     monkeypatch.setenv(threads.THREADS_ENV, "2")
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    before = dict(__import__("os").environ)
+    before = dict(os.environ)
     with threads.children_follow_policy() as count:
-        import os
-
         assert count == 2 and os.environ["OMP_NUM_THREADS"] == "2" and os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
     assert dict(os.environ) == before
     assert threads.child_environment({"OMP_WAIT_POLICY": "ACTIVE", "OMP_NUM_THREADS": "2"})["OMP_WAIT_POLICY"] == "ACTIVE"
