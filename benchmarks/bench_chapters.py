@@ -10,7 +10,8 @@ executes its chapter with ``--no-build``. Seconds per phase come from the runner
 
     .venv/bin/python benchmarks/bench_chapters.py 05_character_ia3 06_kohya_character [--work /tmp/alone]
 
-Writes ``benchmarks/results/chapters.json`` and ``chapters.png``. Not a test: nothing is asserted.
+Writes ``benchmarks/results/chapters.json`` (the rows of chapters not executed this time are kept)
+and ``chapters.png``. Not a test: nothing is asserted.
 """
 from __future__ import annotations
 
@@ -95,7 +96,10 @@ def main() -> None:
     for chapter in args.chapters:
         rows.append(execute_alone(chapter, fresh_clone(chapter, args.work)))
         print(rows[-1], flush=True)
-    result_path = write_result("chapters", {"rows": rows, "settings": {"profile": "tiny", "fresh_clone": True}},
+    earlier = RESULTS_DIR / "chapters.json"
+    kept = [row for row in (json.loads(earlier.read_text())["rows"] if earlier.exists() else [])
+            if row["chapter"] not in args.chapters]   # chapters not executed now keep their row (and its commit)
+    result_path = write_result("chapters", {"rows": kept + rows, "settings": {"profile": "tiny", "fresh_clone": True}},
                                load_before)
     figure(json.loads(result_path.read_text()), RESULTS_DIR / "chapters.png")
 

@@ -100,6 +100,14 @@ class BaseModel:
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
+    def __reduce__(self):
+        """Pickled as each network's class, configuration and weights, and rebuilt from them:
+        pickled whole, the transformers text encoder returns no hidden states in another process
+        (its output hooks live in the process that made it)."""
+        networks = {name: (type(module), module.config, module.state_dict())
+                    for name, module in (("text_encoder", self.text_encoder), ("vae", self.vae), ("unet", self.unet))}
+        return _rebuilt_base, (self.tokenizer, networks, self.noise_scheduler, self.source, self.random_weights)
+
     def save(self, folder: str | Path) -> Path:
         """Save in the diffusers folder layout (safetensors), atomically."""
         folder = Path(folder)
@@ -111,6 +119,19 @@ class BaseModel:
         folder.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, folder)
         return folder
+
+
+def _rebuilt_base(tokenizer, networks: dict[str, tuple], noise_scheduler, source: str, random_weights: bool) -> BaseModel:
+    """:meth:`BaseModel.__reduce__`'s inverse: every network built from its configuration (diffusers'
+    ``from_config``, transformers' constructor) in eval mode, with its weights and their dtype."""
+    built = {}
+    for name, (network_class, config, weights) in networks.items():
+        network = network_class.from_config(config) if hasattr(network_class, "from_config") else network_class(config)
+        dtype = next(iter(weights.values())).dtype
+        network.load_state_dict(weights)
+        built[name] = (network if network.dtype == dtype else network.to(dtype)).eval()
+    return BaseModel(tokenizer, built["text_encoder"], built["vae"], built["unet"], noise_scheduler, source,
+                     random_weights)
 
 
 def _module_fingerprint(module: torch.nn.Module) -> str:

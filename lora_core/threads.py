@@ -136,15 +136,15 @@ def apply_thread_policy() -> int:
 
 
 def side_by_side(function: Callable[..., Any], arguments: list[tuple], processes: int,
-                 initializer: Callable[[], None] | None = None) -> Iterator[tuple[int, Any]]:
-    """``function(*arguments[i])`` for every ``i`` in ``processes`` spawned processes; yields
-    ``(i, result)`` as each finishes. The first failure cancels the calls not yet started, waits
-    for the running ones and is raised."""
+                 initializer: Callable[..., None] | None = None, initargs: tuple = ()) -> Iterator[tuple[int, Any]]:
+    """``function(*arguments[i])`` for every ``i`` in ``processes`` spawned processes (each first
+    calls ``initializer(*initargs)``); yields ``(i, result)`` as each finishes. The first failure
+    cancels the calls not yet started, waits for the running ones and is raised."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(processes, mp_context=context, initializer=initializer) as pool:
+    with ProcessPoolExecutor(processes, mp_context=context, initializer=initializer, initargs=initargs) as pool:
         pending = {pool.submit(function, *args): index for index, args in enumerate(arguments)}
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)

@@ -1,21 +1,23 @@
-"""Train a chapter's runs side by side: :func:`train_many` trains the runs not yet finished in
-child processes, as many at once as :func:`lora_core.threads.training_processes` allows, and
-returns every record as :func:`lora_core.train.train` would.
+"""A chapter's work side by side: :func:`train_many` trains the runs not yet finished in child
+processes, as many at once as :func:`lora_core.threads.training_processes` allows, and returns
+every record as :func:`lora_core.train.train` would; :func:`map_side_by_side` spreads any other
+per-run work (generating a run's images and scoring them) over the same number of children.
 
 A tiny run computes with one torch thread (:mod:`lora_core.threads`: a second thread made a step
-slower, not faster), so a chapter executed alone on a 2-core machine trains two runs at once
+slower, not faster), so a chapter executed alone on a 2-core machine works on two runs at once
 rather than leaving a core idle. Inside the book runner, which already executes one chapter per
-core, each kernel trains one run at a time in its own process, as before. A run trains the same
-in a child as in this process (one thread, its own seed: the same bytes), and the run lock makes a
-run asked for by two processes train once. The parent's wait is charged to the ``training``
-phase; a child writes no phases file of its own. Where a GPU trains, runs train one at a time
-in this process.
+core, each kernel does everything in its own process, as before. Work gives the same bytes in a
+child as in this process (one thread, the same inputs and seeds): results come back pickled, and
+what a child leaves behind (runs, features, generated images) is cached by content, so the
+parent reads it as if it had computed it; the run lock makes a run asked for by two processes
+train once. The parent's wait is charged to its open phase (``training`` for the runs); a child
+writes no phases file of its own. Where a GPU computes, everything stays in this process.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Hashable, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping, Sequence, TypeVar
 
 from lora_core import runs
 from lora_core.profiling import PHASES_FILE_ENV, phase
@@ -25,31 +27,60 @@ if TYPE_CHECKING:
     from lora_core.train import TrainConfig
 
 Key = TypeVar("Key", bound=Hashable)
+Job = tuple[Callable[..., Any], tuple]   # a module-level function and its (picklable) arguments
+_shared: tuple = ()                        # a child's objects from map_side_by_side, set once per child
+
+
+def work_processes(processes: int | None = None) -> int:
+    """``processes``, else one where a GPU computes (side by side, runs would share its memory),
+    else :func:`lora_core.threads.training_processes`."""
+    import torch
+
+    return processes or (1 if torch.cuda.is_available() else training_processes())
 
 
 def train_many(configs: Mapping[Key, TrainConfig], base=None, runs_root: str | Path | None = None,
-               processes: int | None = None) -> dict[Key, runs.RunRecord]:
+               processes: int | None = None, alongside: Sequence[Job] = ()) -> dict[Key, runs.RunRecord]:
     """``{key: train(config)}`` for every config, the distinct unfinished ones first trained
-    ``processes`` at a time (default :func:`training_processes`; one where a GPU trains them, as
-    runs side by side would share its memory) in child processes. The first failure cancels the
-    runs not yet started, waits for the running ones and is raised."""
-    import torch
-
+    ``processes`` at a time (:func:`work_processes`) in child processes. ``alongside`` jobs (work
+    that needs no run and leaves its result in a content-keyed cache, such as the features of a
+    chapter's real images) fill the same children after the runs, and only when runs train there:
+    otherwise the chapter computes them where it needs them. The first failure cancels the jobs
+    not yet started, waits for the running ones and is raised."""
     from lora_core.train import train
 
     unfinished = {config.hash(): config for config in configs.values()
                   if not (runs.run_dir_for(config.method, config.hash(), runs_root) / "summary.json").exists()}
-    processes = min(processes or (1 if torch.cuda.is_available() else training_processes()), len(unfinished))
-    if processes > 1:
+    jobs = [(train_in_child, (config, runs_root)) for config in unfinished.values()] + list(alongside)
+    processes = min(work_processes(processes), len(jobs))
+    if unfinished and processes > 1:
         with phase("training"):
-            list(side_by_side(train_in_child, [(config, runs_root) for config in unfinished.values()],
-                              processes, initializer=start_child))
+            list(side_by_side(_call, jobs, processes, initializer=start_child))
     return {key: train(config, base=base, runs_root=runs_root, progress=False) for key, config in configs.items()}
 
 
-def start_child() -> None:
-    """A training child: the thread policy, no phases file (its parent charges the wait), and the
-    libraries' per-load notes and progress bars off, as in a chapter."""
+def map_side_by_side(function: Callable[..., Any], arguments: Sequence[tuple], shared: tuple = (),
+                     processes: int | None = None) -> list:
+    """``[function(*shared, *args) for args in arguments]``: in this process where one process
+    works (:func:`work_processes`), else in as many child processes, each receiving ``shared``
+    (the base model, an evaluator: picklable objects) once. ``function`` is a module-level
+    function. The first failure cancels the calls not yet started and is raised."""
+    arguments = list(arguments)
+    processes = min(work_processes(processes), len(arguments))
+    if processes <= 1:
+        return [function(*shared, *args) for args in arguments]
+    results: list = [None] * len(arguments)
+    for index, result in side_by_side(_call, [(function, args) for args in arguments], processes,
+                                      initializer=start_child, initargs=shared):
+        results[index] = result
+    return results
+
+
+def start_child(*shared: Any) -> None:
+    """A child: the thread policy, no phases file (its parent charges the wait), the libraries'
+    per-load notes and progress bars off, as in a chapter, and ``shared`` kept for its calls."""
+    global _shared
+    _shared = shared
     os.environ.pop(PHASES_FILE_ENV, None)
     apply_thread_policy()
     from lora_core import cli  # noqa: F401  (drops the libraries' harmless import-time log lines)
@@ -59,6 +90,10 @@ def start_child() -> None:
     for logging in (diffusers_logging, transformers_logging):
         logging.set_verbosity_error()
         logging.disable_progress_bar()
+
+
+def _call(function: Callable[..., Any], arguments: tuple) -> Any:
+    return function(*_shared, *arguments)
 
 
 def train_in_child(config: TrainConfig, runs_root: str | Path | None) -> str:

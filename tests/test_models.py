@@ -1,9 +1,11 @@
 """Every base-model source loads the same weights: outputs are compared exactly."""
+import copy
 import json
 import re
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -61,6 +63,32 @@ def test_diffusers_folder_round_trip(tiny_base, tiny_base_dir):
     assert loaded.source == str(tiny_base_dir) and not loaded.random_weights
     assert len(loaded.tokenizer) == len(tiny_base.tokenizer)
     _assert_same_model(tiny_base, loaded)
+
+
+def test_a_pickled_base_is_rebuilt_with_its_weights_dtype_and_mode_and_encodes_text_in_another_process(tiny_base):
+    """Pickled whole, the text encoder returned no hidden states in a spawned process."""
+    import multiprocessing
+    import pickle
+
+    from lora_core.models import base_fingerprint
+
+    again = pickle.loads(pickle.dumps(tiny_base))
+    _assert_same_model(tiny_base, again)
+    assert (again.source, again.random_weights, again.unet.training) == ("tiny-random", True, False)
+    half = pickle.loads(pickle.dumps(replace(tiny_base, unet=copy.deepcopy(tiny_base.unet).half())))
+    assert half.unet.dtype == torch.float16 and half.vae.dtype == torch.float32
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        fingerprint, hidden = pool.apply(_fingerprint_and_hidden_states, (tiny_base,))
+    assert fingerprint == base_fingerprint(tiny_base)
+    assert torch.equal(hidden, _fingerprint_and_hidden_states(tiny_base)[1])
+
+
+def _fingerprint_and_hidden_states(base):
+    from lora_core.models import base_fingerprint
+
+    with torch.no_grad():
+        output = base.text_encoder(torch.arange(1, 9)[None], output_hidden_states=True)
+    return base_fingerprint(base), output.hidden_states[-2]
 
 
 def test_hub_id_loads_from_the_offline_cache(tiny_base, tiny_base_dir, tmp_path, monkeypatch):

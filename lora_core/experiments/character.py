@@ -41,7 +41,7 @@ import torch
 
 from lora_core.config import Config, option
 from lora_core.experiments.chapter import ChapterResult, resolve_profile
-from lora_core.experiments.common import EvalSet, GENERATION_SEED_START, quiet_libraries
+from lora_core.experiments.common import EvalSet, GENERATION_SEED_START, features_cache, quiet_libraries
 from lora_core.plots import Sheet
 from lora_core.profiles import Profile
 from lora_core.train import TrainConfig
@@ -446,32 +446,53 @@ def run_character(profile: Profile | str = "tiny", *, base=None, runs_root: str 
 
 
 def score_character(profile: Profile, settings: CharacterSettings, base, runs_root=None) -> CharacterResult:
-    """Train/reuse every run, generate the held-out expressions with each run and with the base
-    (in both caption styles), and score every set."""
-    from lora_core.experiments.common import generate_eval_images
+    """Train/reuse every run (the FD section's real features alongside), generate the held-out
+    expressions with each run and with the base (in both caption styles) and score every set, the
+    runs side by side where the cores allow (:mod:`lora_core.train_pool`)."""
     from lora_core.experiments.evaluate import Evaluator
-    from lora_core.train_pool import train_many
+    from lora_core.profiling import phase
+    from lora_core.train_pool import map_side_by_side, train_many
 
     configs = character_configs(profile, settings)
     with quiet_libraries():
-        records = train_many(configs, base=base, runs_root=runs_root)
+        records = train_many(configs, base=base, runs_root=runs_root, alongside=[real_features_job(profile, settings)])
     n = settings.n_heldout or profile.n_eval_images
     eval_sets = {captions: character_eval_set(settings.subject_set, "heldout", n, captions) for captions in CAPTIONS}
     result = CharacterResult(profile, settings=settings, configs=configs, records=records, eval_sets=eval_sets)
     evaluator = Evaluator(profile)
-    head = expression_head(evaluator)
     runs = [(BASE, captions, None) for captions in CAPTIONS] + list(records)
-    tables = []
-    for recipe, captions, seed in runs:
-        evalset = eval_sets[captions]
-        with quiet_libraries(), adapted_model(base, records.get((recipe, captions, seed))) as (model, lora_file):
-            images = generate_eval_images(model, list(evalset.prompts), list(evalset.seeds), profile, lora_file)
-        result.images[(recipe, captions, seed)] = images
-        labels = {"arm": arm_label(recipe, captions), "recipe": RECIPES[recipe], "captions": captions, "seed": seed}
-        tables.append(score_images(evaluator, head, images, evalset, labels))
-    result.results = pd.concat(tables, ignore_index=True)
+    fd_runs = {(BASE, "tags", None), (*S2_ARM, result.seeds[0]), (*LORA_ARM, result.seeds[0])}
+    with phase("generation"):
+        scored = map_side_by_side(generate_and_score, [
+            (records.get(run), eval_sets[run[1]], run_labels(*run), run in fd_runs) for run in runs],
+            shared=(base, evaluator, expression_head(evaluator)))
+    for run, (images, _, unavailable) in zip(runs, scored):
+        result.images[run] = images
+        evaluator.unavailable.update(unavailable)
+    result.results = pd.concat([table for _, table, _ in scored], ignore_index=True)
     result.unavailable = dict(evaluator.unavailable)
     return result
+
+
+def run_labels(recipe: str, captions: str, seed: int | None) -> dict[str, Any]:
+    return {"arm": arm_label(recipe, captions), "recipe": RECIPES[recipe], "captions": captions, "seed": seed}
+
+
+def generate_and_score(base, evaluator, head, record, evalset: EvalSet, labels: dict[str, Any],
+                       fd_features: bool) -> tuple[torch.Tensor, pd.DataFrame, dict[str, str]]:
+    """One run's (or, without a record, the base's) held-out expressions, their scores
+    (:func:`score_images`) and what the evaluator could not measure; with ``fd_features``, the FD
+    section's features of the images are cached too."""
+    from lora_core.experiments import character_fd
+    from lora_core.experiments.common import generate_eval_images
+    from lora_core.metrics.backbones import get_backbone
+
+    with quiet_libraries(), adapted_model(base, record) as (model, lora_file):
+        images = generate_eval_images(model, list(evalset.prompts), list(evalset.seeds), evaluator.profile, lora_file)
+    if fd_features:
+        get_backbone(character_fd.fd_backbone_name(evaluator.profile)).features(images, "generated",
+                                                                                cache=evaluator.cache)
+    return images, score_images(evaluator, head, images, evalset, labels), dict(evaluator.unavailable)
 
 
 def measure_fd(result: CharacterResult, cache=None):
@@ -479,21 +500,34 @@ def measure_fd(result: CharacterResult, cache=None):
     on tags and of the base (first training seed), against the vendor's pool and the 28
     training images, with the profile's FID network."""
     from lora_core.experiments import character_fd
-    from lora_core.experiments.common import data_dir
-    from lora_core.metrics.cache import FeatureCache
-    from lora_core.world import true_images_dir
 
     settings, profile, seed = result.settings, result.profile, result.seeds[0]
     generated = {arm_label(recipe, captions): result.images[(recipe, captions, seed)]
                  for recipe, captions in (S2_ARM, LORA_ARM)}
     generated[arm_label(BASE, "tags")] = result.images[(BASE, "tags", None)]
-    train_folder = _absolute(character_folder(settings.subject_set, "train"))
-    sets = character_fd.feature_sets(
-        character_fd.fd_backbone_name(profile), true_images_dir(subject_set(settings.subject_set).vendor),
-        settings.real_pool, sorted(path.stem for path in train_folder.glob("*.png")), train_folder, generated,
-        profile.resolution, cache if cache is not None else FeatureCache(data_dir() / "cache" / "features"))
+    backbone, pool_folder, n_pool, training_keys, training_folder = real_sources(profile, settings)
+    sets = character_fd.feature_sets(backbone, pool_folder, n_pool, training_keys, training_folder, generated,
+                                     profile.resolution, cache if cache is not None else features_cache())
     return character_fd.fd_study(sets, settings.real_sizes, settings.same_style_m, settings.n_draws,
                                  profile.n_bootstrap)
+
+
+def real_sources(profile: Profile, settings: CharacterSettings) -> tuple[str, Path, int, list[str], Path]:
+    """The FD section's network and real images: the FID network's name, the vendor's folder, the
+    pool's size, the training keys and their folder."""
+    from lora_core.experiments import character_fd
+    from lora_core.world import true_images_dir
+
+    train_folder = _absolute(character_folder(settings.subject_set, "train"))
+    return (character_fd.fd_backbone_name(profile), true_images_dir(subject_set(settings.subject_set).vendor),
+            settings.real_pool, sorted(path.stem for path in train_folder.glob("*.png")), train_folder)
+
+
+def real_features_job(profile: Profile, settings: CharacterSettings):
+    """:func:`character_fd.real_features` of the FD section, for ``train_pool.train_many(alongside=...)``."""
+    from lora_core.experiments import character_fd
+
+    return character_fd.real_features, (*real_sources(profile, settings), profile.resolution, features_cache())
 
 
 # ---- the page: tables and facts read from the scores --------------------------------------------

@@ -108,10 +108,21 @@ def feature_sets(backbone_name: str, pool_folder: str | Path, n_pool: int, train
     from lora_core.metrics.backbones import get_backbone
 
     backbone = get_backbone(backbone_name)
-    pool = chunked_features(backbone, pool_keys(pool_folder, n_pool), pool_folder, resolution, cache)
-    training = chunked_features(backbone, list(training_keys), training_folder, resolution, cache)
+    pool, training = real_features(backbone_name, pool_folder, n_pool, training_keys, training_folder, resolution,
+                                   cache)
     fakes = {arm: backbone.features(images, "generated", cache=cache).numpy() for arm, images in generated.items()}
     return FeatureSets(backbone.name, str(resolution), pool, training, fakes)
+
+
+def real_features(backbone_name: str, pool_folder: str | Path, n_pool: int, training_keys: Sequence[str],
+                  training_folder: str | Path, resolution: int, cache=None) -> tuple[np.ndarray, np.ndarray]:
+    """Features of the first ``n_pool`` images of the pool (:func:`pool_keys`) and of the training
+    images; they need no run, so a chapter can compute them while its runs train."""
+    from lora_core.metrics.backbones import get_backbone
+
+    backbone = get_backbone(backbone_name)
+    return (chunked_features(backbone, pool_keys(pool_folder, n_pool), pool_folder, resolution, cache),
+            chunked_features(backbone, list(training_keys), training_folder, resolution, cache))
 
 
 # ---------------------------------------------------------------- sweeps over n and m

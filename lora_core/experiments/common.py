@@ -277,6 +277,13 @@ def generation_cache_dir() -> Path:
     return data_dir() / "cache" / "generated"
 
 
+def features_cache():
+    """The features cache on disk (``data/cache/features``) that every process of a chapter shares."""
+    from lora_core.metrics.cache import FeatureCache
+
+    return FeatureCache(data_dir() / "cache" / "features")
+
+
 @contextlib.contextmanager
 def quiet_libraries() -> Iterator[None]:
     """diffusers and transformers at ERROR level and without progress bars, then back as they

@@ -175,6 +175,20 @@ def reference_images(set_name: str, n_reference: int, resolution: int, backbone,
     return References(tuple(train_keys), train_images, train_features, held_images, held_features)
 
 
+def reference_features_job(set_name: str, n_reference: int, resolution: int, backbone_name: str):
+    """:func:`reference_images`' features, cached while the runs train: a job for
+    ``train_pool.train_many(alongside=...)``."""
+    return cache_reference_features, (set_name, n_reference, resolution, backbone_name)
+
+
+def cache_reference_features(set_name: str, n_reference: int, resolution: int, backbone_name: str) -> None:
+    """Compute (or find) :func:`reference_images`' features in the shared features cache."""
+    from lora_core.experiments.common import features_cache
+    from lora_core.metrics.backbones import get_backbone
+
+    reference_images(set_name, n_reference, resolution, get_backbone(backbone_name), features_cache())
+
+
 def pooled(images: dict[tuple[str, int | None, str], torch.Tensor], model: str,
            group: str) -> tuple[torch.Tensor, list[int | None]]:
     """``model``'s images of one prompt set, its runs concatenated in seed order, and those seeds."""

@@ -75,12 +75,10 @@ class Evaluator:
 
     def __init__(self, profile: Profile, cache: Any = None, seed: int = 0, n_resamples: int | None = None,
                  base_style: str = "noto"):
-        from lora_core.metrics.cache import FeatureCache
-
-        from lora_core.experiments.common import data_dir
+        from lora_core.experiments.common import features_cache
 
         self.profile = profile
-        self.cache = cache if cache is not None else FeatureCache(data_dir() / "cache" / "features")
+        self.cache = cache if cache is not None else features_cache()
         self.seed = seed
         self.n_resamples = n_resamples or profile.n_bootstrap
         self.base_style = base_style

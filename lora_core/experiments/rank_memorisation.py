@@ -41,8 +41,8 @@ from lora_core.adapters.lora import ATTENTION_TARGETS, FEED_FORWARD_TARGETS
 from lora_core.config import Config, option
 from lora_core.experiments.chapter import ChapterResult, resolve_profile
 from lora_core.experiments.common import EvalSet, lr_scale, method_config, quiet_libraries, style_lora_config
-from lora_core.experiments.copying import (Memorisation, measure_memorisation, pooled, reference_images,
-                                           reference_keys)
+from lora_core.experiments.copying import (Memorisation, measure_memorisation, pooled, reference_features_job,
+                                           reference_images, reference_keys)
 from lora_core.experiments.prompt_groups import (ABSTRACT, ALIGNMENT_COLUMNS, CONCRETE, TRAINING, TRUST_COLUMNS,
                                                  alignment_scores, alignment_summary, group_gap, s5_alignment_table,
                                                  seed_means)
@@ -178,17 +178,26 @@ def generating_model(base, model: str, record) -> Iterator[tuple[Any, Path | Non
 
 def generate_sets(base, records: dict[tuple[str, int], Any], sets: dict[str, EvalSet],
                   profile: Profile) -> dict[tuple[str, int | None, str], torch.Tensor]:
-    """uint8 images of every prompt set for the base and every run (cached by content on disk)."""
-    from lora_core.experiments.common import generate_eval_images
+    """uint8 images of every prompt set for the base and every run (cached by content on disk),
+    the models side by side where the cores allow (:mod:`lora_core.train_pool`)."""
+    from lora_core.profiling import phase
+    from lora_core.train_pool import map_side_by_side
 
     runs = [(BASE, None, None)] + [(model, seed, record) for (model, seed), record in records.items()]
-    images = {}
-    for model, seed, record in runs:
-        with quiet_libraries(), generating_model(base, model, record) as (generating, lora_file):
-            for name, prompts in sets.items():
-                images[(model, seed, name)] = generate_eval_images(generating, list(prompts.prompts),
-                                                                   list(prompts.seeds), profile, lora_file)
-    return images
+    with phase("generation"):
+        made = map_side_by_side(generate_model_sets, [(model, record, sets, profile) for model, _, record in runs],
+                                shared=(base,))
+    return {(model, seed, name): images for (model, seed, _), by_set in zip(runs, made)
+            for name, images in by_set.items()}
+
+
+def generate_model_sets(base, model: str, record, sets: dict[str, EvalSet], profile: Profile) -> dict[str, torch.Tensor]:
+    """Every prompt set's images with one model (the base itself without a record)."""
+    from lora_core.experiments.common import generate_eval_images
+
+    with quiet_libraries(), generating_model(base, model, record) as (generating, lora_file):
+        return {name: generate_eval_images(generating, list(prompts.prompts), list(prompts.seeds), profile, lora_file)
+                for name, prompts in sets.items()}
 
 
 # ---- the chapter ----------------------------------------------------------------------------------------
@@ -336,7 +345,8 @@ def run_rank_memorisation(profile: Profile | str = "tiny", *, base=None, runs_ro
     base = base if base is not None else load_base(settings.base_model)
     configs = chapter_configs(settings, chapter)
     with quiet_libraries():
-        records = train_many(configs, base=base, runs_root=runs_root)
+        records = train_many(configs, base=base, runs_root=runs_root, alongside=[reference_features_job(
+            chapter.subject_set, chapter.n_reference, settings.resolution, settings.feature_backbone)])
     result = RankResult(settings, settings=chapter, configs=configs, records=records, sets=prompt_sets(chapter))
     result.images = generate_sets(base, records, result.sets, settings)
     return read_rank_memorisation(score_chapter(result, Evaluator(settings)))
