@@ -22,11 +22,12 @@ arbitrary code.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import tempfile
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -108,6 +109,10 @@ class BaseModel:
                     for name, module in (("text_encoder", self.text_encoder), ("vae", self.vae), ("unet", self.unet))}
         return _rebuilt_base, (self.tokenizer, networks, self.noise_scheduler, self.source, self.random_weights)
 
+    def __deepcopy__(self, memo: dict) -> BaseModel:
+        """Field by field, each network deep-copied where it is (not rebuilt as pickling does)."""
+        return BaseModel(*(copy.deepcopy(getattr(self, field.name), memo) for field in fields(self)))
+
     def save(self, folder: str | Path) -> Path:
         """Save in the diffusers folder layout (safetensors), atomically."""
         folder = Path(folder)
@@ -123,13 +128,15 @@ class BaseModel:
 
 def _rebuilt_base(tokenizer, networks: dict[str, tuple], noise_scheduler, source: str, random_weights: bool) -> BaseModel:
     """:meth:`BaseModel.__reduce__`'s inverse: every network built from its configuration (diffusers'
-    ``from_config``, transformers' constructor) in eval mode, with its weights and their dtype."""
+    ``from_config``, transformers' constructor) in eval mode, with its weights, their dtype and device."""
     built = {}
     for name, (network_class, config, weights) in networks.items():
         network = network_class.from_config(config) if hasattr(network_class, "from_config") else network_class(config)
-        dtype = next(iter(weights.values())).dtype
+        first = next(iter(weights.values()))
+        if (network.device, network.dtype) != (first.device, first.dtype):
+            network.to(first.device, first.dtype)
         network.load_state_dict(weights)
-        built[name] = (network if network.dtype == dtype else network.to(dtype)).eval()
+        built[name] = network.eval()
     return BaseModel(tokenizer, built["text_encoder"], built["vae"], built["unet"], noise_scheduler, source,
                      random_weights)
 

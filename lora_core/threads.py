@@ -18,10 +18,10 @@ help: ``LORA_CORE_THREADS=2`` opts in, and the processes started here then also 
 load. OpenMP reads that variable when torch loads, so a command line cannot set it for itself:
 export it in the shell before running a CLI with more threads.
 
-The second core goes to a second process instead: a chapter trains its runs
-:func:`training_processes` at a time (:mod:`lora_core.train_pool`), cores over threads unless
-``LORA_CORE_TRAIN_PROCESSES`` says otherwise; the book runner, which executes chapters side by
-side, sets that variable to each kernel's share of the cores.
+The second core goes to a second process instead: a chapter trains its runs, and generates and
+scores with them, :func:`training_processes` at a time (:mod:`lora_core.train_pool`), cores over
+threads unless ``LORA_CORE_TRAIN_PROCESSES`` says otherwise; the book runner, which executes
+chapters side by side, sets that variable to each kernel's share of the cores.
 
 >>> policy_threads({})
 1

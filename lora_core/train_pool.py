@@ -1,7 +1,8 @@
 """A chapter's work side by side: :func:`train_many` trains the runs not yet finished in child
 processes, as many at once as :func:`lora_core.threads.training_processes` allows, and returns
-every record as :func:`lora_core.train.train` would; :func:`map_side_by_side` spreads any other
-per-run work (generating a run's images and scoring them) over the same number of children.
+every record as :func:`lora_core.train.train` would; :func:`map_side_by_side` spreads any jobs
+over the same number of children, such as "train a run, then generate and score with it", which
+keeps both cores busy from a chapter's first run to its last image.
 
 A tiny run computes with one torch thread (:mod:`lora_core.threads`: a second thread made a step
 slower, not faster), so a chapter executed alone on a 2-core machine works on two runs at once
@@ -40,40 +41,58 @@ def work_processes(processes: int | None = None) -> int:
 
 
 def train_many(configs: Mapping[Key, TrainConfig], base=None, runs_root: str | Path | None = None,
-               processes: int | None = None, alongside: Sequence[Job] = ()) -> dict[Key, runs.RunRecord]:
+               processes: int | None = None) -> dict[Key, runs.RunRecord]:
     """``{key: train(config)}`` for every config, the distinct unfinished ones first trained
-    ``processes`` at a time (:func:`work_processes`) in child processes. ``alongside`` jobs (work
-    that needs no run and leaves its result in a content-keyed cache, such as the features of a
-    chapter's real images) fill the same children after the runs, and only when runs train there:
-    otherwise the chapter computes them where it needs them. The first failure cancels the jobs
-    not yet started, waits for the running ones and is raised."""
+    ``processes`` at a time (:func:`work_processes`) in child processes. The first failure cancels
+    the runs not yet started, waits for the running ones and is raised."""
     from lora_core.train import train
 
     unfinished = {config.hash(): config for config in configs.values()
                   if not (runs.run_dir_for(config.method, config.hash(), runs_root) / "summary.json").exists()}
-    jobs = [(train_in_child, (config, runs_root)) for config in unfinished.values()] + list(alongside)
-    processes = min(work_processes(processes), len(jobs))
-    if unfinished and processes > 1:
+    processes = min(work_processes(processes), len(unfinished))
+    if processes > 1:
         with phase("training"):
-            list(side_by_side(_call, jobs, processes, initializer=start_child))
+            list(side_by_side(_call, [(train_in_child, (config, runs_root)) for config in unfinished.values()],
+                              processes, initializer=start_child))
     return {key: train(config, base=base, runs_root=runs_root, progress=False) for key, config in configs.items()}
 
 
-def map_side_by_side(function: Callable[..., Any], arguments: Sequence[tuple], shared: tuple = (),
-                     processes: int | None = None) -> list:
-    """``[function(*shared, *args) for args in arguments]``: in this process where one process
-    works (:func:`work_processes`), else in as many child processes, each receiving ``shared``
-    (the base model, an evaluator: picklable objects) once. ``function`` is a module-level
-    function. The first failure cancels the calls not yet started and is raised."""
-    arguments = list(arguments)
-    processes = min(work_processes(processes), len(arguments))
+def map_side_by_side(jobs: Sequence[Job], shared: tuple = (), processes: int | None = None,
+                     waiting_phase: str = "training") -> list:
+    """``[function(*shared, *args) for function, args in jobs]``: in this process, in order, where
+    one process works (:func:`work_processes`), else in as many child processes, each receiving
+    ``shared`` (the base model, an evaluator: picklable objects) once, while this process's wait is
+    charged to ``waiting_phase``. Children start the jobs in order, so list the longest first. A
+    job's function is a module-level function taking the shared objects first (wrap one that
+    takes none in :func:`independent`); one that trains calls :func:`trained`. The first
+    failure cancels the jobs not yet started and is raised."""
+    jobs = list(jobs)
+    processes = min(work_processes(processes), len(jobs))
     if processes <= 1:
-        return [function(*shared, *args) for args in arguments]
-    results: list = [None] * len(arguments)
-    for index, result in side_by_side(_call, [(function, args) for args in arguments], processes,
-                                      initializer=start_child, initargs=shared):
-        results[index] = result
+        return [function(*shared, *args) for function, args in jobs]
+    results: list = [None] * len(jobs)
+    with phase(waiting_phase):
+        for index, result in side_by_side(_call, jobs, processes, initializer=start_child, initargs=shared):
+            results[index] = result
     return results
+
+
+def trained(base, config: TrainConfig | None, runs_root: str | Path | None = None) -> runs.RunRecord | None:
+    """A job's run, trained on ``base`` (or reused); None without a config (a job for the base)."""
+    from lora_core.train import train
+
+    return None if config is None else train(config, base=base, runs_root=runs_root, progress=False)
+
+
+def independent(function: Callable[..., Any], arguments: tuple) -> Job:
+    """A job for :func:`map_side_by_side` that takes none of the shared objects (the features of
+    a chapter's real images, say)."""
+    return _without_shared, (function, arguments)
+
+
+def _without_shared(*shared_then_call: Any) -> Any:
+    function, arguments = shared_then_call[-2:]
+    return function(*arguments)
 
 
 def start_child(*shared: Any) -> None:

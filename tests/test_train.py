@@ -644,36 +644,30 @@ def test_a_failing_run_in_a_child_is_raised_with_its_folder(data_dir, tmp_path):
     assert not list((tmp_path / "runs").glob(f"lora-{configs['bad'].hash()}/summary.json"))
 
 
-def test_jobs_alongside_fill_the_children_only_while_runs_train_there(data_dir, tmp_path):
-    from lora_core.formats.safetensors_file import save_safetensors
-
-    configs, left = {1: _pool_config(data_dir, 1)}, tmp_path / "left by the job.safetensors"
-    job = (save_safetensors, (left, {"x": torch.arange(3.0)}))
-    train_many(configs, runs_root=tmp_path / "runs", processes=2, alongside=[job])
-    assert load_file(left)["x"].tolist() == [0.0, 1.0, 2.0]
-    left.unlink()
-    train_many(configs, runs_root=tmp_path / "runs", processes=2, alongside=[job])   # nothing to train
-    train_many({2: _pool_config(data_dir, 2)}, runs_root=tmp_path / "runs", processes=1, alongside=[job])
-    assert not left.exists()
-
-
-def test_work_mapped_to_children_equals_the_work_done_here_and_what_they_cache_is_read_back(
-        tiny_base, tmp_path, monkeypatch, one_thread):
+def test_jobs_mapped_to_children_equal_the_jobs_done_here_and_what_they_cache_is_read_back(
+        data_dir, tiny_base, tmp_path, monkeypatch, one_thread):
     from lora_core.experiments import common
     from lora_core.profiles import get_profile
-    from lora_core.train_pool import map_side_by_side
+    from lora_core.train_pool import independent, map_side_by_side, trained
 
     profile = get_profile("smoke")
     calls = [(["a cat emoji"], [1]), (["a dog emoji", "a red apple emoji"], [2, 3]), (["a cat emoji"], [4])]
-    there = map_side_by_side(common.generate_eval_images, [(*call, profile, None, None, tmp_path / "children")
-                                                           for call in calls], shared=(tiny_base,), processes=2)
-    here = map_side_by_side(common.generate_eval_images, [(*call, profile, None, None, tmp_path / "here")
-                                                          for call in calls], shared=(tiny_base,), processes=1)
+
+    def jobs(where: str) -> list:
+        return [(trained, (_pool_config(data_dir, 1), tmp_path / where))] + [
+            (common.generate_eval_images, (*call, profile, None, None, tmp_path / where)) for call in calls] + [
+            independent(json.loads, ('{"without": "the base"}',))]
+
+    record, *there, plain = map_side_by_side(jobs("children"), shared=(tiny_base,), processes=2)
+    *here, plain_here = map_side_by_side(jobs("here"), shared=(tiny_base,), processes=1)
+    assert plain == plain_here == {"without": "the base"}
+    assert _losses(record) == _losses(here[0]) and record.run_dir.parent == tmp_path / "children"
     assert [tuple(images.shape) for images in there] == [(n, 3, 32, 32) for n in (1, 2, 1)]
-    assert all(torch.equal(a, b) for a, b in zip(there, here)) and not torch.equal(there[0], there[2])
+    assert all(torch.equal(a, b) for a, b in zip(there, here[1:])) and not torch.equal(there[0], there[2])
     monkeypatch.setattr("lora_core.generate.generate_cells", lambda *args, **kwargs: pytest.fail("generated again"))
     again = [common.generate_eval_images(tiny_base, *call, profile, cache_dir=tmp_path / "children") for call in calls]
-    assert all(torch.equal(a, b) for a, b in zip(again, here))
+    assert all(torch.equal(a, b) for a, b in zip(again, here[1:]))
+    assert trained(tiny_base, None) is None
 
 
 def test_where_a_gpu_trains_runs_train_one_at_a_time_here(data_dir, tiny_base, tmp_path, monkeypatch):

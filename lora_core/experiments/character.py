@@ -446,30 +446,32 @@ def run_character(profile: Profile | str = "tiny", *, base=None, runs_root: str 
 
 
 def score_character(profile: Profile, settings: CharacterSettings, base, runs_root=None) -> CharacterResult:
-    """Train/reuse every run (the FD section's real features alongside), generate the held-out
-    expressions with each run and with the base (in both caption styles) and score every set, the
-    runs side by side where the cores allow (:mod:`lora_core.train_pool`)."""
+    """Train/reuse every run, generate the held-out expressions with each run and with the base
+    (in both caption styles) and score every set: one job per run (and the FD section's real
+    features), side by side where the cores allow (:mod:`lora_core.train_pool`)."""
     from lora_core.experiments.evaluate import Evaluator
-    from lora_core.profiling import phase
     from lora_core.train_pool import map_side_by_side, train_many
 
     configs = character_configs(profile, settings)
-    with quiet_libraries():
-        records = train_many(configs, base=base, runs_root=runs_root, alongside=[real_features_job(profile, settings)])
     n = settings.n_heldout or profile.n_eval_images
     eval_sets = {captions: character_eval_set(settings.subject_set, "heldout", n, captions) for captions in CAPTIONS}
+    evaluator, first_seed = Evaluator(profile), training_seeds(profile, settings)[0]
+    fd_runs = {(BASE, "tags", None), (*S2_ARM, first_seed), (*LORA_ARM, first_seed)}
+    # longest first ((IA)^3 also trains the text encoder), the base's sets last
+    runs = sorted(configs, key=lambda run: run[0] != S2_ARM[0]) + [(BASE, captions, None) for captions in CAPTIONS]
+    jobs = [(train_and_score, (configs.get(run), runs_root, eval_sets[run[1]], run_labels(*run), run in fd_runs))
+            for run in runs]
+    with quiet_libraries():
+        done = map_side_by_side(jobs[:len(configs)] + [real_features_job(profile, settings)] + jobs[len(configs):],
+                                shared=(base, evaluator, expression_head(evaluator)))
+        records = train_many(configs, base=base, runs_root=runs_root)   # all finished: their records
+    scored = dict(zip(runs, done[:len(configs)] + done[len(configs) + 1:]))
     result = CharacterResult(profile, settings=settings, configs=configs, records=records, eval_sets=eval_sets)
-    evaluator = Evaluator(profile)
-    runs = [(BASE, captions, None) for captions in CAPTIONS] + list(records)
-    fd_runs = {(BASE, "tags", None), (*S2_ARM, result.seeds[0]), (*LORA_ARM, result.seeds[0])}
-    with phase("generation"):
-        scored = map_side_by_side(generate_and_score, [
-            (records.get(run), eval_sets[run[1]], run_labels(*run), run in fd_runs) for run in runs],
-            shared=(base, evaluator, expression_head(evaluator)))
-    for run, (images, _, unavailable) in zip(runs, scored):
-        result.images[run] = images
-        evaluator.unavailable.update(unavailable)
-    result.results = pd.concat([table for _, table, _ in scored], ignore_index=True)
+    order = [(BASE, captions, None) for captions in CAPTIONS] + list(records)
+    for run in order:
+        result.images[run] = scored[run][0]
+        evaluator.unavailable.update(scored[run][2])
+    result.results = pd.concat([scored[run][1] for run in order], ignore_index=True)
     result.unavailable = dict(evaluator.unavailable)
     return result
 
@@ -478,16 +480,17 @@ def run_labels(recipe: str, captions: str, seed: int | None) -> dict[str, Any]:
     return {"arm": arm_label(recipe, captions), "recipe": RECIPES[recipe], "captions": captions, "seed": seed}
 
 
-def generate_and_score(base, evaluator, head, record, evalset: EvalSet, labels: dict[str, Any],
-                       fd_features: bool) -> tuple[torch.Tensor, pd.DataFrame, dict[str, str]]:
-    """One run's (or, without a record, the base's) held-out expressions, their scores
-    (:func:`score_images`) and what the evaluator could not measure; with ``fd_features``, the FD
-    section's features of the images are cached too."""
+def train_and_score(base, evaluator, head, config: TrainConfig | None, runs_root, evalset: EvalSet,
+                    labels: dict[str, Any], fd_features: bool) -> tuple[torch.Tensor, pd.DataFrame, dict[str, str]]:
+    """One run trained (or reused; the base itself without a config), its held-out expressions,
+    their scores (:func:`score_images`) and what the evaluator could not measure; with
+    ``fd_features``, the FD section's features of the images are cached too."""
     from lora_core.experiments import character_fd
     from lora_core.experiments.common import generate_eval_images
     from lora_core.metrics.backbones import get_backbone
+    from lora_core.train_pool import trained
 
-    with quiet_libraries(), adapted_model(base, record) as (model, lora_file):
+    with quiet_libraries(), adapted_model(base, trained(base, config, runs_root)) as (model, lora_file):
         images = generate_eval_images(model, list(evalset.prompts), list(evalset.seeds), evaluator.profile, lora_file)
     if fd_features:
         get_backbone(character_fd.fd_backbone_name(evaluator.profile)).features(images, "generated",
@@ -524,10 +527,12 @@ def real_sources(profile: Profile, settings: CharacterSettings) -> tuple[str, Pa
 
 
 def real_features_job(profile: Profile, settings: CharacterSettings):
-    """:func:`character_fd.real_features` of the FD section, for ``train_pool.train_many(alongside=...)``."""
+    """:func:`character_fd.real_features` of the FD section as a ``train_pool`` job (they need no run)."""
     from lora_core.experiments import character_fd
+    from lora_core.train_pool import independent
 
-    return character_fd.real_features, (*real_sources(profile, settings), profile.resolution, features_cache())
+    return independent(character_fd.real_features, (*real_sources(profile, settings), profile.resolution,
+                                                    features_cache()))
 
 
 # ---- the page: tables and facts read from the scores --------------------------------------------

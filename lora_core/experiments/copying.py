@@ -176,9 +176,11 @@ def reference_images(set_name: str, n_reference: int, resolution: int, backbone,
 
 
 def reference_features_job(set_name: str, n_reference: int, resolution: int, backbone_name: str):
-    """:func:`reference_images`' features, cached while the runs train: a job for
-    ``train_pool.train_many(alongside=...)``."""
-    return cache_reference_features, (set_name, n_reference, resolution, backbone_name)
+    """:func:`reference_images`' features into the shared features cache, as a ``train_pool`` job
+    (they need no run)."""
+    from lora_core.train_pool import independent
+
+    return independent(cache_reference_features, (set_name, n_reference, resolution, backbone_name))
 
 
 def cache_reference_features(set_name: str, n_reference: int, resolution: int, backbone_name: str) -> None:

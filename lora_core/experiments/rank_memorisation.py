@@ -176,28 +176,33 @@ def generating_model(base, model: str, record) -> Iterator[tuple[Any, Path | Non
         yield generating, lora_file
 
 
-def generate_sets(base, records: dict[tuple[str, int], Any], sets: dict[str, EvalSet],
-                  profile: Profile) -> dict[tuple[str, int | None, str], torch.Tensor]:
-    """uint8 images of every prompt set for the base and every run (cached by content on disk),
-    the models side by side where the cores allow (:mod:`lora_core.train_pool`)."""
-    from lora_core.profiling import phase
-    from lora_core.train_pool import map_side_by_side
-
-    runs = [(BASE, None, None)] + [(model, seed, record) for (model, seed), record in records.items()]
-    with phase("generation"):
-        made = map_side_by_side(generate_model_sets, [(model, record, sets, profile) for model, _, record in runs],
-                                shared=(base,))
-    return {(model, seed, name): images for (model, seed, _), by_set in zip(runs, made)
-            for name, images in by_set.items()}
-
-
-def generate_model_sets(base, model: str, record, sets: dict[str, EvalSet], profile: Profile) -> dict[str, torch.Tensor]:
-    """Every prompt set's images with one model (the base itself without a record)."""
+def train_and_generate(base, config: TrainConfig | None, runs_root, model: str, sets: dict[str, EvalSet],
+                       profile: Profile) -> dict[str, torch.Tensor]:
+    """One run trained (or reused; the base itself without a config) and every prompt set's
+    uint8 images with it (cached by content on disk)."""
     from lora_core.experiments.common import generate_eval_images
+    from lora_core.train_pool import trained
 
-    with quiet_libraries(), generating_model(base, model, record) as (generating, lora_file):
+    with quiet_libraries(), generating_model(base, model, trained(base, config, runs_root)) as (generating, lora_file):
         return {name: generate_eval_images(generating, list(prompts.prompts), list(prompts.seeds), profile, lora_file)
                 for name, prompts in sets.items()}
+
+
+def train_and_generate_all(base, configs: dict[tuple[str, int], TrainConfig], sets: dict[str, EvalSet],
+                           profile: Profile, settings: RankSettings, runs_root=None
+                           ) -> dict[tuple[str, int | None, str], torch.Tensor]:
+    """Every run trained and its prompt sets generated, and the base's; one job per model and the
+    copy references' features, side by side where the cores allow (:mod:`lora_core.train_pool`):
+    the full fine-tune and the highest rank first, as they take longest."""
+    from lora_core.train_pool import map_side_by_side
+
+    keys = list(reversed(configs)) + [(BASE, None)]
+    jobs = [(train_and_generate, (configs.get(key), runs_root, key[0], sets, profile)) for key in keys]
+    references = reference_features_job(settings.subject_set, settings.n_reference, profile.resolution,
+                                        profile.feature_backbone)
+    made = map_side_by_side(jobs[:-1] + [references, jobs[-1]], shared=(base,))
+    del made[-2]
+    return {(model, seed, name): images for (model, seed), by_set in zip(keys, made) for name, images in by_set.items()}
 
 
 # ---- the chapter ----------------------------------------------------------------------------------------
@@ -344,11 +349,13 @@ def run_rank_memorisation(profile: Profile | str = "tiny", *, base=None, runs_ro
     chapter = rank_settings(settings, **{key: value for key, value in given.items() if value})
     base = base if base is not None else load_base(settings.base_model)
     configs = chapter_configs(settings, chapter)
+    sets = prompt_sets(chapter)
+    images = train_and_generate_all(base, configs, sets, settings, chapter, runs_root)
     with quiet_libraries():
-        records = train_many(configs, base=base, runs_root=runs_root, alongside=[reference_features_job(
-            chapter.subject_set, chapter.n_reference, settings.resolution, settings.feature_backbone)])
-    result = RankResult(settings, settings=chapter, configs=configs, records=records, sets=prompt_sets(chapter))
-    result.images = generate_sets(base, records, result.sets, settings)
+        records = train_many(configs, base=base, runs_root=runs_root)   # all finished: their records
+    result = RankResult(settings, settings=chapter, configs=configs, records=records, sets=sets)
+    result.images = {key: images[key] for key in [(BASE, None, name) for name in sets] + [
+        (model, seed, name) for model, seed in records for name in sets]}
     return read_rank_memorisation(score_chapter(result, Evaluator(settings)))
 
 
