@@ -11,8 +11,8 @@ core, each kernel does everything in its own process, as before. Work gives the 
 child as in this process (one thread, the same inputs and seeds): results come back pickled, and
 what a child leaves behind (runs, features, generated images) is cached by content, so the
 parent reads it as if it had computed it; the run lock makes a run asked for by two processes
-train once. The parent's wait is charged to its open phase (``training`` for the runs); a child
-writes no phases file of its own. Where a GPU computes, everything stays in this process.
+train once. The parent's wait is charged to one phase (``training``: runs take most of it); a
+child writes no phases file of its own. Where a GPU computes, everything stays in this process.
 """
 from __future__ import annotations
 

@@ -319,6 +319,28 @@ def test_lycoris_full_preset_covers_convs_and_text_encoder_and_round_trips(tmp_p
     assert torch.equal(unet_output(fresh), expected)
 
 
+def test_ia3_in_bypass_mode_computes_the_merged_modes_function_and_its_file_says_so(tmp_path):
+    from lora_core.adapters.lycoris import load_lycoris
+
+    models = {}
+    for bypass in (False, True):
+        base = load_base("tiny-random")
+        options = LycorisOptions(algo="ia3", train_text_encoder=True, bypass=bypass)
+        adapter = get_adapter("lycoris")(train_config("lycoris", options, 1e-2))
+        adapter.attach(base)
+        generator = torch.Generator().manual_seed(0)
+        adapter.load_state_dict(base, {k: torch.randn(v.shape, generator=generator) * 0.3 if v.is_floating_point()
+                                       else v for k, v in adapter.state_dict(base).items()})
+        models[bypass] = (base, adapter.export(base, tmp_path / str(bypass), METADATA)["kohya"])
+    (merged, _), (bypassed, bypass_file) = models[False], models[True]
+    assert not torch.equal(unet_output(merged), unet_output(load_base("tiny-random")))
+    torch.testing.assert_close(unet_output(bypassed), unet_output(merged), rtol=1e-5, atol=1e-5)
+    fresh = load_base("tiny-random")
+    networks = load_lycoris(fresh, bypass_file)
+    assert all(module.bypass_mode for network in networks.values() for module in network.loras)
+    assert torch.equal(unet_output(fresh), unet_output(bypassed))
+
+
 def test_lycoris_rejects_bad_options_and_files(tmp_path):
     with pytest.raises(ValueError, match="unknown algo 'lohaa'. Valid algos: locon, loha, lokr, ia3"):
         LycorisOptions(algo="lohaa")

@@ -66,7 +66,8 @@ def test_arms_share_data_steps_batch_and_seeds_and_differ_only_in_recipe_and_cap
     assert {(c.data.folder, c.max_train_steps, c.batch_size, c.base_model) for c in configs.values()} == \
         {("sets/face/train", TINY.train_steps, TINY.batch_size, TINY.base_model)}
     ia3, lora = configs[("ia3_prodigy", "tags", 1)], configs[("lora_adamw", "tags", 1)]
-    assert (ia3.method, ia3.options.algo, ia3.options.train_text_encoder) == ("lycoris", "ia3", True)
+    assert (ia3.method, ia3.options.algo, ia3.options.train_text_encoder, ia3.options.bypass) == \
+        ("lycoris", "ia3", True, True)
     assert (ia3.optimizer, ia3.learning_rate, ia3.weight_decay, ia3.lr_scheduler, ia3.adam_betas) == \
         ("prodigy", 1.0, 0.01, "cosine", (0.9, 0.99))
     assert (lora.method, lora.optimizer, lora.learning_rate, lora.lr_scheduler) == ("lora", "adamw", TINY.learning_rate,

@@ -53,6 +53,16 @@ def test_mean_pool_ignores_padding():
     assert alignment.mean_pool(tokens, torch.tensor([[1, 1, 0]])).tolist() == [[2.0, 3.0]]
 
 
+def test_a_list_of_texts_encoded_before_is_read_back_not_computed_and_equals_a_fresh_encoding(monkeypatch):
+    encoder = alignment.SentenceEncoder()
+    texts = ["a red heart", "a grinning cat face with tears of joy"]
+    first = encoder.encode(texts)
+    first.zero_()                                   # the caller's copy: the remembered one stays whole
+    monkeypatch.setattr(encoder, "model", lambda **kwargs: pytest.fail("encoded again"))
+    again = encoder.encode(list(texts))
+    assert torch.equal(again, alignment.SentenceEncoder().encode(texts)) and not torch.equal(again, first)
+
+
 def _catalog_keys(n: int) -> list[str]:
     keys = sorted(p.stem for p in (DATA_DIR / "styles" / "twemoji" / "heldout").glob("*.png"))
     return keys[:: max(1, len(keys) // n)][:n]

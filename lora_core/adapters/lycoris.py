@@ -85,6 +85,9 @@ class LycorisOptions(Config):
     factor: int = option(-1, "LoKr Kronecker factor (-1: as balanced as possible)")
     preset: str = option("full", "which UNet modules: full (attention, resnets, convs) or attn-mlp")
     train_text_encoder: bool = option(False, "also adapt the CLIP text encoder (lora_te_* keys)")
+    bypass: bool = option(False, "LyCORIS' bypass mode: the adapter acts beside the frozen layer (ia3: scales "
+                                 "its output, or input, as peft's IA3 does) instead of building the merged "
+                                 "weight and a second product at every call; the same function, and files alike")
 
     def __post_init__(self):
         if self.algo not in ALGOS:
@@ -147,7 +150,7 @@ def build_networks(base: "BaseModel", options: LycorisOptions, seed: int) -> dic
                     conv_lora_dim=options.conv_rank, conv_alpha=options.conv_alpha,
                     network_module=options.algo, factor=options.factor, decompose_both=False,
                     block_size=4, constraint=0.0, rescaled=False, weight_decompose=False,
-                    wd_on_out=True, full_matrix=False, bypass_mode=False,
+                    wd_on_out=True, full_matrix=False, bypass_mode=options.bypass,
                     unbalanced_factorization=False, warn_on_unmatched=False)
             device = next(module.parameters()).device
             network.to(device=device, dtype=torch.float32)

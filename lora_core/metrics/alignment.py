@@ -87,19 +87,24 @@ class SentenceEncoder:
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         self.model = AutoModel.from_pretrained(model_dir, local_files_only=True).eval()
         self.max_length = max_length
+        self._encoded: dict[tuple, torch.Tensor] = {}   # (texts, batch_size) -> embeddings
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-        """Unit-norm sentence embeddings (N, 384), float32."""
+        """Unit-norm sentence embeddings (N, 384), float32; a list encoded before is not computed
+        again (every run of a chapter scores its images against the same captions)."""
         texts = _check_texts(texts, "texts")
-        out = []
-        with phase("features: minilm"):
-            for start in range(0, len(texts), batch_size):
-                batch = self.tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,
-                                       max_length=self.max_length, return_tensors="pt")
-                hidden = self.model(**batch).last_hidden_state
-                out.append(torch.nn.functional.normalize(mean_pool(hidden, batch["attention_mask"]), dim=-1))
-        return torch.cat(out).float()
+        key = (tuple(texts), batch_size)
+        if key not in self._encoded:
+            out = []
+            with phase("features: minilm"):
+                for start in range(0, len(texts), batch_size):
+                    batch = self.tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,
+                                           max_length=self.max_length, return_tensors="pt")
+                    hidden = self.model(**batch).last_hidden_state
+                    out.append(torch.nn.functional.normalize(mean_pool(hidden, batch["attention_mask"]), dim=-1))
+            self._encoded[key] = torch.cat(out).float()
+        return self._encoded[key].clone()
 
 
 @functools.lru_cache(maxsize=1)
