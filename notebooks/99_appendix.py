@@ -129,11 +129,11 @@ plots.profile_figure(result.phases, phase_order(result.phases["phase"]));
 # process, in alternating order. `bench_generate.py` times the samplers and checks a cheaper one
 # against the images of the current one; `bench_metrics.py` times the metric networks.
 # `bench_chapters.py` executes chapters one at a time, each alone on its own fresh clone: what
-# re-executing one chapter costs. Alone, a chapter's kernel trains two runs at a time on two cores,
-# and chapters 5 and 8 also generate and score with two runs at a time and compute their real
-# images' features while runs train (`lora_core.train_pool`); inside the book two chapters share the
-# cores and each does all of this one at a time, so the wall times above are longer than these.
-# Each row names the commit it was measured at.
+# re-executing one chapter costs. Alone, a chapter's kernel trains two runs at a time on two cores;
+# chapters 5 and 8 run one job per run (train it, then generate and score with it) two at a time,
+# with their real images' features as one more job (`lora_core.train_pool`). Inside the book two
+# chapters share the cores and each does all of this one at a time, so the wall times above are
+# longer than these. Each row names the commit it was measured at.
 
 # %% tags=["hide-input"]
 for name in ("peer", "generate", "metrics", "train", "chapters"):
