@@ -126,7 +126,8 @@ class BaseModel:
         return folder
 
 
-def _rebuilt_base(tokenizer, networks: dict[str, tuple], noise_scheduler, source: str, random_weights: bool) -> BaseModel:
+def _rebuilt_base(tokenizer, networks: dict[str, tuple], noise_scheduler, source: str,
+                  random_weights: bool) -> BaseModel:
     """:meth:`BaseModel.__reduce__`'s inverse: every network built from its configuration (diffusers'
     ``from_config``, transformers' constructor) in eval mode, with its weights, their dtype and device."""
     built = {}

@@ -465,7 +465,7 @@ def score_character(profile: Profile, settings: CharacterSettings, base, runs_ro
         done = map_side_by_side(jobs[:len(configs)] + [real_features_job(profile, settings)] + jobs[len(configs):],
                                 shared=(base, evaluator, expression_head(evaluator)))
         records = train_many(configs, base=base, runs_root=runs_root)   # all finished: their records
-    scored = dict(zip(runs, done[:len(configs)] + done[len(configs) + 1:]))
+    scored = dict(zip(runs, done[:len(configs)] + done[len(configs) + 1:]))   # without the features job's
     result = CharacterResult(profile, settings=settings, configs=configs, records=records, eval_sets=eval_sets)
     order = [(BASE, captions, None) for captions in CAPTIONS] + list(records)
     for run in order:

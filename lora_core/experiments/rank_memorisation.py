@@ -200,8 +200,8 @@ def train_and_generate_all(base, configs: dict[tuple[str, int], TrainConfig], se
     jobs = [(train_and_generate, (configs.get(key), runs_root, key[0], sets, profile)) for key in keys]
     references = reference_features_job(settings.subject_set, settings.n_reference, profile.resolution,
                                         profile.feature_backbone)
-    made = map_side_by_side(jobs[:-1] + [references, jobs[-1]], shared=(base,))
-    del made[-2]
+    made = map_side_by_side(jobs[:-1] + [references, jobs[-1]], shared=(base,))   # the base's is the shortest
+    del made[-2]                                                                    # the references' (no images)
     return {(model, seed, name): images for (model, seed), by_set in zip(keys, made) for name, images in by_set.items()}
 
 
