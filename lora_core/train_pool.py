@@ -50,10 +50,8 @@ def train_many(configs: Mapping[Key, TrainConfig], base=None, runs_root: str | P
     unfinished = {config.hash(): config for config in configs.values()
                   if not (runs.run_dir_for(config.method, config.hash(), runs_root) / "summary.json").exists()}
     processes = min(work_processes(processes), len(unfinished))
-    if processes > 1:
-        with phase("training"):
-            list(side_by_side(_call, [(train_in_child, (config, runs_root)) for config in unfinished.values()],
-                              processes, initializer=start_child))
+    if processes > 1:   # each child loads the base itself, as train does without one
+        map_side_by_side([(trained, (None, config, runs_root)) for config in unfinished.values()], processes=processes)
     return {key: train(config, base=base, runs_root=runs_root, progress=False) for key, config in configs.items()}
 
 
@@ -78,7 +76,8 @@ def map_side_by_side(jobs: Sequence[Job], shared: tuple = (), processes: int | N
 
 
 def trained(base, config: TrainConfig | None, runs_root: str | Path | None = None) -> runs.RunRecord | None:
-    """A job's run, trained on ``base`` (or reused); None without a config (a job for the base)."""
+    """A job's run, trained on ``base`` (None: the config's base model, loaded) or reused; None
+    without a config (a job for the base)."""
     from lora_core.train import train
 
     return None if config is None else train(config, base=base, runs_root=runs_root, progress=False)
@@ -113,10 +112,3 @@ def start_child(*shared: Any) -> None:
 
 def _call(function: Callable[..., Any], arguments: tuple) -> Any:
     return function(*_shared, *arguments)
-
-
-def train_in_child(config: TrainConfig, runs_root: str | Path | None) -> str:
-    """Train (or reuse) one run; its folder."""
-    from lora_core.train import train
-
-    return str(train(config, runs_root=runs_root, progress=False).run_dir)
