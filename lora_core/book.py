@@ -11,7 +11,8 @@ Chapters execute side by side, as many at once as the machine has cores for the 
 threads per kernel (:func:`default_jobs`; ``--jobs`` overrides): each kernel computes with one
 thread, so one chapter at a time would leave the second core of a 2-core machine idle. A kernel
 trains its runs on its share of the cores (``LORA_CORE_TRAIN_PROCESSES``, :mod:`lora_core.train_pool`):
-one run at a time while two chapters execute on two cores, two when one executes alone. Chapters
+one run at a time while two chapters execute on two cores, two when one executes alone, and
+more once a core falls idle because no chapter is left to start (:mod:`lora_core.core_slots`). Chapters
 that ask for the same training run take turns on it (:func:`lora_core.runs.run_lock`); the
 chapters in :data:`READS_EARLIER_CHAPTERS` start only when every chapter before them has finished.
 Each chapter's numbers do not depend on the order: runs are seeded and reused by content.
@@ -46,6 +47,7 @@ import yaml
 
 from lora_core import profiling
 from lora_core.config import load_yaml
+from lora_core.core_slots import held_slot, slot_folder
 from lora_core.io import atomic_folder, atomic_path, atomic_write_json
 from lora_core.paths import REPO_ROOT
 from lora_core.profiles import PROFILES
@@ -68,6 +70,12 @@ KERNEL_NAME = "python3"
 RUNNER_PARAMETERS = ("executed_dir",)
 # Chapters that read what the chapters before them wrote (executed notebooks, timings, runs)
 READS_EARLIER_CHAPTERS = ("09_claims", "99_appendix")
+# Minutes each chapter took in the last fresh tiny build (at 2da7035, two at a time): side by
+# side, chapters start longest first, so that short ones fill the end instead of a long one
+# running alone (a chapter not listed starts last). Only the build's elapsed time depends on it.
+CHAPTER_MINUTES = {"00_setup": 0.6, "01_style_benchmark": 13.9, "02_rank_lr": 11.4, "03_methods": 15.0,
+                   "04_style_mixing": 3.1, "05_character_ia3": 10.4, "06_kohya_character": 10.2,
+                   "07_lora_vs_ti": 6.7, "08_rank_memorisation": 14.1}
 
 
 class NotebookError(RuntimeError):
@@ -324,8 +332,9 @@ def execution_waves(names: list[str]) -> list[list[str]]:
 
 def execute_wave(names: list[str], parameters: dict[str, dict[str, Any]], executed_dir: Path, profile: str,
                  jobs: int, notebook_dir: Path = NOTEBOOK_DIR) -> list[NotebookRun]:
-    """Execute ``names`` in book order, ``jobs`` at a time, each in its own process (one at a time:
-    in this one), its kernel training on its share of the cores; records each as it finishes. The
+    """Execute ``names``, ``jobs`` at a time (longest first, :func:`start_order`), each in its own
+    process (one at a time: in this one, in book order), its kernel training on its share of the
+    cores; records each as it finishes and returns them in book order. The
     first failure cancels the notebooks not yet started, waits for the running ones and is raised."""
     with kernels_share_cores(min(jobs, len(names))):
         if jobs == 1 or len(names) == 1:
@@ -337,20 +346,32 @@ def execute_side_by_side(names: list[str], parameters: dict[str, dict[str, Any]]
                          profile: str, jobs: int, notebook_dir: Path) -> list[NotebookRun]:
     """:func:`execute_wave` for two or more notebooks, each in a spawned process."""
     runs = {}
-    for _, (run, load_before) in side_by_side(execute_with_phases, [(name, parameters[name], executed_dir, notebook_dir)
-                                                                    for name in names], jobs):
-        runs[run.name] = record_run(run, load_before, executed_dir, profile)
+    with slot_folder(jobs, len(names)):   # a core no chapter holds any more goes to a kernel still working
+        for _, (run, load_before) in side_by_side(execute_with_phases, [(name, parameters[name], executed_dir,
+                                                                         notebook_dir) for name in start_order(names)],
+                                                  jobs):
+            runs[run.name] = record_run(run, load_before, executed_dir, profile)
     return [runs[name] for name in names]
+
+
+def start_order(names: list[str]) -> list[str]:
+    """``names`` longest first by :data:`CHAPTER_MINUTES`, book order among equals.
+
+    >>> start_order(["00_setup", "01_style_benchmark", "03_methods", "50_new"])
+    ['03_methods', '01_style_benchmark', '00_setup', '50_new']
+    """
+    return sorted(names, key=lambda name: -CHAPTER_MINUTES.get(name, 0.0))
 
 
 def execute_with_phases(name: str, parameters: dict[str, Any], executed_dir: Path,
                         notebook_dir: Path = NOTEBOOK_DIR) -> tuple[NotebookRun, float | None]:
     """:func:`execute_notebook` with its kernel's phases written beside the executed notebooks
     (consumed by :func:`record_run`); returns the run and the load before it."""
-    print(f"[book] {name} ...", flush=True)
-    load_before = profiling.load_average()
-    with profiling.kernel_phases_file(phases_path(executed_dir, name)):
-        run = execute_notebook(name, parameters, executed_dir, notebook_dir)
+    with held_slot(name):   # side by side: this chapter's core, until it ends
+        print(f"[book] {name} ...", flush=True)
+        load_before = profiling.load_average()
+        with profiling.kernel_phases_file(phases_path(executed_dir, name)):
+            run = execute_notebook(name, parameters, executed_dir, notebook_dir)
     return run, load_before
 
 

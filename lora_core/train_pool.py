@@ -7,7 +7,8 @@ keeps both cores busy from a chapter's first run to its last image.
 A tiny run computes with one torch thread (:mod:`lora_core.threads`: a second thread made a step
 slower, not faster), so a chapter executed alone on a 2-core machine works on two runs at once
 rather than leaving a core idle. Inside the book runner, which already executes one chapter per
-core, each kernel does everything in its own process, as before. Work gives the same bytes in a
+core, each kernel works in its own process until a core falls idle (no chapter left to start):
+then it takes that core too (:mod:`lora_core.core_slots`). Work gives the same bytes in a
 child as in this process (one thread, the same inputs and seeds): results come back pickled, and
 what a child leaves behind (runs, features, generated images) is cached by content, so the
 parent reads it as if it had computed it; the run lock makes a run asked for by two processes
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping, Sequence, TypeVar
 
 from lora_core import runs
+from lora_core.core_slots import SLOTS_ENV, ExtraSlots
 from lora_core.profiling import PHASES_FILE_ENV, phase
 from lora_core.threads import apply_thread_policy, side_by_side, training_processes
 
@@ -35,23 +37,20 @@ _shared: tuple = ()                        # a child's objects from map_side_by_
 def work_processes(processes: int | None = None) -> int:
     """``processes``, else one where a GPU computes (side by side, runs would share its memory),
     else :func:`lora_core.threads.training_processes`."""
-    import torch
-
-    return processes or (1 if torch.cuda.is_available() else training_processes())
+    return processes or (1 if _on_gpu() else training_processes())
 
 
 def train_many(configs: Mapping[Key, TrainConfig], base=None, runs_root: str | Path | None = None,
                processes: int | None = None) -> dict[Key, runs.RunRecord]:
-    """``{key: train(config)}`` for every config, the distinct unfinished ones first trained
-    ``processes`` at a time (:func:`work_processes`) in child processes. The first failure cancels
-    the runs not yet started, waits for the running ones and is raised."""
+    """``{key: train(config)}`` for every config, the distinct unfinished ones first trained by
+    :func:`map_side_by_side` (``processes`` at a time, :func:`work_processes`). The first failure
+    cancels the runs not yet started, waits for the running ones and is raised."""
     from lora_core.train import train
 
     unfinished = {config.hash(): config for config in configs.values()
                   if not (runs.run_dir_for(config.method, config.hash(), runs_root) / "summary.json").exists()}
-    processes = min(work_processes(processes), len(unfinished))
-    if processes > 1:   # each child loads the base itself, as train does without one
-        map_side_by_side([(trained, (None, config, runs_root)) for config in unfinished.values()], processes=processes)
+    map_side_by_side([(trained, (config, runs_root)) for config in unfinished.values()], shared=(base,),
+                     processes=processes)
     return {key: train(config, base=base, runs_root=runs_root, progress=False) for key, config in configs.items()}
 
 
@@ -63,16 +62,39 @@ def map_side_by_side(jobs: Sequence[Job], shared: tuple = (), processes: int | N
     charged to ``waiting_phase``. Children start the jobs in order, so list the longest first. A
     job's function is a module-level function taking the shared objects first (wrap one that
     takes none in :func:`independent`); one that trains calls :func:`trained`. The first
-    failure cancels the jobs not yet started and is raised."""
+    failure cancels the jobs not yet started and is raised.
+
+    Inside the book runner, before each job it would run here, a kernel also takes the cores
+    that no chapter holds any more (:mod:`lora_core.core_slots`; not with ``processes`` given, nor
+    on a GPU): from then on the rest of its jobs run in children, one per core it holds."""
     jobs = list(jobs)
-    processes = min(work_processes(processes), len(jobs))
-    if processes <= 1:
-        return [function(*shared, *args) for function, args in jobs]
+    results: list = []
+    with ExtraSlots() as extra:
+        while len(results) < len(jobs):
+            remaining = jobs[len(results):]
+            count = min(work_processes(processes), len(remaining))
+            if processes is None and count < len(remaining) and not _on_gpu():
+                count += extra.take(len(remaining) - count)
+            if count > 1:
+                results += _in_children(remaining, shared, count, waiting_phase)
+            else:
+                function, arguments = remaining[0]
+                results.append(function(*shared, *arguments))
+    return results
+
+
+def _in_children(jobs: list[Job], shared: tuple, processes: int, waiting_phase: str) -> list:
     results: list = [None] * len(jobs)
     with phase(waiting_phase):
         for index, result in side_by_side(_call, jobs, processes, initializer=start_child, initargs=shared):
             results[index] = result
     return results
+
+
+def _on_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def trained(base, config: TrainConfig | None, runs_root: str | Path | None = None) -> runs.RunRecord | None:
@@ -95,11 +117,13 @@ def _without_shared(*shared_then_call: Any) -> Any:
 
 
 def start_child(*shared: Any) -> None:
-    """A child: the thread policy, no phases file (its parent charges the wait), the libraries'
-    per-load notes and progress bars off, as in a chapter, and ``shared`` kept for its calls."""
+    """A child: the thread policy, no phases file (its parent charges the wait), no cores beyond
+    its own (its parent took them), the libraries' per-load notes and progress bars off, as in a
+    chapter, and ``shared`` kept for its calls."""
     global _shared
     _shared = shared
     os.environ.pop(PHASES_FILE_ENV, None)
+    os.environ.pop(SLOTS_ENV, None)
     apply_thread_policy()
     from lora_core import cli  # noqa: F401  (drops the libraries' harmless import-time log lines)
     from diffusers.utils import logging as diffusers_logging
