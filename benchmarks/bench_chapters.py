@@ -7,8 +7,13 @@ chapters execute at once and each trains one run at a time, so there a chapter's
 longer and the book's elapsed time is what counts (the appendix). Chapters run one after another;
 every clone borrows this checkout's ``.venv`` (and ``node_modules``), builds the toy world and
 executes its chapter with ``--no-build``. Seconds per phase come from the runner's profile.
+With ``--together LABEL`` the chapters execute together on one fresh clone, as the book runner
+executes them (side by side, longest first): one row, its elapsed time, and its kernels' seconds
+per phase summed (more than the elapsed time, since two kernels compute at once).
 
     .venv/bin/python benchmarks/bench_chapters.py 05_character_ia3 06_kohya_character [--work /tmp/alone]
+    .venv/bin/python benchmarks/bench_chapters.py 00_setup 01_style_benchmark 02_rank_lr 03_methods \
+        04_style_mixing --together "part I"
 
 Writes ``benchmarks/results/chapters.json`` (the rows of chapters not executed this time are kept)
 and ``chapters.png``. Not a test: nothing is asserted.
@@ -30,9 +35,9 @@ PHASE_GROUPS = ("training", "generation", "features", "other")
 CLONE_ENV = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
 
 
-def fresh_clone(chapter: str, work: Path) -> Path:
-    """A fresh clone of this checkout for ``chapter``, with the environment linked and the toy world built."""
-    clone = work / chapter
+def fresh_clone(name: str, work: Path) -> Path:
+    """A fresh clone of this checkout in ``work/name``, with the environment linked and the toy world built."""
+    clone = work / name
     shutil.rmtree(clone, ignore_errors=True)
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
     (clone / ".venv").symlink_to(REPO / ".venv")
@@ -43,30 +48,35 @@ def fresh_clone(chapter: str, work: Path) -> Path:
     return clone
 
 
-def execute_alone(chapter: str, clone: Path) -> dict:
-    """Execute ``chapter`` in ``clone`` (tiny, no HTML); its row."""
+def execute(chapters: list[str], clone: Path, label: str) -> dict:
+    """Execute ``chapters`` in ``clone`` (tiny, no HTML; several side by side, as the book runner
+    does); their row, named ``label``."""
     load_before, started = load_average(), time.perf_counter()
     with open(clone / "book.log", "w") as log:
         status = subprocess.run([str(clone / ".venv" / "bin" / "python"), "-m", "lora_core.book", "--profile", "tiny",
-                                 "--only", chapter, "--no-build"], cwd=clone, env=CLONE_ENV, stdout=log,
+                                 "--only", *chapters, "--no-build"], cwd=clone, env=CLONE_ENV, stdout=log,
                                 stderr=subprocess.STDOUT).returncode
-    return chapter_row(chapter, clone, status, time.perf_counter() - started, load_before)
+    return chapters_row(label, chapters, clone, status, time.perf_counter() - started, load_before)
 
 
-def chapter_row(chapter: str, clone: Path, status: int, elapsed_s: float, load_before: float | None) -> dict:
-    """The chapter's elapsed time, its kernel's seconds per phase group and the load around it."""
+def chapters_row(label: str, chapters: list[str], clone: Path, status: int, elapsed_s: float,
+                 load_before: float | None) -> dict:
+    """The elapsed time, the kernels' seconds per phase group and the load around them (one
+    chapter: its own wall time too)."""
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=clone, capture_output=True,
                             text=True).stdout.strip()
     profile_file = clone / "book" / "notebooks" / "_profile.json"
-    entry = json.loads(profile_file.read_text()).get(chapter, {}) if status == 0 and profile_file.exists() else {}
-    seconds = entry.get("seconds", {})
+    profiles = json.loads(profile_file.read_text()) if status == 0 and profile_file.exists() else {}
+    entries = [profiles.get(chapter, {}) for chapter in chapters]
     groups = {group: 0.0 for group in PHASE_GROUPS}
-    for phase, value in seconds.items():
+    for phase, value in ((p, v) for entry in entries for p, v in entry.get("seconds", {}).items()):
         group = next((g for g in PHASE_GROUPS[:-1] if phase.startswith(g)), "other")
         groups[group] += value
-    return {"chapter": chapter, "commit": commit, "status": status, "elapsed_s": round(elapsed_s, 1),
-            "wall_s": entry.get("wall_seconds"), **{f"{g}_s": round(v, 1) for g, v in groups.items()},
-            "load_before": load_before, "load_after": entry.get("load_after", load_average())}
+    row = {"chapter": label, "commit": commit, "status": status, "elapsed_s": round(elapsed_s, 1),
+           "wall_s": entries[0].get("wall_seconds") if len(chapters) == 1 else None,
+           **{f"{g}_s": round(v, 1) for g, v in groups.items()},
+           "load_before": load_before, "load_after": entries[-1].get("load_after", load_average())}
+    return row if len(chapters) == 1 else {**row, "chapters": chapters}
 
 
 def figure(result: dict, path: Path) -> Path:
@@ -79,9 +89,12 @@ def figure(result: dict, path: Path) -> Path:
         minutes = [row[f"{group}_s"] / 60 for row in rows]
         ax.barh([row["chapter"] for row in rows], minutes, left=left, label=group)
         left = [a + b for a, b in zip(left, minutes)]
+    together = [(i, row["elapsed_s"] / 60) for i, row in enumerate(rows) if "chapters" in row]
+    if together:
+        ax.plot([m for _, m in together], [i for i, _ in together], "k|", markersize=16, label="elapsed (together)")
     ax.invert_yaxis()
     ax.set_xlim(0, max(left) * 1.35)  # room for the legend beside the bars
-    ax.set_xlabel("minutes, chapter executed alone (tiny, fresh clone)")
+    ax.set_xlabel("minutes of kernel time, chapter executed alone (tiny, fresh clone)")
     ax.legend(fontsize=8, loc="lower right")
     return save_figure(fig, ax, result, path)
 
@@ -90,15 +103,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("chapters", nargs="+", help="notebook names, e.g. 05_character_ia3")
     parser.add_argument("--work", type=Path, default=Path("/tmp/alone"), help="where the clones go")
+    parser.add_argument("--together", metavar="LABEL", help="execute the chapters together on one clone: one row")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
+    groups = [(args.together, args.chapters)] if args.together else [(chapter, [chapter]) for chapter in args.chapters]
     load_before, rows = load_average(), []
-    for chapter in args.chapters:
-        rows.append(execute_alone(chapter, fresh_clone(chapter, args.work)))
+    for label, chapters in groups:
+        rows.append(execute(chapters, fresh_clone(label.replace(" ", "_"), args.work), label))
         print(rows[-1], flush=True)
     earlier = RESULTS_DIR / "chapters.json"
+    labels = {label for label, _ in groups}
     kept = [row for row in (json.loads(earlier.read_text())["rows"] if earlier.exists() else [])
-            if row["chapter"] not in args.chapters]   # chapters not executed now keep their row (and its commit)
+            if row["chapter"] not in labels]   # rows not executed now are kept (with their commit)
     result_path = write_result("chapters", {"rows": kept + rows, "settings": {"profile": "tiny", "fresh_clone": True}},
                                load_before)
     figure(json.loads(result_path.read_text()), RESULTS_DIR / "chapters.png")

@@ -1,9 +1,10 @@
 """The search behind the tiny profile's style-LoRA settings (not a speed benchmark).
 
 Each variant trains one LoRA (seed 0) on a style set with the tiny profile's settings changed as
-named, generates the held-out subjects of chapter 1 (50 prompts, their own seeds) and scores
-them with the style judge (P(target style)) and the subject classifier; ``base`` is the base
-alone and ``truth_rt`` the VAE round trips of the true held-out images (the judge's ceiling).
+named (``dreambooth*``: the whole UNet and the text encoder, with chapter 3's settings), generates
+the held-out subjects of chapter 1 (50 prompts, their own seeds) and scores them with the style
+judge (P(target style)) and the subject classifier; ``base`` is the base alone and ``truth_rt``
+the VAE round trips of the true held-out images (the judge's ceiling).
 Share of the way = (P_variant - P_base) / (P_truth_rt - P_base). One seed: a screen, not a
 result; chapter 1 measures the chosen setting over 3 seeds with intervals.
 
@@ -37,6 +38,13 @@ VARIANTS = {   # name: (profile changes, LoraOptions changes, TrainConfig change
     "c3lier_text_encoder": ({"lora_targets": C3LIER}, {"train_text_encoder": True}, {}),
     "c3lier_min_snr5": ({"lora_targets": C3LIER}, {}, {"min_snr_gamma": 5.0}),
 }
+# Other methods with chapter 3's settings (lora_core.experiments.common.method_config): is the LoRA
+# the cap? name: (method, TrainConfig changes)
+METHOD_VARIANTS = {
+    "dreambooth": ("dreambooth", {}),
+    "dreambooth_400": ("dreambooth", {"max_train_steps": 400}),
+    "dreambooth_lr3e-3": ("dreambooth", {"learning_rate": 3e-3}),
+}
 SHEET_COLUMNS = 12
 
 
@@ -46,11 +54,10 @@ def score(evaluator, images, eval_set, style) -> dict[str, float]:
 
 
 def search(style: str, names: list[str]) -> list[dict]:
-    from lora_core.experiments.common import eval_set, generate_eval_images, quiet_libraries, style_lora_config
+    from lora_core.experiments.common import eval_set
     from lora_core.experiments.evaluate import Evaluator
     from lora_core.experiments.style_share import round_trips
     from lora_core.models import load_base
-    from lora_core.train import train
 
     profile = get_profile("tiny")
     base, evaluator = load_base(profile.base_model), Evaluator(profile)
@@ -59,14 +66,7 @@ def search(style: str, names: list[str]) -> list[dict]:
     sheet = [evaluator.true_images(held_out.subject_keys[:SHEET_COLUMNS], "noto", profile.resolution)]
     rows = [{"variant": "truth_rt", **score(evaluator, round_trips(base, true), held_out, style)}]
     for name in ["base", *names]:
-        lora_file, wall = None, 0.0
-        if name != "base":
-            changes, lora, fields = VARIANTS[name]
-            with quiet_libraries():
-                record = train(style_lora_config(replace(profile, **changes), style, 0, lora=lora, **fields),
-                               base=base, progress=False)
-            lora_file, wall = record.exports["diffusers"], record.summary["wall_time_s"]
-        images = generate_eval_images(base, held_out.prompts, held_out.seeds, profile, lora_file)
+        images, wall = variant_images(base, profile, style, name, held_out)
         sheet.append(images[:SHEET_COLUMNS])
         rows.append({"variant": name, "train_wall_s": round(wall, 1), **score(evaluator, images, held_out, style)})
     sheet += [true[:SHEET_COLUMNS], round_trips(base, true[:SHEET_COLUMNS])]
@@ -75,6 +75,27 @@ def search(style: str, names: list[str]) -> list[dict]:
     for row in rows:
         row.update(style=style, share_of_the_way=round((row["p_target_style"] - p_base) / (p_truth - p_base), 3))
     return rows
+
+
+def variant_images(base, profile, style: str, name: str, held_out) -> tuple[torch.Tensor, float]:
+    """The held-out images of one variant (``base``: none trained) and its training seconds."""
+    from lora_core.experiments.common import generate_eval_images, method_config, quiet_libraries, style_lora_config
+    from lora_core.experiments.methods import adapted
+    from lora_core.train import train
+
+    if name == "base":
+        return generate_eval_images(base, held_out.prompts, held_out.seeds, profile), 0.0
+    if name in METHOD_VARIANTS:
+        method, fields = METHOD_VARIANTS[name]
+        config = method_config(profile, method, style, 0, **fields)
+    else:
+        changes, lora, fields = VARIANTS[name]
+        config = style_lora_config(replace(profile, **changes), style, 0, lora=lora, **fields)
+    with quiet_libraries():
+        record = train(config, base=base, progress=False)
+    with adapted(base, config.method, record) as (model, lora_file, _):
+        images = generate_eval_images(model, held_out.prompts, held_out.seeds, profile, lora_file)
+    return images, record.summary["wall_time_s"]
 
 
 def save_sheet(rows: list[torch.Tensor], path) -> None:
@@ -92,7 +113,7 @@ def save_sheet(rows: list[torch.Tensor], path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("style")
-    parser.add_argument("variants", nargs="+", choices=sorted(VARIANTS))
+    parser.add_argument("variants", nargs="+", choices=sorted({*VARIANTS, *METHOD_VARIANTS}))
     args = parser.parse_args()
     load_before, started = load_average(), time.time()
     rows = search(args.style, args.variants)

@@ -90,8 +90,10 @@ show_table(result.versions, first=["library", "agrees"])
 # (`longest_wall_seconds`). A chapter that reused all its runs from the cache takes seconds; the
 # execution that trained them is the longest. This appendix's own time is recorded after it
 # finishes, so it shows the previous one. The runner executes chapters side by side (one torch
-# thread each, as many as there are cores), so the book takes less than the sum of these times;
-# its elapsed time is at the top of this page.
+# thread each, as many as there are cores), the longest first; once no chapter is left to start,
+# a chapter still executing takes the idle core for the rest of its runs and jobs
+# (`lora_core.core_slots`). So the book takes less than the sum of these times; its elapsed time
+# is at the top of this page.
 
 # %% tags=["hide-input"]
 show_table(result.timings, first=["notebook", "wall_seconds"])
@@ -132,8 +134,8 @@ plots.profile_figure(result.phases, phase_order(result.phases["phase"]));
 # re-executing one chapter costs. Alone, a chapter's kernel trains two runs at a time on two cores;
 # chapters 5 and 8 run one job per run (train it, then generate and score with it) two at a time,
 # with their real images' features as one more job (`lora_core.train_pool`). Inside the book two
-# chapters share the cores and each does all of this one at a time, so the wall times above are
-# longer than these. Each row names the commit it was measured at.
+# chapters share the cores and each does all of this one at a time until a core falls idle, so
+# the wall times above are longer than these. Each row names the commit it was measured at.
 
 # %% tags=["hide-input"]
 for name in ("peer", "generate", "metrics", "train", "chapters"):

@@ -433,7 +433,8 @@ def benchmark_tables(name: str, result: Mapping[str, Any]) -> list[tuple[str, pd
                  pd.DataFrame(result["rows"])),
                 ("the FID network on two cores", pd.DataFrame([result["fid_two_cores"]]))]
     if name == "chapters":
-        return [("each chapter executed alone on its own fresh clone, one after another (tiny; seconds)",
+        return [("each chapter executed alone on its own fresh clone, one after another; a row naming several "
+                 "(part I) executed them together, side by side, its phases summed over their kernels (tiny; seconds)",
                  pd.DataFrame(result["rows"])[["chapter", "commit", "elapsed_s", "training_s", "generation_s",
                                                "features_s", "other_s", "load_before", "load_after"]])]
     return [(name, pd.DataFrame(result.get("rows", [])))]
