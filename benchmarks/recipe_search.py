@@ -12,7 +12,8 @@ result; chapter 1 measures the chosen setting over 3 seeds with intervals.
 
 Appends one JSON line per variant to ``benchmarks/results/recipe_search.jsonl`` (with the load,
 date and machine) and writes a sheet (rows: Noto truth, base, each variant, true image, its VAE
-round trip) to ``benchmarks/results/recipe_<style>.png``. Training times depend on the load.
+round trip) to ``benchmarks/results/recipe_<style>.png`` (``--sheet`` names another). Training
+times depend on the load.
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ METHOD_VARIANTS = {
     "dreambooth": ("dreambooth", {}),
     "dreambooth_400": ("dreambooth", {"max_train_steps": 400}),
     "dreambooth_lr3e-3": ("dreambooth", {"learning_rate": 3e-3}),
+    "dreambooth_lr3e-4_400": ("dreambooth", {"learning_rate": 3e-4, "max_train_steps": 400}),
 }
 SHEET_COLUMNS = 12
 
@@ -53,7 +55,7 @@ def score(evaluator, images, eval_set, style) -> dict[str, float]:
     return dict(zip(result.measure, result.value))
 
 
-def search(style: str, names: list[str]) -> list[dict]:
+def search(style: str, names: list[str], sheet_name: str) -> list[dict]:
     from lora_core.experiments.common import eval_set
     from lora_core.experiments.evaluate import Evaluator
     from lora_core.experiments.style_share import round_trips
@@ -70,7 +72,7 @@ def search(style: str, names: list[str]) -> list[dict]:
         sheet.append(images[:SHEET_COLUMNS])
         rows.append({"variant": name, "train_wall_s": round(wall, 1), **score(evaluator, images, held_out, style)})
     sheet += [true[:SHEET_COLUMNS], round_trips(base, true[:SHEET_COLUMNS])]
-    save_sheet(sheet, RESULTS_DIR / f"recipe_{style}.png")
+    save_sheet(sheet, RESULTS_DIR / sheet_name)
     p_base, p_truth = rows[1]["p_target_style"], rows[0]["p_target_style"]
     for row in rows:
         row.update(style=style, share_of_the_way=round((row["p_target_style"] - p_base) / (p_truth - p_base), 3))
@@ -114,9 +116,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("style")
     parser.add_argument("variants", nargs="+", choices=sorted({*VARIANTS, *METHOD_VARIANTS}))
+    parser.add_argument("--sheet", help="the sheet's file name in benchmarks/results (default recipe_<style>.png)")
     args = parser.parse_args()
     load_before, started = load_average(), time.time()
-    rows = search(args.style, args.variants)
+    rows = search(args.style, args.variants, args.sheet or f"recipe_{args.style}.png")
     record = {"machine": machine(), "load_before": load_before, "load_after": load_average(),
               "wall_s": round(time.time() - started, 1)}
     with open(RESULTS_DIR / "recipe_search.jsonl", "a") as log:

@@ -22,7 +22,9 @@ from lora_core.config import Config, option
 # 150 steps, held-out subjects, the style judge) attention only went 0.57 of the way from the base
 # to the true images' style, C3Lier 0.75 at the same subject accuracy, for 1.3x the training time
 # (benchmarks/results/recipe_search.jsonl). For Fluent 3D no knob tried there (lr 3e-3, rank 32, the
-# text encoder, min-SNR 5, 400 steps) went beyond 0.34 of the way: the cap is not the LoRA's settings
+# text encoder, min-SNR 5, 400 steps) went beyond 0.34 of the way: the cap is not the LoRA's settings.
+# Nor is it the adapter: fine-tuning the whole UNet and text encoder (DreamBooth, 400 steps at 3e-4)
+# went 0.31 of the way (at chapter 3's 1e-3 it wrecks the images: 0.05 at 150 steps, 0.17 at 400).
 ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
 C3LIER = (*ATTENTION, "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out", "conv1", "conv2")
 # The tiny profile generates with DDIM at 10 steps, not 20: on 192 held-out prompts (the base and
