@@ -94,7 +94,7 @@ def figure(result: dict, path: Path) -> Path:
         ax.plot([m for _, m in together], [i for i, _ in together], "k|", markersize=16, label="elapsed (together)")
     ax.invert_yaxis()
     ax.set_xlim(0, max(left) * 1.35)  # room for the legend beside the bars
-    ax.set_xlabel("minutes of kernel time, chapter executed alone (tiny, fresh clone)")
+    ax.set_xlabel("minutes of kernel time: a chapter alone, or chapters together (tiny, fresh clone)")
     ax.legend(fontsize=8, loc="lower right")
     return save_figure(fig, ax, result, path)
 
