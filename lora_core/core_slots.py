@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import IO, Iterator
 
+from lora_core.threads import environment_variable
+
 SLOTS_ENV = "LORA_CORE_SLOTS"
 CHAPTERS_FILE = "chapters"   # how many chapters the runner executes; each started one leaves started-<name>
 WAIT_S = 0.2     # how often a chapter waiting for a slot looks again
@@ -42,15 +44,10 @@ def slot_folder(cores: int, chapters: int) -> Iterator[Path]:
     for index in range(cores):
         (folder / f"slot-{index}").touch()
     (folder / CHAPTERS_FILE).write_text(str(chapters))
-    saved = os.environ.get(SLOTS_ENV)
-    os.environ[SLOTS_ENV] = str(folder)
     try:
-        yield folder
+        with environment_variable(SLOTS_ENV, str(folder)):
+            yield folder
     finally:
-        if saved is None:
-            os.environ.pop(SLOTS_ENV, None)
-        else:
-            os.environ[SLOTS_ENV] = saved
         shutil.rmtree(folder, ignore_errors=True)
 
 

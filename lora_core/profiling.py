@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from lora_core.threads import environment_variable
+
 PHASES_FILE_ENV = "LORA_CORE_PHASES_FILE"
 PROFILE_FILE_NAME = "_profile.json"
 OTHER = "other"
@@ -110,15 +112,8 @@ def kernel_phases_file(path: Path) -> Iterator[Path]:
     """Child processes started inside (a notebook's kernel) write their phases to ``path``; the
     variable is restored afterwards and a stale file removed first."""
     path.unlink(missing_ok=True)
-    previous = os.environ.get(PHASES_FILE_ENV)
-    os.environ[PHASES_FILE_ENV] = str(path)
-    try:
+    with environment_variable(PHASES_FILE_ENV, str(path)):
         yield path
-    finally:
-        if previous is None:
-            os.environ.pop(PHASES_FILE_ENV, None)
-        else:
-            os.environ[PHASES_FILE_ENV] = previous
 
 
 def notebook_profile(wall_seconds: float, phases: dict[str, Any], load_before: float | None,

@@ -76,15 +76,24 @@ def kernels_share_cores(kernels: int) -> Iterator[int]:
     """Processes started inside (``kernels`` notebook kernels executing at once) train
     :func:`kernel_training_processes` runs at a time, unless ``LORA_CORE_TRAIN_PROCESSES`` is set
     already; restored afterwards. Yields the count."""
-    chosen = os.environ.get(TRAIN_PROCESSES_ENV)
-    os.environ[TRAIN_PROCESSES_ENV] = chosen or str(kernel_training_processes(kernels, policy_threads()))
+    share = os.environ.get(TRAIN_PROCESSES_ENV) or str(kernel_training_processes(kernels, policy_threads()))
+    with environment_variable(TRAIN_PROCESSES_ENV, share):
+        yield int(share)
+
+
+@contextlib.contextmanager
+def environment_variable(name: str, value: str) -> Iterator[str]:
+    """``os.environ[name] = value`` while inside (processes started there inherit it); the previous
+    value, or its absence, restored afterwards. Yields ``value``."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
     try:
-        yield int(os.environ[TRAIN_PROCESSES_ENV])
+        yield value
     finally:
-        if chosen is None:
-            os.environ.pop(TRAIN_PROCESSES_ENV, None)
+        if previous is None:
+            os.environ.pop(name, None)
         else:
-            os.environ[TRAIN_PROCESSES_ENV] = chosen
+            os.environ[name] = previous
 
 
 def usable_cores() -> int:
