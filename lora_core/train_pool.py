@@ -69,11 +69,12 @@ def map_side_by_side(jobs: Sequence[Job], shared: tuple = (), processes: int | N
     on a GPU): from then on the rest of its jobs run in children, one per core it holds."""
     jobs = list(jobs)
     results: list = []
+    own, may_take_cores = work_processes(processes), processes is None and not _on_gpu()
     with ExtraSlots() as extra:
         while len(results) < len(jobs):
             remaining = jobs[len(results):]
-            count = min(work_processes(processes), len(remaining))
-            if processes is None and count < len(remaining) and not _on_gpu():
+            count = min(own, len(remaining))
+            if may_take_cores and count < len(remaining):
                 count += extra.take(len(remaining) - count)
             if count > 1:
                 results += _in_children(remaining, shared, count, waiting_phase)

@@ -49,7 +49,7 @@ def test_a_kernel_takes_only_free_slots_and_only_once_every_chapter_started():
                     assert again.take(1) == 1
 
 
-def test_a_slot_held_by_another_process_is_freed_when_it_dies(tmp_path):
+def test_a_slot_held_by_another_process_is_freed_when_it_dies():
     with core_slots.slot_folder(1, chapters=1) as folder:
         holder = subprocess.Popen([sys.executable, "-c", (
             "import fcntl, sys, time; f = open(sys.argv[1], 'rb'); fcntl.flock(f, fcntl.LOCK_EX); "
