@@ -124,13 +124,6 @@ def benchmark_configs(profile: Profile) -> dict[tuple[str, int], TrainConfig]:
             for style in profile.benchmark_styles for seed in training_seeds(profile)}
 
 
-def train_all(profile: Profile, base=None, runs_root: str | Path | None = None) -> dict[tuple[str, int], Any]:
-    """Train (or reuse, by config hash) every benchmark LoRA; returns the run records."""
-    from lora_core.train_pool import train_many
-
-    return train_many(benchmark_configs(profile), base=base, runs_root=runs_root)
-
-
 def run_benchmark(profile: Profile | str = "tiny", *, base=None, runs_root: str | Path | None = None,
                   n_sheet_rows: int = 6, fid: bool = False) -> BenchmarkResult:
     """Chapter 1: train (or reuse) one LoRA per style and seed, generate the three evaluation sets
@@ -144,7 +137,9 @@ def run_benchmark(profile: Profile | str = "tiny", *, base=None, runs_root: str 
 def score_benchmark(profile: Profile, base=None, runs_root: str | Path | None = None,
                     evaluator: Evaluator | None = None, measures=DEFAULT_MEASURES,
                     splits=SPLITS, fid_splits=()) -> BenchmarkResult:
-    """Train/reuse the LoRAs, generate every evaluation set with the base and each LoRA, score all.
+    """Train/reuse the LoRAs, generate every evaluation set with the base and each LoRA, score all:
+    one job per run (:func:`score_style_run`), side by side where the cores allow
+    (:mod:`lora_core.train_pool`), the LoRAs first and the base's sets last.
 
     Unseen prompts have no true images: their FD/KID compare with the target style's true images
     of the held-out subjects. FID (Inception 2015, 299 px: about 0.26 s per image on 2 CPU
@@ -152,28 +147,34 @@ def score_benchmark(profile: Profile, base=None, runs_root: str | Path | None = 
     when the profile names an FID network.
     """
     from lora_core.models import load_base
+    from lora_core.train_pool import map_side_by_side, train_many
 
     base = base if base is not None else load_base(profile.base_model)
     evaluator = evaluator or Evaluator(profile)
-    with quiet_libraries():
-        records = train_all(profile, base, runs_root)
-    result = BenchmarkResult(profile, configs=benchmark_configs(profile), records=records,
+    configs = benchmark_configs(profile)
+    result = BenchmarkResult(profile, configs=configs, records={},
                              eval_sets={style: {k: v for k, v in eval_sets(style, profile).items() if k in splits}
                                         for style in profile.benchmark_styles})
+    held_out_truth = {style: evaluator.true_images(sets["heldout"].subject_keys, style, profile.resolution)
+                      if "heldout" in sets else None for style, sets in result.eval_sets.items()}
+    with_fid = tuple(measures) + (("fid",) if profile.fid_backbone != "none" else ())
+    measures_by_split = {split: with_fid if split in fid_splits else tuple(measures) for split in splits}
+    runs = [(style, LORA, seed) for style, seed in configs] + [(style, BASE, None) for style in result.eval_sets]
+    jobs = [(score_style_run, (profile, configs.get((style, seed)), runs_root, result.eval_sets[style],
+                               held_out_truth[style], measures_by_split, {"style": style, "adapter": adapter,
+                                                                          "seed": seed}))
+            for style, adapter, seed in runs]
+    with quiet_libraries():
+        scored = dict(zip(runs, map_side_by_side(jobs, shared=(base, evaluator))))
+        result.records = train_many(configs, base=base, runs_root=runs_root)   # all finished: their records
     tables = []
     for style, sets in result.eval_sets.items():
-        held_out_truth = evaluator.true_images(sets["heldout"].subject_keys, style, profile.resolution) \
-            if "heldout" in sets else None
-        for split, es in sets.items():
-            reference = held_out_truth if not es.paired else None
-            runs = [(BASE, None, None)] + [(LORA, seed, records[(style, seed)].exports["diffusers"])
-                                           for seed in training_seeds(profile)]
-            for adapter, seed, lora_file in runs:
-                images = generate_eval_images(base, es.prompts, es.seeds, profile, lora_file)
+        for split in sets:
+            for adapter, seed in [(BASE, None)] + [(LORA, seed) for seed in training_seeds(profile)]:
+                images, table, unavailable = scored[(style, adapter, seed)][split]
                 result.images[(style, adapter, seed, split)] = images
-                with_fid = tuple(measures) + (("fid",) if split in fid_splits and profile.fid_backbone != "none" else ())
-                tables.append(evaluator.evaluate(images, es, style, {"style": style, "adapter": adapter,
-                                                                     "seed": seed}, reference, with_fid))
+                tables.append(table)
+                evaluator.unavailable.update(unavailable)
     result.results = pd.concat(tables, ignore_index=True)
     if "heldout" in splits and len(profile.benchmark_styles) > 1:
         result.cross_style = cross_style_scores(result, evaluator)
@@ -182,6 +183,27 @@ def score_benchmark(profile: Profile, base=None, runs_root: str | Path | None = 
         result.judged = judge_heldout(result, evaluator, base)
     result.unavailable = dict(evaluator.unavailable)
     return result
+
+
+def score_style_run(base, evaluator: Evaluator, profile: Profile, config: TrainConfig | None, runs_root,
+                    sets: dict[str, EvalSet], held_out_truth: torch.Tensor | None,
+                    measures_by_split: dict[str, tuple[str, ...]], labels: dict[str, Any]
+                    ) -> dict[str, tuple[torch.Tensor, pd.DataFrame, dict[str, str]]]:
+    """One run of chapter 1 trained (or reused; the base itself without a config), then each
+    evaluation set of its style generated and scored with ``measures_by_split[split]`` against
+    ``labels["style"]``: ``{split: (images, table, what the evaluator could not measure)}``. Sets
+    without paired truth (unseen prompts) compare with ``held_out_truth``."""
+    from lora_core.train_pool import trained
+
+    record = trained(base, config, runs_root)
+    lora_file = record.exports["diffusers"] if record else None
+    scored = {}
+    for split, es in sets.items():
+        images = generate_eval_images(base, es.prompts, es.seeds, profile, lora_file)
+        table = evaluator.evaluate(images, es, labels["style"], labels, None if es.paired else held_out_truth,
+                                   measures_by_split[split])
+        scored[split] = images, table, dict(evaluator.unavailable)
+    return scored
 
 
 def judge_heldout(result: BenchmarkResult, evaluator: Evaluator, base) -> pd.DataFrame:
