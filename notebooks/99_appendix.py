@@ -132,7 +132,7 @@ plots.profile_figure(result.phases, phase_order(result.phases["phase"]));
 # against the images of the current one; `bench_metrics.py` times the metric networks.
 # `bench_chapters.py` executes chapters one at a time, each alone on its own fresh clone: what
 # re-executing one chapter costs. Alone, a chapter's kernel trains two runs at a time on two cores;
-# chapters 5 and 8 run one job per run (train it, then generate and score with it) two at a time,
+# chapters 1-3, 5 and 8 run one job per run (train it, then generate and score with it) two at a time,
 # with their real images' features as one more job (`lora_core.train_pool`). Inside the book two
 # chapters share the cores and each does all of this one at a time until a core falls idle, so
 # the wall times above are longer than these. Each row names the commit it was measured at.
