@@ -32,9 +32,8 @@ import pandas as pd
 import torch
 
 from lora_core.experiments.chapter import ChapterResult, resolve_profile
-from lora_core.experiments.common import (EvalSet, eval_sets, generate_eval_images, quiet_libraries, style_lora_config,
-                                          training_seeds)
-from lora_core.experiments.evaluate import DEFAULT_MEASURES, Evaluator, aggregate_seeds
+from lora_core.experiments.common import EvalSet, eval_sets, quiet_libraries, style_lora_config, training_seeds
+from lora_core.experiments.evaluate import DEFAULT_MEASURES, Evaluator, aggregate_seeds, generate_and_score
 from lora_core.experiments.style_share import (BASE, LORA, SOURCE_NAMES, TRUE, blind_check_table, gain_display,
                                                gain_table, judge_images, round_trips, target_verdicts)
 from lora_core.plots import Sheet
@@ -196,14 +195,8 @@ def score_style_run(base, evaluator: Evaluator, profile: Profile, config: TrainC
     from lora_core.train_pool import trained
 
     record = trained(base, config, runs_root)
-    lora_file = record.exports["diffusers"] if record else None
-    scored = {}
-    for split, es in sets.items():
-        images = generate_eval_images(base, es.prompts, es.seeds, profile, lora_file)
-        table = evaluator.evaluate(images, es, labels["style"], labels, None if es.paired else held_out_truth,
-                                   measures_by_split[split])
-        scored[split] = images, table, dict(evaluator.unavailable)
-    return scored
+    return generate_and_score(evaluator, base, profile, sets, labels["style"], labels, measures_by_split,
+                              lora_file=record.exports["diffusers"] if record else None, reference=held_out_truth)
 
 
 def judge_heldout(result: BenchmarkResult, evaluator: Evaluator, base) -> pd.DataFrame:

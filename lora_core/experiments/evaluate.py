@@ -30,7 +30,7 @@ from __future__ import annotations
 import warnings
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 import torch
@@ -284,6 +284,26 @@ class Evaluator:
         logits = net.logits(images, "generated", cache=self.cache).numpy()
         return is_result(logits, net, f"{images.shape[-1]}", splits=max(1, min(10, len(images) // 10)),
                          n_resamples=self.n_resamples, generator=self._generator())
+
+
+def generate_and_score(evaluator: Evaluator, model, profile: Profile, sets: Mapping[str, EvalSet],
+                       target_style: str, labels: dict[str, Any], measures: Mapping[str, Sequence[str]],
+                       lora_file: str | Path | None = None, prompt_fn: Callable[[str], str] | None = None,
+                       reference: Any = None) -> dict[str, tuple[torch.Tensor, pd.DataFrame, dict[str, str]]]:
+    """Each of ``sets`` generated with ``model`` (and ``lora_file``; prompts through ``prompt_fn``
+    where given, e.g. a textual-inversion token) and scored against ``target_style`` with
+    ``measures[split]``; sets without paired truth compare with ``reference``. Returns ``{split:
+    (images, table, what the evaluator could not measure)}``: what a chapter's job sends back
+    from a child process."""
+    from lora_core.experiments.common import generate_eval_images
+
+    scored = {}
+    for split, es in sets.items():
+        prompts = [prompt_fn(p) for p in es.prompts] if prompt_fn else list(es.prompts)
+        images = generate_eval_images(model, prompts, es.seeds, profile, lora_file)
+        table = evaluator.evaluate(images, es, target_style, labels, None if es.paired else reference, measures[split])
+        scored[split] = images, table, dict(evaluator.unavailable)
+    return scored
 
 
 def _at_resolution(images: torch.Tensor, resolution: int | None) -> torch.Tensor:

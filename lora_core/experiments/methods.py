@@ -25,9 +25,10 @@ import pandas as pd
 import torch
 
 from lora_core.experiments.chapter import ChapterResult, resolve_profile
-from lora_core.experiments.common import (METHODS, EvalSet, eval_set, generate_eval_images, lr_scale, method_config,
+from lora_core.experiments.common import (METHODS, EvalSet, eval_set, lr_scale, method_config,
                                           quiet_libraries, training_seeds)
-from lora_core.experiments.evaluate import DEFAULT_MEASURES, Evaluator, aggregate_seeds, measure_panels
+from lora_core.experiments.evaluate import (DEFAULT_MEASURES, Evaluator, aggregate_seeds, generate_and_score,
+                                            measure_panels)
 from lora_core.plots import Sheet
 from lora_core.profiles import Profile
 from lora_core.train import TrainConfig
@@ -204,15 +205,10 @@ def score_method_run(base, evaluator: Evaluator, profile: Profile, config: Train
     from lora_core.train_pool import trained
 
     record = trained(base, config, runs_root)
-    scored = {}
     with quiet_libraries(), (adapted(base, labels["method"], record) if record else
                              contextlib.nullcontext((base, None, None))) as (model, lora_file, prompt_fn):
-        for split, es in sets.items():
-            prompts = [prompt_fn(p) for p in es.prompts] if prompt_fn else list(es.prompts)
-            images = generate_eval_images(model, prompts, es.seeds, profile, lora_file)
-            scored[split] = images, evaluator.evaluate(images, es, style, labels, measures=measures), \
-                dict(evaluator.unavailable)
-    return scored
+        return generate_and_score(evaluator, model, profile, sets, style, labels,
+                                  {split: measures for split in sets}, lora_file, prompt_fn)
 
 
 def s1_methods_table(aggregated: pd.DataFrame, split_name: str = "training captions") -> pd.DataFrame:
