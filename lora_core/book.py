@@ -70,12 +70,16 @@ KERNEL_NAME = "python3"
 RUNNER_PARAMETERS = ("executed_dir",)
 # Chapters that read what the chapters before them wrote (executed notebooks, timings, runs)
 READS_EARLIER_CHAPTERS = ("09_claims", "99_appendix")
-# Minutes each chapter took in the last fresh tiny build (at 2da7035, two at a time): side by
+# Minutes each chapter took in the last fresh tiny build (at d58357d, two at a time): side by
 # side, chapters start longest first, so that short ones fill the end instead of a long one
 # running alone (a chapter not listed starts last). Only the build's elapsed time depends on it.
-CHAPTER_MINUTES = {"00_setup": 0.6, "01_style_benchmark": 13.9, "02_rank_lr": 11.4, "03_methods": 15.0,
-                   "04_style_mixing": 3.1, "05_character_ia3": 10.4, "06_kohya_character": 10.2,
-                   "07_lora_vs_ti": 6.7, "08_rank_memorisation": 14.1}
+CHAPTER_MINUTES = {"00_setup": 0.4, "01_style_benchmark": 18.2, "02_rank_lr": 15.8, "03_methods": 20.3,
+                   "04_style_mixing": 4.4, "05_character_ia3": 12.0, "06_kohya_character": 9.8,
+                   "07_lora_vs_ti": 7.3, "08_rank_memorisation": 15.8}
+# Chapters that cannot take a core another chapter left idle (their work runs in their own process:
+# chapter 4 generates there, chapter 7 times its runs one at a time). They start before the others:
+# at d58357d chapter 7 started last among the long ones and ran 2.4 min alone at the end of the book.
+ONE_PROCESS_CHAPTERS = ("00_setup", "04_style_mixing", "07_lora_vs_ti")
 
 
 class NotebookError(RuntimeError):
@@ -332,7 +336,7 @@ def execution_waves(names: list[str]) -> list[list[str]]:
 
 def execute_wave(names: list[str], parameters: dict[str, dict[str, Any]], executed_dir: Path, profile: str,
                  jobs: int, notebook_dir: Path = NOTEBOOK_DIR) -> list[NotebookRun]:
-    """Execute ``names``, ``jobs`` at a time (longest first, :func:`start_order`), each in its own
+    """Execute ``names``, ``jobs`` at a time (in :func:`start_order`), each in its own
     process (one at a time: in this one, in book order), its kernel training on its share of the
     cores; records each as it finishes and returns them in book order. The
     first failure cancels the notebooks not yet started, waits for the running ones and is raised."""
@@ -355,12 +359,14 @@ def execute_side_by_side(names: list[str], parameters: dict[str, dict[str, Any]]
 
 
 def start_order(names: list[str]) -> list[str]:
-    """``names`` longest first by :data:`CHAPTER_MINUTES`, book order among equals.
+    """``names`` in the order they start side by side: :data:`ONE_PROCESS_CHAPTERS` first, so
+    that the chapters which can take an idle core fill the end; within each group longest first
+    by :data:`CHAPTER_MINUTES`, book order among equals.
 
-    >>> start_order(["00_setup", "01_style_benchmark", "03_methods", "50_new"])
-    ['03_methods', '01_style_benchmark', '00_setup', '50_new']
+    >>> start_order(["00_setup", "01_style_benchmark", "03_methods", "07_lora_vs_ti", "50_new"])
+    ['07_lora_vs_ti', '00_setup', '03_methods', '01_style_benchmark', '50_new']
     """
-    return sorted(names, key=lambda name: -CHAPTER_MINUTES.get(name, 0.0))
+    return sorted(names, key=lambda name: (name not in ONE_PROCESS_CHAPTERS, -CHAPTER_MINUTES.get(name, 0.0)))
 
 
 def execute_with_phases(name: str, parameters: dict[str, Any], executed_dir: Path,

@@ -90,7 +90,8 @@ show_table(result.versions, first=["library", "agrees"])
 # (`longest_wall_seconds`). A chapter that reused all its runs from the cache takes seconds; the
 # execution that trained them is the longest. This appendix's own time is recorded after it
 # finishes, so it shows the previous one. The runner executes chapters side by side (one torch
-# thread each, as many as there are cores), the longest first; once no chapter is left to start,
+# thread each, as many as there are cores), the longest first after the chapters that work in
+# one process (`lora_core.book.ONE_PROCESS_CHAPTERS`); once no chapter is left to start,
 # a chapter still executing takes the idle core for the rest of its runs and jobs
 # (`lora_core.core_slots`). So the book takes less than the sum of these times; its elapsed time
 # is at the top of this page.
