@@ -360,7 +360,8 @@ def score_grid(profile: Profile, settings: AblationSettings, base, evaluator,
     jobs = [(score_grid_run, (profile, config, runs_root, captions, held_out, settings.style, measures))
             for config in [*unique.values(), None]]   # the base's held-out set last
     with quiet_libraries():
-        scored = dict(zip(unique, map_side_by_side(jobs, shared=(base, evaluator))))
+        outcomes = map_side_by_side(jobs, shared=(base, evaluator))
+    scored = dict(zip(unique, outcomes[:-1]))   # the last outcome is the base's (None)
     for _, unavailable in scored.values():
         evaluator.unavailable.update(unavailable)
     records = train_grid(configs, base, runs_root)   # all finished: their records
