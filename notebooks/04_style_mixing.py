@@ -60,7 +60,8 @@ name = result.profile.name
 #
 # Profile **{glue:text}`profile_name`**. Style A is **{glue:text}`style_a`**, style B is
 # **{glue:text}`style_b`**: chapter 1's LoRAs, built by the same config function, so their config
-# hashes (below) are chapter 1's and the runs are reused. Each mix is generated for
+# hashes (below) are chapter 1's and the runs are shared: whichever of the two chapters executes
+# first trains them, the other reuses them. Each mix is generated for
 # {glue:text}`n_prompts` held-out subjects (never trained on by either LoRA) with their own seeds,
 # the same seeds at every $a$, prompted with both trigger words as one does when stacking style
 # LoRAs, e.g. "{glue:text}`example_prompt`". LoRA pairs from {glue:text}`n_seeds` training seed(s)
