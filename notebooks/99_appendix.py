@@ -130,8 +130,9 @@ plots.profile_figure(result.phases, phase_order(result.phases["phase"]));
 # (`train_text_to_image_lora.py` imports torchvision, which cannot be installed beside the CPU
 # torch here): the same LoRA, model, images, batch and learning rate, each side in its own
 # process, in alternating order; most of both sides' time is the same UNet forward and backward
-# (`benchmarks/README.md`: where it goes, and what was tried on it). `bench_generate.py` times the samplers and checks a cheaper one
-# against the images of the current one; `bench_metrics.py` times the metric networks.
+# (`benchmarks/README.md`: where it goes, and what was tried on it). `bench_generate.py` times the
+# samplers and checks a cheaper one against the images of the current one; `bench_metrics.py`
+# times the metric networks.
 # `bench_chapters.py` executes chapters one at a time, each alone on its own fresh clone: what
 # re-executing one chapter costs. Alone, a chapter's kernel trains two runs at a time on two cores;
 # chapters 1-3, 5 and 8 run one job per run (train it, then generate and score with it) two at a time,
