@@ -8,8 +8,9 @@ longer and the book's elapsed time is what counts (the appendix). Chapters run o
 every clone borrows this checkout's ``.venv`` (and ``node_modules``), builds the toy world and
 executes its chapter with ``--no-build``. Seconds per phase come from the runner's profile.
 With ``--together LABEL`` the chapters execute together on one fresh clone, as the book runner
-executes them (side by side, longest first): one row, its elapsed time, and its kernels' seconds
-per phase summed (more than the elapsed time, since two kernels compute at once).
+executes them (side by side, in ``lora_core.book.start_order``): one row, its elapsed time, and
+its kernels' seconds per phase summed (more than the elapsed time, since two kernels compute at
+once).
 
     .venv/bin/python benchmarks/bench_chapters.py 05_character_ia3 06_kohya_character [--work /tmp/alone]
     .venv/bin/python benchmarks/bench_chapters.py 00_setup 01_style_benchmark 02_rank_lr 03_methods \
