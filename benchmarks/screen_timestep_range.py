@@ -6,8 +6,8 @@ in the high-noise ones. ``lora_core.train`` has no such option, so this screen w
 draw of :func:`lora_core.train.diffusion_loss` (only draws over ``[0, 1000)``: nothing else in a
 LoRA run draws that range) and keeps each range's runs in its own runs folder under ``--work``
 (the config hash cannot see the range). Each range trains the tiny profile's OpenMoji LoRA of
-chapter 1 (seed given), generates chapter 1's 50 held-out subjects and scores them as
-``recipe_search.py`` does (the style judge's P(target style), the subject classifier).
+chapter 1 (seed given), generates chapter 1's 50 held-out subjects and scores them with
+``recipe_search.score`` (the style judge's P(target style), the subject classifier).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/screen_timestep_range.py --seed 0 truth base 0-1000 0-600
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/screen_timestep_range.py --seed 1 0-1000 0-600
@@ -23,6 +23,7 @@ import time
 import torch
 
 from _record import RESULTS_DIR, load_average
+from recipe_search import score
 
 import lora_core.train as training
 
@@ -77,9 +78,9 @@ def main() -> None:
     for name in args.variants:
         load_before, started = load_average(), time.time()
         images = variant_images(name, args.seed, base, evaluator, held_out, profile, args.work)
-        result = evaluator.evaluate(images, held_out, STYLE, {}, measures=("p_target_style", "subject_group_accuracy"))
+        scores = score(evaluator, images, held_out, STYLE)
         row = {"style": STYLE, "seed": args.seed, "variant": name, "wall_s": round(time.time() - started, 1),
-               **{measure: round(float(value), 4) for measure, value in zip(result.measure, result.value)},
+               **{measure: round(float(value), 4) for measure, value in scores.items()},
                "load_before": load_before, "load_after": load_average(), "date_utc": time.strftime("%Y-%m-%d")}
         with open(RESULTS_DIR / "timestep_range_screen.jsonl", "a") as log:
             log.write(json.dumps(row) + "\n")
