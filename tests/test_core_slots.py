@@ -80,16 +80,49 @@ def _run_chapter(name, events):
         events.append(f"{name} runs")
 
 
-def test_jobs_move_to_children_once_the_kernel_holds_a_second_core(monkeypatch):
+def _pid_once_two_processes_work(folder: pathlib.Path) -> tuple[int, bool]:
+    """This process's id, once jobs have started in two processes; and whether they did within 30 s."""
+    (folder / f"job-{os.getpid()}").touch()
+    deadline = time.monotonic() + 30
+    while len(list(folder.glob("job-*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return os.getpid(), len(list(folder.glob("job-*"))) == 2
+
+
+def test_a_core_freed_during_a_job_here_is_taken_at_once_by_a_child(monkeypatch, tmp_path):
     monkeypatch.setenv("LORA_CORE_TRAIN_PROCESSES", "1")      # this kernel's share: its own core
     pid = independent(os.getpid, ())
     with core_slots.slot_folder(2, chapters=2) as folder:
-        other_starts = independent(pathlib.Path.touch, (folder / "started-02_b",))
         with core_slots.held_slot("01_a"):
             assert set(map_side_by_side([pid, pid], processes=1)) == {os.getpid()}   # processes given: never more
-            results = map_side_by_side([pid, other_starts, pid, pid, pid])
+            # 02_b starts, and the second core falls free, while the first job already runs here
+            threading.Timer(1.0, (folder / "started-02_b").touch).start()
+            results = map_side_by_side([independent(_pid_once_two_processes_work, (tmp_path,))] * 2)
             with core_slots.ExtraSlots() as extra:
                 assert extra.take(1) == 1                      # the second core, given back
-    here, started, *later = results
-    assert here == os.getpid() and started is None             # 02_b had not started: in this process
-    assert os.getpid() not in later and len(set(later)) <= 2   # then in two children
+    (here, met_here), (there, met_there) = results
+    assert here == os.getpid() and there != os.getpid()        # the first job here, the second in a child
+    assert met_here and met_there                              # both ran at once: the child did not wait for the first
+
+
+def _fail_marked(mark: pathlib.Path) -> None:
+    mark.touch()
+    raise ValueError("this job fails")
+
+
+def _touch_once_marked(mark: pathlib.Path, path: pathlib.Path) -> None:
+    """Touch ``path`` a second after ``mark`` appears (waiting at most 30 s)."""
+    deadline = time.monotonic() + 30
+    while not mark.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    path.touch()
+
+
+def test_a_failure_in_a_child_is_raised_once_the_job_here_ends_and_later_jobs_never_start(tmp_path):
+    mark = tmp_path / "failing job started"
+    jobs = [independent(_touch_once_marked, (mark, tmp_path / "job here")), independent(_fail_marked, (mark,)),
+            independent(pathlib.Path.touch, (tmp_path / "later job",))]
+    with pytest.raises(ValueError, match="^this job fails$"):
+        map_side_by_side(jobs, processes=2)        # the first job here, the second in a child
+    assert (tmp_path / "job here").exists() and not (tmp_path / "later job").exists()

@@ -85,7 +85,7 @@ def test_where_a_gpu_trains_runs_train_one_at_a_time_here(data_dir, tiny_base, t
     from lora_core import train_pool
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(train_pool, "side_by_side", lambda *args, **kwargs: pytest.fail("started child processes"))
+    monkeypatch.setattr(train_pool.ChildHelpers, "start", lambda self: pytest.fail("started child processes"))
     monkeypatch.setenv("LORA_CORE_TRAIN_PROCESSES", "2")
     configs = {seed: _pool_config(data_dir, seed) for seed in (1, 2)}
     monkeypatch.setattr(train_module, "train", lambda config, **kwargs: config.seed)  # no CUDA here to train on
