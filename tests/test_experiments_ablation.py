@@ -227,7 +227,11 @@ def test_judge_grid_judges_every_distinct_run_once_on_held_out_subjects(trained,
     result, base = trained
     monkeypatch.setattr(common, "generation_cache_dir", lambda: tmp_path)
     evaluator = brightness_evaluator(("noto", "twemoji", "openmoji", "fluent3d"))
-    judged = ablation.judge_grid(SMOKE, result.settings, result.configs, result.records, base, evaluator)
+    held_out = common.eval_set(result.settings.style, "heldout", SMOKE.n_eval_images)
+    judged_runs = {run: ablation.judge_run(base, evaluator, SMOKE, held_out, result.settings.style,
+                                           record.exports["diffusers"] if record else None)
+                   for run, record in {"base": None, **result.records}.items()}
+    judged = ablation.judge_grid(SMOKE, result.settings, result.configs, judged_runs, base, evaluator)
     n = SMOKE.n_eval_images
     assert judged.groupby("source").size().to_dict() == {"true": n, "base": n, "lora": n * len(result.configs)}
     assert len(list(tmp_path.glob("*.safetensors"))) == 1 + len(result.records)   # a shared run generated once

@@ -283,24 +283,52 @@ def lora_delta_norm(base, lora_file: str | Path) -> float:
     return sum(norms) / len(norms)
 
 
+def train_grid_run(base, evaluator, config: TrainConfig, runs_root) -> None:
+    """A job of :func:`score_grid`: one distinct run of the grid trained (or reused)."""
+    from lora_core.train_pool import trained
+
+    trained(base, config, runs_root)
+
+
 def score_grid_run(base, evaluator, profile: Profile, config: TrainConfig | None, runs_root, captions: EvalSet,
                    held_out: EvalSet | None, style: str, measures: Sequence[str]
-                   ) -> tuple[pd.DataFrame, dict[str, str]] | None:
-    """One distinct run of the grid trained (or reused; the base itself without a config), its
-    ``captions`` (S1's protocol: training captions regenerated) generated and scored (the scores
-    and what the evaluator could not measure), and its ``held_out`` set generated into the cache
-    for :func:`judge_grid`. The base's job only generates (None)."""
+                   ) -> tuple[pd.DataFrame | None, dict[str, str], pd.DataFrame]:
+    """A job of :func:`score_grid`: one distinct run of the grid (its :func:`train_grid_run` job
+    trained it; the base itself without a config) with its ``captions`` (S1's protocol: training
+    captions regenerated) generated and scored, and its ``held_out`` set generated and judged by
+    :func:`judge_run`: the scores (None for the base), what the evaluator could not measure, and
+    the judged rows."""
     from lora_core.experiments.common import generate_eval_images
     from lora_core.train_pool import trained
 
     record = trained(base, config, runs_root)
     adapter = record.exports["diffusers"] if record else None
-    if held_out is not None:
-        generate_eval_images(base, held_out.prompts, held_out.seeds, profile, adapter=adapter)
+    judged = (judge_run(base, evaluator, profile, held_out, style, adapter) if held_out is not None
+              else pd.DataFrame())
     if record is None:
-        return None
+        return None, {}, judged
     images = generate_eval_images(base, list(captions.prompts), list(captions.seeds), profile, adapter=adapter)
-    return evaluator.evaluate(images, captions, style, measures=measures), dict(evaluator.unavailable)
+    return evaluator.evaluate(images, captions, style, measures=measures), dict(evaluator.unavailable), judged
+
+
+def judge_run(base, evaluator, profile: Profile, held_out: EvalSet, style: str, adapter: str | Path | None
+              ) -> pd.DataFrame:
+    """The style judge (``style_share.judge_images``) on a run's generations of the ``held_out``
+    subjects (the LoRA file ``adapter``; None: the base's), generated into the cache, choosing
+    among the base style, the profile's benchmark styles and ``style``. Empty without a judge."""
+    from lora_core.experiments.common import generate_eval_images, quiet_libraries
+
+    if evaluator.style_classifier is None:
+        return pd.DataFrame()
+    with quiet_libraries():
+        images = generate_eval_images(base, held_out.prompts, held_out.seeds, profile, adapter=adapter)
+    return judge_images(evaluator, images, held_out.subject_keys, style, judged_styles_among(evaluator, profile, style),
+                        {"style": style, "source": LORA if adapter is not None else BASE})
+
+
+def judged_styles_among(evaluator, profile: Profile, style: str) -> tuple[str, ...]:
+    """The styles the judge chooses among: the base style, the profile's benchmark styles and ``style``."""
+    return tuple(dict.fromkeys((evaluator.base_style, *profile.benchmark_styles, style)))
 
 
 def grid_results(configs: dict[Key, TrainConfig], by_hash: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -314,40 +342,30 @@ def grid_results(configs: dict[Key, TrainConfig], by_hash: dict[str, pd.DataFram
 
 
 def judge_grid(profile: Profile, settings: AblationSettings, configs: dict[Key, TrainConfig],
-               records: dict[str, Any], base, evaluator) -> pd.DataFrame:
-    """The style judge on held-out subjects (``style_share.judge_images``): the true images of the
-    grid's style after the base's VAE, the base's generations and every distinct run's, whose rows
-    repeat for each cell that shares it. The set is chapter 1's held-out set at the profile's size,
-    so the base's images and chapter 1's cell come from the generation cache. Empty without a judge."""
-    from lora_core.experiments.common import generate_eval_images, quiet_libraries
-
+               judged_runs: dict[str, pd.DataFrame], base, evaluator) -> pd.DataFrame:
+    """The style judge on held-out subjects: the true images of the grid's style after the base's
+    VAE, then ``judged_runs`` (:func:`judge_run` of the base, under ``style_share.BASE``, and of
+    every distinct run, by config hash), whose rows repeat, labelled, for each cell that shares
+    the run. The set is chapter 1's held-out set at the profile's size, so the base's images and
+    chapter 1's cell come from the generation cache. Empty without a judge."""
     if evaluator.style_classifier is None:
         return pd.DataFrame()
     held_out, style = eval_set(settings.style, "heldout", profile.n_eval_images), settings.style
-    among = tuple(dict.fromkeys((evaluator.base_style, *profile.benchmark_styles, style)))
     truth = round_trips(base, evaluator.true_images(held_out.subject_keys, style, profile.resolution), evaluator.cache)
-    frames = [judge_images(evaluator, truth, held_out.subject_keys, style, among, {"style": style, "source": TRUE},
-                           subjects=False)]
-    runs = {BASE: (None, BASE), **{config.hash(): (records[config.hash()].exports["diffusers"], LORA)
-                                   for config in configs.values()}}
-    judged = {}
-    for name, (adapter, source) in runs.items():
-        with quiet_libraries():
-            images = generate_eval_images(base, held_out.prompts, held_out.seeds, profile, adapter=adapter)
-        judged[name] = judge_images(evaluator, images, held_out.subject_keys, style, among,
-                                    {"style": style, "source": source})
-    frames.append(judged[BASE])
-    frames += [judged[config.hash()].assign(**_key_labels(key), alpha=config.options.effective_alpha)
+    frames = [judge_images(evaluator, truth, held_out.subject_keys, style, judged_styles_among(evaluator, profile, style),
+                           {"style": style, "source": TRUE}, subjects=False), judged_runs[BASE]]
+    frames += [judged_runs[config.hash()].assign(**_key_labels(key), alpha=config.options.effective_alpha)
                for key, config in configs.items()]
     return pd.concat(frames, ignore_index=True)
 
 
 def score_grid(profile: Profile, settings: AblationSettings, base, evaluator,
                runs_root: str | Path | None = None, fid: bool = False) -> AblationResult:
-    """Train (or reuse) the grid, generate and score: one job per distinct run
-    (:func:`score_grid_run`), side by side where the cores allow (:mod:`lora_core.train_pool`),
-    then the style judge on the held-out sets (:func:`judge_grid`). ``fid`` adds FID (Inception
-    2015) when the profile names an FID network."""
+    """Train (or reuse) the grid, generate, score and judge, side by side where the cores allow
+    (:mod:`lora_core.train_pool`): first one job per distinct run that trains it
+    (:func:`train_grid_run`), then one per run and one for the base that generate, score and
+    judge (:func:`score_grid_run`), so the last jobs are short ones; then the style judge's table
+    (:func:`judge_grid`). ``fid`` adds FID (Inception 2015) when the profile names an FID network."""
     from lora_core.experiments.common import quiet_libraries
     from lora_core.train_pool import map_side_by_side
 
@@ -355,18 +373,20 @@ def score_grid(profile: Profile, settings: AblationSettings, base, evaluator,
     measures = MEASURES + (("fid",) if fid and profile.fid_backbone != "none" else ())
     unique = {config.hash(): config for config in configs.values()}
     captions = eval_set(settings.style, "train", settings.n_prompts)
-    held_out = (eval_set(settings.style, "heldout", profile.n_eval_images)   # judge_grid's, generated by the jobs
+    held_out = (eval_set(settings.style, "heldout", profile.n_eval_images)   # judge_grid's
                 if evaluator.style_classifier is not None else None)
-    jobs = [(score_grid_run, (profile, config, runs_root, captions, held_out, settings.style, measures))
-            for config in [*unique.values(), None]]   # the base's held-out set last
+    training = [(train_grid_run, (config, runs_root)) for config in unique.values()]
+    scoring = [(score_grid_run, (profile, config, runs_root, captions, held_out, settings.style, measures))
+               for config in [None, *unique.values()]]   # the base's first: runs still training meanwhile
     with quiet_libraries():
-        outcomes = map_side_by_side(jobs, shared=(base, evaluator))
-    scored = dict(zip(unique, outcomes[:-1]))   # the last outcome is the base's (None)
-    for _, unavailable in scored.values():
+        outcomes = map_side_by_side(training + scoring, shared=(base, evaluator))[len(training):]
+    base_outcome, run_outcomes = outcomes[0], dict(zip(unique, outcomes[1:]))
+    for _, unavailable, _ in run_outcomes.values():
         evaluator.unavailable.update(unavailable)
     records = train_grid(configs, base, runs_root)   # all finished: their records
-    results = grid_results(configs, {run: table for run, (table, _) in scored.items()})
-    judged = judge_grid(profile, settings, configs, records, base, evaluator)
+    results = grid_results(configs, {run: table for run, (table, _, _) in run_outcomes.items()})
+    judged_runs = {BASE: base_outcome[2], **{run: judged for run, (_, _, judged) in run_outcomes.items()}}
+    judged = judge_grid(profile, settings, configs, judged_runs, base, evaluator)
     return AblationResult(profile, settings=settings, configs=configs, records=records, results=results,
                           judged=judged, unavailable=dict(evaluator.unavailable))
 
