@@ -10,7 +10,9 @@ executes its chapter with ``--no-build``. Seconds per phase come from the runner
 With ``--together LABEL`` the chapters execute together on one fresh clone, as the book runner
 executes them (side by side, in ``lora_core.book.start_order``): one row, its elapsed time, and
 its kernels' seconds per phase summed (more than the elapsed time, since two kernels compute at
-once).
+once). Each row also has the CPU seconds of the runner's whole process tree and the elapsed time
+over those seconds spread on every core: 1.0 means no core sat idle. That ratio does not move with
+the VM's speed, which varied by a fifth within one day here, so it compares packings across days.
 
     .venv/bin/python benchmarks/bench_chapters.py 05_character_ia3 06_kohya_character [--work /tmp/alone]
     .venv/bin/python benchmarks/bench_chapters.py 00_setup 01_style_benchmark 02_rank_lr 03_methods \
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import time
@@ -52,12 +55,32 @@ def fresh_clone(name: str, work: Path) -> Path:
 def execute(chapters: list[str], clone: Path, label: str) -> dict:
     """Execute ``chapters`` in ``clone`` (tiny, no HTML; several side by side, as the book runner
     does); their row, named ``label``."""
-    load_before, started = load_average(), time.perf_counter()
+    load_before, started, cpu_before = load_average(), time.perf_counter(), children_cpu_s()
     with open(clone / "book.log", "w") as log:
         status = subprocess.run([str(clone / ".venv" / "bin" / "python"), "-m", "lora_core.book", "--profile", "tiny",
                                  "--only", *chapters, "--no-build"], cwd=clone, env=CLONE_ENV, stdout=log,
                                 stderr=subprocess.STDOUT).returncode
-    return chapters_row(label, chapters, clone, status, time.perf_counter() - started, load_before)
+    row = chapters_row(label, chapters, clone, status, time.perf_counter() - started, load_before)
+    return {**row, **packing(row["elapsed_s"], children_cpu_s() - cpu_before)}
+
+
+def children_cpu_s() -> float:
+    """CPU seconds (user + system) of every finished child process of this one and their own
+    children: the runner, its kernels and their child processes."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def packing(elapsed_s: float, cpu_s: float, cores: int | None = None) -> dict:
+    """The CPU seconds and how well they filled the cores: elapsed time over the CPU seconds spread
+    evenly on every core (1.0: no core ever idle). It does not move with the machine's speed, as
+    the elapsed time does.
+
+    >>> packing(110.0, 200.0, cores=2)
+    {'cpu_s': 200.0, 'elapsed_over_cpu_per_core': 1.1}
+    """
+    cores = cores or len(os.sched_getaffinity(0))
+    return {"cpu_s": round(cpu_s, 1), "elapsed_over_cpu_per_core": round(elapsed_s / (cpu_s / cores), 3)}
 
 
 def chapters_row(label: str, chapters: list[str], clone: Path, status: int, elapsed_s: float,
