@@ -61,20 +61,21 @@ def train_many(configs: Mapping[Key, TrainConfig], base=None, runs_root: str | P
 def map_side_by_side(jobs: Sequence[Job], shared: tuple = (), processes: int | None = None,
                      waiting_phase: str = "training") -> list:
     """``[function(*shared, *args) for function, args in jobs]``. This process computes the jobs in
-    order, the first one first; where more than one process works (:func:`work_processes`), child processes, each
-    receiving a copy of ``shared`` (the base model, an evaluator: picklable objects, copied before
-    the first job), take the next ones beside it, and this process's wait for the last of them is
-    charged to ``waiting_phase``. Jobs start in order, so list the longest first. A job's function
-    is a module-level function taking the shared objects first (wrap one that takes none in
-    :func:`independent`); one that trains calls :func:`trained`. The first failure cancels the jobs
-    not yet started, waits for the running ones and is raised.
+    order, the first one first; where more than one process works (:func:`work_processes`), child
+    processes, each receiving a copy of ``shared`` (the base model, an evaluator: picklable objects,
+    copied before the first job), take the next ones beside it, and this process's wait for the
+    last of them is charged to ``waiting_phase``. Jobs start in order, so list the longest first.
+    A job's function is a module-level function taking the shared objects first (wrap one that
+    takes none in :func:`independent`); one that trains calls :func:`trained`. The first failure
+    cancels the jobs not yet started, waits for the running ones and is raised.
 
     Inside the book runner, a kernel also takes the cores that no chapter holds any more
     (:mod:`lora_core.core_slots`; not with ``processes`` given, nor on a GPU) as soon as they fall
     idle, even in the middle of a job here: from then on a child per core it holds takes jobs too."""
     jobs = list(jobs)
-    children, may_take_cores = work_processes(processes) - 1, processes is None and not _on_gpu()
-    if len(jobs) < 2 or not (children or may_take_cores and os.environ.get(SLOTS_ENV)):
+    children = work_processes(processes) - 1
+    may_take_cores = processes is None and bool(os.environ.get(SLOTS_ENV)) and not _on_gpu()
+    if len(jobs) < 2 or not (children or may_take_cores):
         return [function(*shared, *arguments) for function, arguments in jobs]
     queue = JobQueue(jobs)
     claimed = queue.claim()   # the first job is this process's
@@ -151,8 +152,11 @@ class ChildHelpers(threading.Thread):
         from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
         running: dict = {}
-        pool = ProcessPoolExecutor(max(self.children, usable_cores()), mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=start_child, initargs=(self.payload,))   # spawned when first needed
+        # children start when first needed; at most as many as may work at once, so that one never
+        # starts for a job handed out just before a finished child counts as idle again
+        most = self.children + (usable_cores() - 1 if self.may_take_cores else 0)
+        pool = ProcessPoolExecutor(max(1, most), mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=start_child, initargs=(self.payload,))
         with pool, ExtraSlots() as extra:
             while running or self.queue.unclaimed():
                 wanted = self.children
