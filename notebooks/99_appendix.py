@@ -93,8 +93,8 @@ show_table(result.versions, first=["library", "agrees"])
 # thread each, as many as there are cores), the longest first after the chapters that work in
 # one process (`lora_core.book.ONE_PROCESS_CHAPTERS`); once no chapter is left to start,
 # a chapter still executing takes the idle core at once, even in the middle of a job, for the rest
-# of its runs and jobs (`lora_core.core_slots`). So the book takes less than the sum of these times; its elapsed time
-# is at the top of this page.
+# of its runs and jobs (`lora_core.core_slots`). So the book takes less than the sum of these
+# times; its elapsed time is at the top of this page.
 
 # %% tags=["hide-input"]
 show_table(result.timings, first=["notebook", "wall_seconds"])
@@ -137,9 +137,9 @@ plots.profile_figure(result.phases, phase_order(result.phases["phase"]));
 # re-executing one chapter costs. Alone, a chapter's kernel trains two runs at a time on two cores;
 # chapters 1-3, 5 and 8 run one job per run (train it, then generate and score with it; chapter 2
 # trains all its runs first, so its last jobs are short) two at a time, with their real images'
-# features as one more job (`lora_core.train_pool`). Inside the book two
-# chapters share the cores and each does all of this one at a time until a core falls idle, so
-# the wall times above are longer than these. Each row names the commit it was measured at.
+# features as one more job (`lora_core.train_pool`). Inside the book two chapters share the cores
+# and each does all of this one at a time until a core falls idle, so the wall times above are
+# longer than these. Each row names the commit it was measured at.
 
 # %% tags=["hide-input"]
 for name in ("peer", "generate", "metrics", "train", "chapters"):
