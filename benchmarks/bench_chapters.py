@@ -79,7 +79,9 @@ def packing(elapsed_s: float, cpu_s: float, cores: int | None = None) -> dict:
     >>> packing(110.0, 200.0, cores=2)
     {'cpu_s': 200.0, 'elapsed_over_cpu_per_core': 1.1}
     """
-    cores = cores or len(os.sched_getaffinity(0))
+    from lora_core.threads import usable_cores
+
+    cores = cores or usable_cores()
     return {"cpu_s": round(cpu_s, 1), "elapsed_over_cpu_per_core": round(elapsed_s / (cpu_s / cores), 3)}
 
 

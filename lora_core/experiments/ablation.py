@@ -291,7 +291,7 @@ def train_grid_run(base, evaluator, config: TrainConfig, runs_root) -> None:
 
 
 def score_grid_run(base, evaluator, profile: Profile, config: TrainConfig | None, runs_root, captions: EvalSet,
-                   held_out: EvalSet | None, style: str, measures: Sequence[str]
+                   held_out: EvalSet, style: str, measures: Sequence[str]
                    ) -> tuple[pd.DataFrame | None, dict[str, str], pd.DataFrame]:
     """A job of :func:`score_grid`: one distinct run of the grid (its :func:`train_grid_run` job
     trained it; the base itself without a config) with its ``captions`` (S1's protocol: training
@@ -303,8 +303,7 @@ def score_grid_run(base, evaluator, profile: Profile, config: TrainConfig | None
 
     record = trained(base, config, runs_root)
     adapter = record.exports["diffusers"] if record else None
-    judged = (judge_run(base, evaluator, profile, held_out, style, adapter) if held_out is not None
-              else pd.DataFrame())
+    judged = judge_run(base, evaluator, profile, held_out, style, adapter)
     if record is None:
         return None, {}, judged
     images = generate_eval_images(base, list(captions.prompts), list(captions.seeds), profile, adapter=adapter)
@@ -373,8 +372,7 @@ def score_grid(profile: Profile, settings: AblationSettings, base, evaluator,
     measures = MEASURES + (("fid",) if fid and profile.fid_backbone != "none" else ())
     unique = {config.hash(): config for config in configs.values()}
     captions = eval_set(settings.style, "train", settings.n_prompts)
-    held_out = (eval_set(settings.style, "heldout", profile.n_eval_images)   # judge_grid's
-                if evaluator.style_classifier is not None else None)
+    held_out = eval_set(settings.style, "heldout", profile.n_eval_images)   # judge_grid's
     training = [(train_grid_run, (config, runs_root)) for config in unique.values()]
     scoring = [(score_grid_run, (profile, config, runs_root, captions, held_out, settings.style, measures))
                for config in [None, *unique.values()]]   # the base's first: runs still training meanwhile
